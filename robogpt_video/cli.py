@@ -1,0 +1,56 @@
+"""Command line: ``robogpt-video serve`` (and more subcommands as they come)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    overrides: dict[str, dict] = {}
+    if args.host is not None:
+        overrides.setdefault("server", {})["host"] = args.host
+    if args.port is not None:
+        overrides.setdefault("server", {})["port"] = args.port
+    if args.log_level is not None:
+        overrides.setdefault("logging", {})["level"] = args.log_level
+    if args.recordings is not None:
+        overrides.setdefault("recording", {})["directory"] = args.recordings
+    try:
+        settings = load_settings(args.config, overrides)
+    except ConfigError as exc:
+        print(f"robogpt-video: {exc}", file=sys.stderr)
+        return 2
+    serve(settings)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``robogpt-video`` argument parser."""
+    parser = argparse.ArgumentParser(prog="robogpt-video", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the streaming server")
+    serve.add_argument(
+        "--config", type=Path, help="YAML config (default: $ROBOGPT_CONFIG, else ./config.yaml)"
+    )
+    serve.add_argument("--host", help="bind address (server.host)")
+    serve.add_argument("--port", type=int, help="port, 0 for any free one (server.port)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (logging.level)")
+    serve.add_argument("--recordings", type=Path, help="recording directory (recording.directory)")
+    serve.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``robogpt-video`` command."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Typed settings: built-in defaults, then YAML, then environment, then CLI overrides.
+
+Every key of the brief's ``config.yaml`` lives here with its default. Unknown keys
+and bad values refuse to start with a message that names the key path.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_CONFIG_FILE = "config.yaml"
+CONFIG_ENV = "ROBOGPT_CONFIG"
+
+#: The brief's environment variables and the key each one sets.
+BRIEF_ENV = {
+    "STREAM_TIMEOUT_SECONDS": ("streams", "timeout_seconds"),
+    "MAX_CONCURRENT_STREAMS": ("streams", "max_concurrent"),
+    "RECORDING_RETENTION_DAYS": ("recording", "retention_days"),
+    "LOG_LEVEL": ("logging", "level"),
+    "SERVER_PORT": ("server", "port"),
+    "SERVER_DEBUG": ("server", "debug"),
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StreamsSettings(_Section):
+    """Limits and timeouts of live streams."""
+
+    timeout_seconds: float = Field(300, gt=0, description="Inactivity timeout")
+    max_concurrent: int = Field(50, ge=1, description="Maximum concurrent streams")
+    max_buffer_frames: int = Field(30, ge=1, le=10_000, description="Frames kept per stream")
+    max_viewers: int = Field(1000, ge=1, description="Viewers per stream")
+    resend_seconds: float = Field(
+        1.0, gt=0, description="Re-send the last frame this often to viewers of a quiet stream"
+    )
+    viewer_stall_seconds: float = Field(
+        10.0, gt=0, description="Close a viewer whose socket accepted nothing for this long"
+    )
+
+
+class RecordingSettings(_Section):
+    """Where and how streams are written to disk."""
+
+    enabled: bool = True
+    codec: Literal["mjpeg", "mp4v", "h264"] = "mjpeg"
+    fps: float = Field(30, gt=0, le=1000, description="Maximum recorded frame rate")
+    retention_days: float = Field(7, ge=0, description="Days to keep recordings (0 = forever)")
+    directory: Path = Path("recordings")
+    segment_seconds: float = Field(300, gt=0, description="Start a new file this often")
+    idle_close_seconds: float = Field(10, gt=0, description="Close a segment after this idle time")
+    queue_frames: int = Field(120, ge=1, description="Frames queued per recorder before drops")
+    max_total_gb: float = Field(0, ge=0, description="Cap on all recordings (0 = off)")
+    min_free_gb: float = Field(0, ge=0, description="Keep this much disk free (0 = off)")
+
+
+class CleanupSettings(_Section):
+    """When the background sweepers run."""
+
+    interval_seconds: float = Field(60, gt=0)
+    schedule_time: str = "03:00"
+
+    @field_validator("schedule_time")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        match = re.fullmatch(r"(\d{1,2}):(\d{2})", value.strip())
+        if not match or int(match[1]) > 23 or int(match[2]) > 59:
+            raise ValueError("must be HH:MM (24-hour), e.g. '03:00'")
+        return f"{int(match[1]):02d}:{match[2]}"
+
+
+class ServerSettings(_Section):
+    """HTTP listener."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(5000, ge=0, le=65535)
+    debug: bool = False
+    cors_enabled: bool = True
+    max_frame_size_mb: float = Field(10, gt=0, le=1024)
+    send_buffer_kb: int = Field(
+        128, ge=0, description="SO_SNDBUF of viewer sockets; 0 leaves the kernel's auto-tuning"
+    )
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """The frame size limit in bytes."""
+        return int(self.max_frame_size_mb * 1024 * 1024)
+
+
+class LoggingSettings(_Section):
+    """Console and rotating file logs."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    file: Path | None = Path("logs/server.log")
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    backup_count: int = Field(5, ge=0)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+
+_yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_path", default=None)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file chosen by :func:`load_settings`."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _yaml_path.get()
+        if path is None:
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        return data
+
+
+class _BriefEnvSource(PydanticBaseSettingsSource):
+    """The brief's unprefixed environment variables, e.g. ``SERVER_PORT``."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data: dict[str, dict[str, str]] = {}
+        for name, (section, key) in BRIEF_ENV.items():
+            value = os.environ.get(name)
+            if value is not None and value != "":
+                data.setdefault(section, {})[key] = value
+        return data
+
+
+class Settings(BaseSettings):
+    """All configuration of one server process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ROBOGPT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    streams: StreamsSettings = StreamsSettings()
+    recording: RecordingSettings = RecordingSettings()
+    cleanup: CleanupSettings = CleanupSettings()
+    server: ServerSettings = ServerSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        # Earlier sources win: CLI overrides > ROBOGPT_* > brief names > YAML > defaults.
+        return (
+            init_settings,
+            env_settings,
+            _BriefEnvSource(settings_cls),
+            _YamlSource(settings_cls),
+        )
+
+
+def default_config_path() -> Path | None:
+    """``$ROBOGPT_CONFIG`` if set, else ``./config.yaml`` if it exists, else none."""
+    chosen = os.environ.get(CONFIG_ENV)
+    if chosen:
+        return Path(chosen)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" (config file {path}, environment and flags)" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<root>"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config_path: str | Path | None = None, overrides: dict[str, dict[str, Any]] | None = None
+) -> Settings:
+    """Build settings from a YAML file (or the default one), the environment and overrides."""
+    path = Path(config_path) if config_path is not None else default_config_path()
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    token = _yaml_path.set(path)
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    finally:
+        _yaml_path.reset(token)

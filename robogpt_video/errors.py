@@ -1,0 +1,57 @@
+"""Typed API errors. The web layer turns each into one JSON shape in one place."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error a client caused or must know about, with an HTTP status and a code."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+
+    def to_dict(self) -> dict[str, str]:
+        """The brief's error body: ``{"status": "error", "error": code, "message": text}``."""
+        return {"status": "error", "error": self.code, "message": self.message}
+
+
+class InvalidStreamName(ApiError):
+    status_code = 400
+    code = "invalid_stream_name"
+
+
+class InvalidFrame(ApiError):
+    status_code = 400
+    code = "invalid_frame"
+
+
+class FrameTooLarge(ApiError):
+    status_code = 413
+    code = "frame_too_large"
+
+
+class StreamNotFound(ApiError):
+    status_code = 404
+    code = "stream_not_found"
+
+
+class NotFound(ApiError):
+    status_code = 404
+    code = "not_found"
+
+
+class StreamLimitReached(ApiError):
+    status_code = 503
+    code = "stream_limit_reached"
+
+
+class ViewerLimitReached(ApiError):
+    status_code = 503
+    code = "viewer_limit_reached"

@@ -1,0 +1,36 @@
+"""Logging to the console and a rotating file; nothing is logged per frame."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+
+from .config import LoggingSettings
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(settings: LoggingSettings) -> None:
+    """Send every log record at ``settings.level`` to stderr and to ``settings.file``."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(FORMAT)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter)
+    root.addHandler(console)
+    if settings.file is not None:
+        settings.file.parent.mkdir(parents=True, exist_ok=True)
+        rotating = logging.handlers.RotatingFileHandler(
+            settings.file, maxBytes=settings.max_bytes, backupCount=settings.backup_count
+        )
+        rotating.setFormatter(formatter)
+        root.addHandler(rotating)
+    root.setLevel(settings.level)
+    # uvicorn logs through the root handlers; its access log would be a line per frame.
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True

@@ -1,0 +1,370 @@
+"""Live streams: the latest frame, a small ring buffer, viewers and fan-out.
+
+A published frame is turned into its MJPEG part once; every viewer writes that same
+bytes object. Viewers always take the newest frame, so a slow one skips frames and
+never holds up the publisher or another viewer. Everything here runs on the event
+loop and never blocks: listeners (the recorder, metrics) get each frame through
+:class:`StreamListener` and must hand it off without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+from .config import StreamsSettings
+from .errors import InvalidStreamName, StreamLimitReached, ViewerLimitReached
+from .jpeg import JpegInfo
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+BOUNDARY = "frame"
+CONTENT_TYPE = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+_TICK = object()  # wake-up value: nothing new was published, re-send the last frame
+_CLOSED = object()  # wake-up value: the stream or the viewer has ended
+
+
+def validate_stream_name(name: str) -> str:
+    """Return ``name`` if it is a legal stream name, else raise :class:`InvalidStreamName`."""
+    if not isinstance(name, str) or NAME_RE.fullmatch(name) is None:
+        shown = name if isinstance(name, str) and len(name) <= 80 else f"{str(name)[:80]}…"
+        raise InvalidStreamName(
+            f"stream name {shown!r} is invalid: use 1-64 letters, digits, '_' or '-'"
+        )
+    return name
+
+
+def iso(ts: float | None) -> str | None:
+    """A wall-clock timestamp as ISO-8601 UTC with a trailing ``Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def build_part(jpeg: bytes, timestamp: float) -> tuple[bytes, int]:
+    """The MJPEG part for one frame and the offset of the JPEG inside it."""
+    head = (
+        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+        f"X-Timestamp: {timestamp:.6f}\r\n\r\n"
+    ).encode("ascii")
+    return b"".join((head, jpeg, b"\r\n")), len(head)
+
+
+@dataclass(slots=True, eq=False)
+class Frame:
+    """One accepted JPEG, as received and as its ready-to-send MJPEG part."""
+
+    seq: int
+    timestamp: float  # wall clock at arrival (epoch seconds)
+    monotonic: float  # monotonic clock at arrival
+    width: int
+    height: int
+    size: int
+    part: bytes
+    offset: int
+
+    @property
+    def jpeg(self) -> memoryview:
+        """The JPEG bytes, without a copy."""
+        return memoryview(self.part)[self.offset : self.offset + self.size]
+
+
+class StreamListener(Protocol):
+    """Something that follows every stream (the recorder, metrics). Must not block."""
+
+    def stream_opened(self, stream: Stream) -> None: ...
+
+    def frame_published(self, stream: Stream, frame: Frame) -> None: ...
+
+    def stream_closed(self, stream: Stream, reason: str) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Viewer:
+    """One open ``GET /stream/<name>`` response."""
+
+    connected_at: float = field(default_factory=time.monotonic)
+    last_seq: int = 0
+    frames_sent: int = 0
+    frames_skipped: int = 0
+    closed: bool = False
+    sending_since: float = 0.0  # monotonic time a write started; 0 when idle
+    task: asyncio.Task | None = None
+    waiter: asyncio.Future | None = None
+
+    def close(self) -> None:
+        """End this viewer's response at its next wake-up."""
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(_CLOSED)
+
+
+class Stream:
+    """A named live stream: latest frame, ring buffer, viewers, counters."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: StreamsSettings,
+        listeners: list[StreamListener],
+        clock: Callable[[], float] = time.time,
+    ):
+        self.name = name
+        self.settings = settings
+        self.created_at = clock()
+        self.created_monotonic = time.monotonic()
+        self.buffer: deque[Frame] = deque(maxlen=settings.max_buffer_frames)
+        self.viewers: set[Viewer] = set()
+        self.latest: Frame | None = None
+        self.total_frames = 0
+        self.bytes_in = 0
+        self.frames_skipped = 0  # frames that slow viewers never got
+        self.frames_sent = 0
+        self.closed = False
+        self.close_reason: str | None = None
+        self.last_wake = time.monotonic()
+        self._clock = clock
+        self._listeners = listeners
+        self._waiters: list[asyncio.Future] = []
+        self._arrivals: deque[float] = deque(maxlen=256)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish(self, jpeg: bytes, info: JpegInfo) -> Frame:
+        """Accept one validated JPEG: build its part, wake viewers, tell listeners."""
+        now = self._clock()
+        mono = time.monotonic()
+        part, offset = build_part(jpeg, now)
+        self.total_frames += 1
+        frame = Frame(
+            self.total_frames, now, mono, info.width, info.height, len(jpeg), part, offset
+        )
+        self.latest = frame
+        self.buffer.append(frame)
+        self.bytes_in += len(jpeg)
+        self._arrivals.append(mono)
+        self._wake(frame)
+        for listener in self._listeners:
+            try:
+                listener.frame_published(self, frame)
+            except Exception:  # a broken listener must never cost a frame
+                log.exception("listener %r failed on stream %s", listener, self.name)
+        return frame
+
+    def _wake(self, value: object) -> None:
+        self.last_wake = time.monotonic()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(value)
+
+    def tick(self, now: float) -> None:
+        """Wake viewers of a quiet stream so they re-send the last frame."""
+        if self._waiters and now - self.last_wake >= self.settings.resend_seconds:
+            self._wake(_TICK)
+
+    def close(self, reason: str) -> None:
+        """End the stream: every viewer's response finishes, listeners are told."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._wake(_CLOSED)
+        for viewer in list(self.viewers):
+            viewer.close()
+        for listener in self._listeners:
+            try:
+                listener.stream_closed(self, reason)
+            except Exception:
+                log.exception("listener %r failed closing stream %s", listener, self.name)
+
+    # -- viewing ------------------------------------------------------------------------
+
+    def add_viewer(self) -> Viewer:
+        """Register a viewer, or raise :class:`ViewerLimitReached`."""
+        if len(self.viewers) >= self.settings.max_viewers:
+            raise ViewerLimitReached(
+                f"stream '{self.name}' already has {len(self.viewers)} viewers (max_viewers)"
+            )
+        viewer = Viewer()
+        self.viewers.add(viewer)
+        return viewer
+
+    def remove_viewer(self, viewer: Viewer) -> None:
+        """Forget a viewer whose response has ended."""
+        self.viewers.discard(viewer)
+
+    async def next_frame(self, viewer: Viewer) -> Frame | None:
+        """The next frame ``viewer`` should send; ``None`` once the viewer or stream ends.
+
+        Returns a newer frame as soon as one is published, or the latest frame again
+        when the stream has been quiet for ``resend_seconds`` (browsers show the
+        second-to-last part of a multipart response until the next one arrives).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            if viewer.closed or self.closed:
+                return None
+            latest = self.latest
+            if latest is not None and latest.seq > viewer.last_seq:
+                if viewer.last_seq:
+                    skipped = latest.seq - viewer.last_seq - 1
+                    viewer.frames_skipped += skipped
+                    self.frames_skipped += skipped
+                viewer.last_seq = latest.seq
+                return latest
+            waiter = loop.create_future()
+            viewer.waiter = waiter
+            self._waiters.append(waiter)
+            try:
+                woke = await waiter
+            finally:
+                viewer.waiter = None
+            if woke is _TICK and self.latest is not None and not viewer.closed:
+                return self.latest
+
+    # -- statistics ---------------------------------------------------------------------
+
+    def inactive_seconds(self, now: float | None = None) -> float:
+        """Seconds since the last frame (or since creation when none came)."""
+        now = self._clock() if now is None else now
+        last = self.latest.timestamp if self.latest else self.created_at
+        return max(0.0, now - last)
+
+    def fps(self) -> float:
+        """Frames per second received over the last two seconds."""
+        now = time.monotonic()
+        recent = [t for t in self._arrivals if now - t <= 2.0]
+        if len(recent) < 2:
+            return 0.0
+        if len(recent) == len(self._arrivals) == self._arrivals.maxlen:
+            return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-9)
+        return len(recent) / 2.0
+
+    def summary(self) -> dict:
+        """The brief's ``/api/streams`` entry (plus extra fields)."""
+        now = self._clock()
+        latest = self.latest
+        return {
+            "name": self.name,
+            "created_at": iso(self.created_at),
+            "uptime_seconds": round(now - self.created_at, 3),
+            "total_frames": self.total_frames,
+            "viewer_count": len(self.viewers),
+            "inactive_seconds": round(self.inactive_seconds(now), 3),
+            "fps": round(self.fps(), 2),
+            "width": latest.width if latest else None,
+            "height": latest.height if latest else None,
+        }
+
+    def stats(self) -> dict:
+        """The brief's ``/api/streams/<name>/stats`` body (plus extra fields)."""
+        latest = self.latest
+        return {
+            **self.summary(),
+            "last_frame_time": iso(latest.timestamp) if latest else None,
+            "buffer_size": len(self.buffer),
+            "max_buffer_frames": self.buffer.maxlen,
+            "has_current_frame": latest is not None,
+            "bytes_in": self.bytes_in,
+            "last_frame_size": latest.size if latest else None,
+            "frames_dropped_slow_viewers": self.frames_skipped,
+        }
+
+
+class StreamRegistry:
+    """All live streams of the process, with their limit and the resend ticker."""
+
+    def __init__(self, settings: StreamsSettings, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.listeners: list[StreamListener] = []
+        self._streams: dict[str, Stream] = {}
+        self._clock = clock
+        self._ticker: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def __iter__(self):
+        return iter(list(self._streams.values()))
+
+    def get(self, name: str) -> Stream | None:
+        """The live stream called ``name``, if any."""
+        return self._streams.get(name)
+
+    def get_or_create(self, name: str) -> Stream:
+        """The stream called ``name``, created on first use (raises at the limit)."""
+        stream = self._streams.get(name)
+        if stream is not None:
+            return stream
+        validate_stream_name(name)
+        if len(self._streams) >= self.settings.max_concurrent:
+            raise StreamLimitReached(
+                f"cannot create stream '{name}': {len(self._streams)} streams are live "
+                f"(streams.max_concurrent = {self.settings.max_concurrent})"
+            )
+        stream = Stream(name, self.settings, self.listeners, self._clock)
+        self._streams[name] = stream
+        log.info("stream %s created (%d live)", name, len(self._streams))
+        for listener in self.listeners:
+            try:
+                listener.stream_opened(stream)
+            except Exception:
+                log.exception("listener %r failed opening stream %s", listener, name)
+        return stream
+
+    def remove(self, name: str, reason: str) -> Stream | None:
+        """Close and forget a stream; returns it, or ``None`` if there was none."""
+        stream = self._streams.pop(name, None)
+        if stream is not None:
+            stream.close(reason)
+            log.info("stream %s removed (%s); %d live", name, reason, len(self._streams))
+        return stream
+
+    async def start(self) -> None:
+        """Start the ticker that re-sends quiet streams and closes stalled viewers."""
+        self._ticker = asyncio.create_task(self._tick_forever(), name="stream-ticker")
+
+    async def stop(self) -> None:
+        """Close every stream (ending viewer responses) and stop the ticker."""
+        for name in list(self._streams):
+            self.remove(name, "server shutdown")
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+
+    async def _tick_forever(self) -> None:
+        period = min(self.settings.resend_seconds, 1.0) / 4
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for stream in list(self._streams.values()):
+                stream.tick(now)
+                self._close_stalled(stream, now)
+
+    def _close_stalled(self, stream: Stream, now: float) -> None:
+        limit = self.settings.viewer_stall_seconds
+        for viewer in list(stream.viewers):
+            if viewer.sending_since and now - viewer.sending_since > limit:
+                log.warning(
+                    "closing a viewer of %s: its socket took nothing for %.0f s",
+                    stream.name,
+                    now - viewer.sending_since,
+                )
+                viewer.closed = True
+                viewer.sending_since = 0.0
+                if viewer.task is not None:
+                    viewer.task.cancel()

@@ -1,0 +1,81 @@
+"""The JSON API: stream listing, stats, deletion and health (documented at /docs)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+
+from .. import __version__
+from ..errors import StreamNotFound
+from ..streams import validate_stream_name
+from .schemas import ErrorBody, Health, StreamList, StreamStats, Success
+
+router = APIRouter()
+_ERRORS = {
+    400: {"model": ErrorBody, "description": "Invalid stream name"},
+    404: {"model": ErrorBody, "description": "Unknown stream"},
+}
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def _stream(request: Request, name: str):
+    validate_stream_name(name)
+    stream = request.app.state.runtime.registry.get(name)
+    if stream is None:
+        raise StreamNotFound(f"stream '{name}' does not exist")
+    return stream
+
+
+@router.get("/api/streams", response_model=StreamList, tags=["streams"])
+async def list_streams(request: Request) -> dict:
+    """All live streams with their statistics."""
+    streams = [stream.summary() for stream in request.app.state.runtime.registry]
+    streams.sort(key=lambda s: s["name"])
+    return {"count": len(streams), "streams": streams}
+
+
+@router.get(
+    "/api/streams/{name}/stats", response_model=StreamStats, responses=_ERRORS, tags=["streams"]
+)
+async def stream_stats(request: Request, name: str) -> dict:
+    """Detailed statistics of one stream."""
+    stream = _stream(request, name)
+    stats = stream.stats()
+    for extend in request.app.state.stats_extensions:
+        stats.update(extend(stream))
+    return stats
+
+
+@router.delete("/api/streams/{name}", response_model=Success, responses=_ERRORS, tags=["streams"])
+async def delete_stream(request: Request, name: str) -> dict:
+    """Delete a stream: its viewers' responses end and its recording segment is closed."""
+    _stream(request, name)
+    request.app.state.runtime.registry.remove(name, "deleted via API")
+    return {"status": "success", "message": f"Stream '{name}' deleted"}
+
+
+@router.get("/health", response_model=Health, tags=["server"])
+async def health(request: Request) -> dict:
+    """Health and a summary of limits; ``degraded`` lists its reasons in ``problems``."""
+    runtime = request.app.state.runtime
+    settings = runtime.settings
+    problems = runtime.problems()
+    return {
+        "status": "degraded" if problems else "healthy",
+        "active_streams": len(runtime.registry),
+        "max_streams": settings.streams.max_concurrent,
+        "recording_enabled": settings.recording.enabled,
+        "config": {
+            "timeout_seconds": _number(settings.streams.timeout_seconds),
+            "max_buffer_frames": settings.streams.max_buffer_frames,
+            "retention_days": _number(settings.recording.retention_days),
+        },
+        "problems": problems,
+        "uptime_seconds": round(time.time() - runtime.started_at, 3),
+        "viewers": sum(len(s.viewers) for s in runtime.registry),
+        "version": __version__,
+    }

@@ -1,0 +1,52 @@
+"""The ASGI app factory: routes, error handlers, CORS and the runtime's lifespan."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from .. import __version__
+from ..config import Settings
+from ..runtime import Runtime
+from . import api, live
+from .errors import EXCEPTION_HANDLERS
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    """Build the application around a runtime (made from ``settings`` if not given)."""
+    runtime = runtime or Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="robogpt-video",
+        version=__version__,
+        description="Publish JPEG frames, watch them live as MJPEG, record them to disk.",
+        lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
+    app.state.runtime = runtime
+    # Seams for later parts: a handler for long-lived multipart ingest, and functions
+    # that add fields to a stream's stats (e.g. its current recording segment).
+    app.state.mpjpeg_ingest = None
+    app.state.stats_extensions = []
+    for route in live.routes():
+        app.router.routes.append(route)
+    app.include_router(api.router)
+    if settings.server.cors_enabled:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=["*"],
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["X-Timestamp"],
+        )
+    return app

@@ -1,0 +1,62 @@
+"""Every error leaves the server as ``{"status": "error", "error": code, "message": text}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..errors import ApiError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_parameters",
+}
+
+
+def error_response(status_code: int, code: str, message: str, headers=None) -> JSONResponse:
+    """The one JSON error shape."""
+    body = {"status": "error", "error": code, "message": message}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status_code, exc.code, exc.message)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route for {request.method} {request.url.path}"
+    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "path", "body"))
+        parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
+    return error_response(422, "invalid_parameters", "; ".join(parts) or "invalid parameters")
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    RequestValidationError: _validation_error,
+    Exception: _unexpected,
+}

@@ -1,0 +1,156 @@
+"""The hot paths: ``POST /publish/<name>``, ``GET /stream/<name>``, ``GET /snapshot/<name>``.
+
+These are plain Starlette endpoints (FastAPI's request models would cost ≈55 µs a
+frame); the viewer is a raw ASGI app so it can watch for the client leaving while
+it waits for the next frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import ApiError, StreamNotFound
+from ..jpeg import inspect_jpeg
+from ..streams import CONTENT_TYPE, StreamRegistry, validate_stream_name
+from .bodies import MULTIPART_SLACK, frame_from_multipart, read_limited
+from .errors import error_response
+
+log = logging.getLogger(__name__)
+
+RAW_TYPES = ("image/jpeg", "image/jpg", "image/pjpeg", "application/octet-stream")
+NO_CACHE = {
+    "Cache-Control": "no-cache, no-store, must-revalidate, max-age=0",
+    "Pragma": "no-cache",
+    "Expires": "0",
+}
+
+
+def _registry(request: Request) -> StreamRegistry:
+    return request.app.state.runtime.registry
+
+
+async def publish(request: Request) -> Response:
+    """Accept one JPEG (multipart field ``frame`` or a raw ``image/jpeg`` body)."""
+    name = validate_stream_name(request.path_params["name"])
+    settings = request.app.state.runtime.settings
+    limit = settings.server.max_frame_bytes
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    long_lived = request.app.state.mpjpeg_ingest
+    if media == "multipart/form-data":
+        body = await read_limited(request, limit + MULTIPART_SLACK)
+        jpeg = frame_from_multipart(body, content_type, limit)
+    elif media in RAW_TYPES:
+        jpeg = await read_limited(request, limit)
+    elif media in ("multipart/x-mixed-replace", "multipart/mixed") or media == "":
+        if long_lived is not None:
+            return await long_lived(request, name)
+        jpeg = await read_limited(request, limit)
+    else:
+        raise ApiError(
+            f"unsupported Content-Type {media!r}: send multipart/form-data with a "
+            f"'frame' field, or a raw image/jpeg body",
+            code="unsupported_media_type",
+            status_code=415,
+        )
+    info = inspect_jpeg(jpeg)
+    frame = _registry(request).get_or_create(name).publish(jpeg, info)
+    return JSONResponse(
+        {
+            "status": "success",
+            "stream": name,
+            "frame_size": frame.size,
+            "sequence": frame.seq,
+            "width": frame.width,
+            "height": frame.height,
+        }
+    )
+
+
+async def snapshot(request: Request) -> Response:
+    """The latest JPEG of a stream, at once."""
+    name = validate_stream_name(request.path_params["name"])
+    stream = _registry(request).get(name)
+    if stream is None:
+        raise StreamNotFound(f"stream '{name}' does not exist")
+    frame = stream.latest
+    if frame is None:
+        raise StreamNotFound(f"stream '{name}' has no frame yet", code="no_frame")
+    return Response(
+        bytes(frame.jpeg),
+        media_type="image/jpeg",
+        headers={**NO_CACHE, "X-Timestamp": f"{frame.timestamp:.6f}"},
+    )
+
+
+class MjpegView:
+    """``GET /stream/<name>``: ``multipart/x-mixed-replace; boundary=frame`` until the end."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        try:
+            name = validate_stream_name(scope["path_params"]["name"])
+            stream = _registry(request).get(name)
+            if stream is None:
+                raise StreamNotFound(f"stream '{name}' does not exist")
+            viewer = stream.add_viewer()
+        except ApiError as exc:
+            await error_response(exc.status_code, exc.code, exc.message)(scope, receive, send)
+            return
+        headers = [(b"content-type", CONTENT_TYPE.encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in NO_CACHE.items()]
+        headers.append((b"x-accel-buffering", b"no"))
+        if scope["method"] == "HEAD":
+            stream.remove_viewer(viewer)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        viewer.task = asyncio.current_task()
+        watcher = asyncio.create_task(self._watch_disconnect(receive, viewer))
+        finished = False
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            while True:
+                frame = await stream.next_frame(viewer)
+                if frame is None:
+                    break
+                viewer.sending_since = time.monotonic()
+                await send({"type": "http.response.body", "body": frame.part, "more_body": True})
+                viewer.sending_since = 0.0
+                viewer.frames_sent += 1
+                stream.frames_sent += 1
+            finished = True
+        except asyncio.CancelledError:
+            if not viewer.closed:  # not our own stall timeout: the server is stopping
+                raise
+        except OSError:  # the client went away mid-write
+            pass
+        finally:
+            watcher.cancel()
+            stream.remove_viewer(viewer)
+        if finished:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _watch_disconnect(receive, viewer) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                viewer.close()
+                return
+
+
+def routes() -> list[Route]:
+    """The live routes, for the app factory."""
+    return [
+        Route("/publish/{name}", publish, methods=["POST", "PUT"]),
+        Route("/stream/{name}", MjpegView(), methods=["GET"]),
+        Route("/snapshot/{name}", snapshot, methods=["GET"]),
+    ]
+

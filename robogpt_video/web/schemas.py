@@ -1,0 +1,65 @@
+"""Response models of the JSON API (they document it at /docs; extra fields pass through)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamSummary(_Open):
+    name: str
+    created_at: str
+    uptime_seconds: float
+    total_frames: int
+    viewer_count: int
+    inactive_seconds: float
+    fps: float
+    width: int | None = None
+    height: int | None = None
+
+
+class StreamList(_Open):
+    count: int
+    streams: list[StreamSummary]
+
+
+class StreamStats(StreamSummary):
+    last_frame_time: str | None
+    buffer_size: int
+    max_buffer_frames: int
+    has_current_frame: bool
+    bytes_in: int
+    last_frame_size: int | None
+    frames_dropped_slow_viewers: int
+
+
+class Success(_Open):
+    status: str = "success"
+    message: str
+
+
+class HealthConfig(_Open):
+    timeout_seconds: int | float
+    max_buffer_frames: int
+    retention_days: int | float
+
+
+class Health(_Open):
+    status: str
+    active_streams: int
+    max_streams: int
+    recording_enabled: bool
+    config: HealthConfig
+    problems: list[str]
+    uptime_seconds: float
+    viewers: int
+    version: str
+
+
+class ErrorBody(BaseModel):
+    status: str = "error"
+    error: str
+    message: str
