@@ -201,8 +201,13 @@ class Stream:
         return viewer
 
     def remove_viewer(self, viewer: Viewer) -> None:
-        """Forget a viewer whose response has ended."""
-        self.viewers.discard(viewer)
+        """Forget a viewer whose response has ended, counting the frames it never got."""
+        if viewer in self.viewers:
+            self.viewers.discard(viewer)
+            if viewer.last_seq and self.latest is not None:
+                missed = self.latest.seq - viewer.last_seq
+                viewer.frames_skipped += missed
+                self.frames_skipped += missed
 
     async def next_frame(self, viewer: Viewer) -> Frame | None:
         """The next frame ``viewer`` should send; ``None`` once the viewer or stream ends.
