@@ -11,6 +11,18 @@ from .config import LoggingSettings
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class _ExpectedAbort(logging.Filter):
+    """Drop uvicorn's error for a response we end on purpose.
+
+    A viewer whose socket took nothing for ``viewer_stall_seconds`` is cut off by
+    returning without finishing its response; uvicorn then closes the connection
+    (what we want) and logs an ERROR that would read like a bug. We log our own warning.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing response."
+
+
 def setup_logging(settings: LoggingSettings) -> None:
     """Send every log record at ``settings.level`` to stderr and to ``settings.file``."""
     root = logging.getLogger()
@@ -33,4 +45,7 @@ def setup_logging(settings: LoggingSettings) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    error_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _ExpectedAbort) for f in error_log.filters):
+        error_log.addFilter(_ExpectedAbort())
     logging.getLogger("uvicorn.access").disabled = True

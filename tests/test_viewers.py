@@ -131,6 +131,7 @@ def test_slow_viewer_does_not_slow_a_fast_one(start_server):
     assert stats["frames_dropped_slow_viewers"] > 0  # the slow one skipped frames...
     assert stats["viewer_count"] == 0  # ...and was closed after 2 s of taking nothing
     assert "closing a viewer of cam" in srv.output()
+    assert "ERROR" not in srv.output()
 
 
 def test_ffmpeg_decodes_the_live_stream(server, tmp_path):
