@@ -23,7 +23,7 @@ class _ExpectedAbort(logging.Filter):
         return record.getMessage() != "ASGI callable returned without completing response."
 
 
-def setup_logging(settings: LoggingSettings) -> None:
+def setup_logging(settings: LoggingSettings, access_log: bool = False) -> None:
     """Send every log record at ``settings.level`` to stderr and to ``settings.file``."""
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -48,4 +48,4 @@ def setup_logging(settings: LoggingSettings) -> None:
     error_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _ExpectedAbort) for f in error_log.filters):
         error_log.addFilter(_ExpectedAbort())
-    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("uvicorn.access").disabled = not access_log

@@ -33,14 +33,14 @@ def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket
 
 def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
-    setup_logging(settings.logging)
+    setup_logging(settings.logging, access_log=settings.server.debug)
     server_settings = settings.server
     sock = listening_socket(server_settings.host, server_settings.port, server_settings.send_buffer_kb)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
         create_app(settings),
         log_config=None,
-        access_log=False,
+        access_log=server_settings.debug,  # a line per request: debugging only
         loop="auto",
         http="auto",
         ws="auto",
