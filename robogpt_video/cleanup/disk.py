@@ -142,7 +142,9 @@ def prune_dirs(store: RecordingStore, live: Collection[str]) -> list[str]:
     return [folder.name for folder in removed]
 
 
-def dirs_left_empty(store: RecordingStore, doomed: Iterable[Segment], live: Collection[str]) -> list[str]:
+def dirs_left_empty(
+    store: RecordingStore, doomed: Iterable[Segment], live: Collection[str]
+) -> list[str]:
     """Folders that would be empty once ``doomed`` are gone (for a dry run)."""
     gone = {normalize(p) for s in doomed for p in (s.path, _recording(s).sidecar)}
     names = []

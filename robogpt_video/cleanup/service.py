@@ -81,7 +81,8 @@ class CleanupService:
     async def _run(self) -> None:
         await self._attempt("start-up retention", lambda: self.sweep_disk(retention=True))
         while True:
-            await self._attempt("disk guard", lambda: self.sweep_disk(retention=False))
+            if any(self._limits()):
+                await self._attempt("disk guard", lambda: self.sweep_disk(retention=False))
             await asyncio.sleep(self._delay())
             try:
                 self.sweep_streams()
@@ -116,7 +117,8 @@ class CleanupService:
         names = inactive_streams(idle, timeout)
         if not dry_run:
             for name in names:  # the registry logs the one line per stream, with this reason
-                self.registry.remove(name, f"inactive for {idle[name]:.0f} s, timeout {timeout:g} s")
+                reason = f"inactive for {idle[name]:.1f} s, timeout {timeout:g} s"
+                self.registry.remove(name, reason)
         return [{"name": name, "inactive_seconds": round(idle[name], 3)} for name in names]
 
     async def sweep_disk(self, *, retention: bool, dry_run: bool = False) -> dict:
