@@ -127,8 +127,8 @@ class CleanupService:
             free = await asyncio.to_thread(disk.free_bytes, self.store.root)
             listing = retention or self._guard_needs_listing(free)
             segments = await self._scan() if listing else []
-            doomed = expired(segments, self._clock(), self._retention_days, self.grace)
-            doomed = doomed if retention else []
+            now = self._clock()
+            doomed = expired(segments, now, self._retention_days, self.grace) if retention else []
             plan = self._plan_guard(segments, doomed, free)
             chosen = [(s, self._retention_reason) for s in doomed]
             chosen += [(s, "disk guard") for s in plan.delete]
