@@ -6,6 +6,7 @@ import logging
 import time
 from typing import Protocol
 
+from .cleanup import CleanupService
 from .config import Settings
 from .streams import StreamRegistry
 
@@ -28,6 +29,11 @@ class Runtime:
         self.started_at = time.time()
         self.registry = StreamRegistry(settings.streams)
         self.services: list[Service] = [self.registry]
+        # Last, so it starts after (and stops before) the recorder whose files it deletes.
+        self.cleanup = CleanupService(
+            settings, self.registry, recorder=lambda: getattr(self, "recorder", None)
+        )
+        self.services.append(self.cleanup)
         self._started: list[Service] = []
 
     async def start(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,14 +158,16 @@ class RecordingStore:
                 pass
         return freed
 
-    def remove_empty_dirs(self) -> list[Path]:
-        """Delete stream folders that hold nothing; returns them."""
+    def remove_empty_dirs(self, skip: Callable[[Path], bool] | None = None) -> list[Path]:
+        """Delete stream folders that hold nothing (and that ``skip`` does not spare)."""
         removed = []
         try:
             folders = [p for p in self.root.iterdir() if p.is_dir()]
         except FileNotFoundError:
             return removed
         for folder in folders:
+            if skip is not None and skip(folder):
+                continue
             try:
                 folder.rmdir()  # only succeeds when empty
                 removed.append(folder)
