@@ -335,10 +335,14 @@ class StreamRegistry:
         """Start the ticker that re-sends quiet streams and closes stalled viewers."""
         self._ticker = asyncio.create_task(self._tick_forever(), name="stream-ticker")
 
+    def close_all(self, reason: str) -> None:
+        """Close every stream: viewer responses end, listeners close their segments."""
+        for name in list(self._streams):
+            self.remove(name, reason)
+
     async def stop(self) -> None:
         """Close every stream (ending viewer responses) and stop the ticker."""
-        for name in list(self._streams):
-            self.remove(name, "server shutdown")
+        self.close_all("server shutdown")
         if self._ticker is not None:
             self._ticker.cancel()
             try:

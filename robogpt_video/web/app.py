@@ -10,7 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, live
+from . import api, live, metrics
 from .errors import EXCEPTION_HANDLERS
 
 
@@ -41,6 +41,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     for route in live.routes():
         app.router.routes.append(route)
     app.include_router(api.router)
+    metrics.install(app, runtime)
     if settings.server.cors_enabled:
         app.add_middleware(
             CORSMiddleware,
