@@ -85,6 +85,8 @@ class RepeatFilter(logging.Filter):
                 del self._seen[key]
                 if seen.suppressed and seen.last is not None:
                     summary = logging.makeLogRecord(seen.last.__dict__)
+                    summary.created = time.time()  # written now: keep the file in order
+                    summary.msecs = summary.created % 1 * 1000
                     _add_count(summary, seen.suppressed)
                     setattr(summary, _DECIDED, True)
                     due.append(summary)
