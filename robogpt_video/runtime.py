@@ -47,7 +47,7 @@ class Runtime:
         # Called when shutdown begins, before the HTTP server drains its connections:
         # whatever holds a response open forever (viewers, long-lived ingest) ends it here.
         self.on_shutdown: list[Callable[[], Awaitable[None] | None]] = [
-            lambda: self.registry.close_all("server shutdown")
+            lambda: self.registry.end_viewers("server shutdown")
         ]
         self.shutting_down = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from types import FrameType
@@ -14,6 +15,7 @@ from .runtime import Runtime
 from .web import create_app
 
 log = logging.getLogger(__name__)
+ABORT_AFTER = 1.0  # seconds a closed connection may take to flush at shutdown
 
 
 def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket:
@@ -51,7 +53,23 @@ class GracefulServer(uvicorn.Server):
             server.close()
         log.info("shutting down: ending live responses")
         await self.runtime.begin_shutdown()
-        await super().shutdown(sockets)
+        aborter = asyncio.create_task(self._abort_unflushable(ABORT_AFTER))
+        try:
+            await super().shutdown(sockets)
+        finally:
+            aborter.cancel()
+
+    async def _abort_unflushable(self, after: float) -> None:
+        """Drop connections that are closing but cannot flush to a client that reads nothing.
+
+        A closed transport first sends what it has buffered; a stuck viewer never takes
+        it, which would hold uvicorn's drain until its timeout.
+        """
+        await asyncio.sleep(after)
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and transport.is_closing():
+                transport.abort()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """Shut down on SIGINT/SIGTERM and then exit 0 (a second SIGINT forces it)."""

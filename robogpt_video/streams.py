@@ -340,6 +340,22 @@ class StreamRegistry:
         for name in list(self._streams):
             self.remove(name, reason)
 
+    async def end_viewers(self, reason: str, grace: float = 1.0) -> None:
+        """Close every stream, give viewers ``grace`` seconds to finish, then cancel them.
+
+        A viewer whose client reads nothing is stuck in a write and would otherwise hold
+        the server's shutdown until uvicorn's drain timeout.
+        """
+        streams = list(self._streams.values())
+        self.close_all(reason)
+        deadline = time.monotonic() + grace
+        while any(stream.viewers for stream in streams) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for stream in streams:
+            for viewer in list(stream.viewers):
+                if viewer.task is not None:
+                    viewer.task.cancel()
+
     async def stop(self) -> None:
         """Close every stream (ending viewer responses) and stop the ticker."""
         self.close_all("server shutdown")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -118,3 +119,26 @@ def test_sigterm_on_idle_server_exits_0(server):
     started = time.monotonic()
     assert server.stop(signal.SIGTERM) == 0
     assert time.monotonic() - started < STOP_WITHIN
+
+
+def test_sigterm_with_a_viewer_that_reads_nothing_still_exits_0_in_time(start_server):
+    server = start_server()
+    big = make_jpeg(1280, 960, seed=3, quality=95)
+    with httpx.Client(timeout=10) as client:
+        assert publish(server.url, "cam", big, client).status_code == 200
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", server.port))
+        stuck.sendall(b"GET /stream/cam HTTP/1.1\r\nHost: x\r\n\r\n")
+        for seed in range(40):  # fill the stuck viewer's socket buffers; it never reads
+            publish(server.url, "cam", make_jpeg(1280, 960, seed=seed, quality=95), client)
+    try:
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(STOP_WITHIN + 5)
+        took = time.monotonic() - started
+    finally:
+        stuck.close()
+    assert code == 0, server.output()
+    assert took < STOP_WITHIN, f"shutdown took {took:.1f} s"
+    assert "timeout graceful shutdown exceeded" not in server.output()  # not left to uvicorn
