@@ -29,7 +29,7 @@ class _Seen:
 
 
 class RepeatFilter(logging.Filter):
-    """Lets the first of a run of identical log statements through, counts the rest.
+    """Lets the first of a run of identical warnings (or worse) through, counts the rest.
 
     "Identical" means the same logger, level and message template (arguments may
     differ: a flood from many clients is still one flood). Attach one instance to
@@ -49,8 +49,8 @@ class RepeatFilter(logging.Filter):
         decided = getattr(record, _DECIDED, None)
         if decided is not None:
             return decided
-        if self.window <= 0:
-            return True
+        if self.window <= 0 or record.levelno < logging.WARNING:
+            return True  # info lines are few by design; warnings are what floods
         now = self._clock()
         key = (record.name, record.levelno, str(record.msg))
         with self._lock:

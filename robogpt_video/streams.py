@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from .config import StreamsSettings
-from .errors import InvalidStreamName, StreamLimitReached, ViewerLimitReached
+from .errors import ApiError, InvalidStreamName, StreamLimitReached, ViewerLimitReached
 from .jpeg import JpegInfo
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,7 @@ class StreamRegistry:
         self._streams: dict[str, Stream] = {}
         self._clock = clock
         self._ticker: asyncio.Task | None = None
+        self.accepting = True  # False once shutdown begins: no new streams
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -308,6 +309,8 @@ class StreamRegistry:
         if stream is not None:
             return stream
         validate_stream_name(name)
+        if not self.accepting:
+            raise ApiError("the server is shutting down", code="shutting_down", status_code=503)
         if len(self._streams) >= self.settings.max_concurrent:
             raise StreamLimitReached(
                 f"cannot create stream '{name}': {len(self._streams)} streams are live "
@@ -346,6 +349,7 @@ class StreamRegistry:
         A viewer whose client reads nothing is stuck in a write and would otherwise hold
         the server's shutdown until uvicorn's drain timeout.
         """
+        self.accepting = False
         streams = list(self._streams.values())
         self.close_all(reason)
         deadline = time.monotonic() + grace

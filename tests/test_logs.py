@@ -54,15 +54,18 @@ def test_pending_counts_are_written_by_a_later_record_or_flush():
     for _ in range(3):
         logger.warning("disk slow")
     clock.now += 6
-    logger.info("something else")  # sweeps closed windows first
+    logger.warning("something else")  # sweeps closed windows first
     assert lines == ["disk slow", "disk slow (repeated 2 times)", "something else"]
+    logger.info("stream created")
+    logger.info("stream created")  # info lines are never collapsed
+    assert lines[-2:] == ["stream created", "stream created"]
 
     for _ in range(4):
         logger.error("queue full on %s", "cam")
     repeat.flush()
     assert lines[-2:] == ["queue full on cam", "queue full on cam (repeated 3 times)"]
     repeat.flush()
-    assert len(lines) == 5
+    assert len(lines) == 7
 
 
 def test_window_zero_turns_collapsing_off():

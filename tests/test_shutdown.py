@@ -142,3 +142,35 @@ def test_sigterm_with_a_viewer_that_reads_nothing_still_exits_0_in_time(start_se
     assert code == 0, server.output()
     assert took < STOP_WITHIN, f"shutdown took {took:.1f} s"
     assert "timeout graceful shutdown exceeded" not in server.output()  # not left to uvicorn
+
+
+def test_begin_shutdown_runs_callbacks_once_and_refuses_new_streams():
+    import asyncio
+
+    from robogpt_video.config import Settings
+    from robogpt_video.errors import ApiError
+    from robogpt_video.runtime import Runtime
+
+    calls = []
+
+    async def ending_ingest():
+        calls.append("async")
+
+    def broken():
+        raise RuntimeError("a broken callback must not stop the others")
+
+    async def scenario():
+        runtime = Runtime(Settings())
+        await runtime.start()
+        stream = runtime.registry.get_or_create("cam")
+        runtime.on_shutdown += [broken, ending_ingest, lambda: calls.append("sync")]
+        await runtime.begin_shutdown()
+        await runtime.begin_shutdown()
+        assert stream.closed and runtime.registry.get("cam") is None
+        with pytest.raises(ApiError) as refused:
+            runtime.registry.get_or_create("cam")
+        assert (refused.value.status_code, refused.value.code) == (503, "shutting_down")
+        await runtime.stop()
+
+    asyncio.run(scenario())
+    assert calls == ["async", "sync"]
