@@ -15,7 +15,7 @@ from .runtime import Runtime
 from .web import create_app
 
 log = logging.getLogger(__name__)
-ABORT_AFTER = 1.0  # seconds a closed connection may take to flush at shutdown
+ABORT_AFTER = 0.5  # a closed connection may take 1-2 periods to flush at shutdown
 
 
 def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket:
@@ -65,11 +65,16 @@ class GracefulServer(uvicorn.Server):
         A closed transport first sends what it has buffered; a stuck viewer never takes
         it, which would hold uvicorn's drain until its timeout.
         """
-        await asyncio.sleep(after)
-        for connection in list(self.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None and transport.is_closing():
-                transport.abort()
+        closing: set = set()
+        while True:
+            await asyncio.sleep(after)
+            for connection in list(self.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is None or not transport.is_closing():
+                    continue
+                if transport in closing:  # still unflushed one period later
+                    transport.abort()
+                closing.add(transport)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """Shut down on SIGINT/SIGTERM and then exit 0 (a second SIGINT forces it)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -13,6 +14,9 @@ import httpx
 import pytest
 
 from helpers import iter_parts, make_jpeg, publish
+from robogpt_video.config import Settings
+from robogpt_video.errors import ApiError
+from robogpt_video.runtime import Runtime
 
 STOP_WITHIN = 10.0  # seconds: the brief's bound, well above what it takes here
 
@@ -31,7 +35,8 @@ class Publisher(threading.Thread):
         with httpx.Client(timeout=5) as client:
             while not self.stop_event.is_set():
                 try:
-                    if publish(self.url, self.name, frames[self.sent % 8], client).status_code == 200:
+                    response = publish(self.url, self.name, frames[self.sent % 8], client)
+                    if response.status_code == 200:
                         self.sent += 1
                 except httpx.HTTPError:
                     return  # the server has gone: that is the point of the test
@@ -145,12 +150,6 @@ def test_sigterm_with_a_viewer_that_reads_nothing_still_exits_0_in_time(start_se
 
 
 def test_begin_shutdown_runs_callbacks_once_and_refuses_new_streams():
-    import asyncio
-
-    from robogpt_video.config import Settings
-    from robogpt_video.errors import ApiError
-    from robogpt_video.runtime import Runtime
-
     calls = []
 
     async def ending_ingest():
