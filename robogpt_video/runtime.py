@@ -19,19 +19,6 @@ class Service(Protocol):
 
     async def start(self) -> None: ...
 
-    async def begin_shutdown(self) -> None:
-        """End every open-ended response so the server can drain; ``stop()`` follows."""
-        if self.shutting_down:
-            return
-        self.shutting_down = True
-        for callback in self.on_shutdown:
-            try:
-                result = callback()
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                log.exception("error in shutdown callback %r", callback)
-
     async def stop(self) -> None: ...
 
 
