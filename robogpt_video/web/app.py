@@ -10,7 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, cleanup, live
+from . import api, cleanup, live, metrics
 from .errors import EXCEPTION_HANDLERS
 
 
@@ -42,6 +42,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         app.router.routes.append(route)
     app.include_router(api.router)
     app.include_router(cleanup.router)
+    metrics.install(app, runtime)
     if settings.server.cors_enabled:
         app.add_middleware(
             CORSMiddleware,

@@ -37,6 +37,16 @@ def _registry(request: Request) -> StreamRegistry:
 
 async def publish(request: Request) -> Response:
     """Accept one JPEG (multipart field ``frame`` or a raw ``image/jpeg`` body)."""
+    try:
+        return await _publish(request, time.perf_counter())
+    except ApiError as exc:
+        request.app.state.metrics.publish_rejected.labels(exc.code).inc()
+        # One template for every rejection: the log filter collapses a flood to a few lines.
+        log.warning("publish refused (%s %s): %s", exc.status_code, exc.code, exc.message)
+        raise
+
+
+async def _publish(request: Request, started: float) -> Response:
     name = validate_stream_name(request.path_params["name"])
     settings = request.app.state.runtime.settings
     limit = settings.server.max_frame_bytes
@@ -61,6 +71,7 @@ async def publish(request: Request) -> Response:
         )
     info = inspect_jpeg(jpeg)
     frame = _registry(request).get_or_create(name).publish(jpeg, info)
+    request.app.state.metrics.publish_seconds.observe(time.perf_counter() - started)
     return JSONResponse(
         {
             "status": "success",
