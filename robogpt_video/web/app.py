@@ -10,7 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, live
+from . import api, ingest, live
 from .errors import EXCEPTION_HANDLERS
 
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.state.stats_extensions = []
     for route in live.routes():
         app.router.routes.append(route)
+    ingest.install(app)
     app.include_router(api.router)
     if settings.server.cors_enabled:
         app.add_middleware(
