@@ -1,0 +1,4 @@
+"""The brief's import path: ``from client.publisher import StreamPublisher``."""
+
+from robogpt_video.client import *  # noqa: F401,F403
+from robogpt_video.client import __all__  # noqa: F401
