@@ -9,7 +9,7 @@ ffmpeg sends no Content-Type header at all; a header's boundary is only a hint.
 
 from __future__ import annotations
 
-from .errors import FrameTooLarge, InvalidFrame
+from .errors import ApiError, FrameTooLarge, InvalidFrame
 
 MAX_BOUNDARY = 200  # RFC 2046 allows 70 characters; be lenient, but bounded
 MAX_HEADERS = 16 * 1024  # all header lines of one part
@@ -46,21 +46,36 @@ class MpjpegParser:
         self._buf = bytearray()
         self._state = "start"  # start -> headers -> body -> delimiter -> headers ...
         self._length: int | None = None
+        self._pending: ApiError | None = None
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the part bodies they completed (possibly none)."""
+        self._raise_pending()
         if self.finished:
             return []
         self._buf += data
         out: list[bytes] = []
-        while not self.finished:
-            step = getattr(self, f"_{self._state}")
-            if not step(out):
-                break
+        try:
+            while not self.finished:
+                step = getattr(self, f"_{self._state}")
+                if not step(out):
+                    break
+        except ApiError as exc:
+            if not out:
+                raise
+            # Hand out the good parts first; the error comes with the next call.
+            self._pending = exc
         return out
 
+    def _raise_pending(self) -> None:
+        if self._pending is not None:
+            exc, self._pending = self._pending, None
+            self.finished = True
+            raise exc
+
     def close(self) -> None:
-        """The body ended: raise if it stopped inside a part."""
+        """The body ended: raise if it stopped inside a part (or on a pending error)."""
+        self._raise_pending()
         if self.finished:
             return
         rest = bytes(self._buf).strip(b"\r\n")

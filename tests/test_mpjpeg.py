@@ -80,6 +80,7 @@ def test_malformed_bodies_are_refused_with_a_reason(body, code, words):
     parser = MpjpegParser(1000)
     with pytest.raises(MultipartError) as info:
         parser.feed(body)
+        parser.close()
     assert info.value.code == code
     assert words in info.value.message
 
@@ -107,3 +108,14 @@ def test_helpers():
     assert boundary_from_content_type("multipart/x-mixed-replace") is None
     assert looks_like_multipart(b"\r\n--ff") and looks_like_multipart(b"--ff")
     assert not looks_like_multipart(b"\xff\xd8\xff\xe0")
+
+
+def test_parts_before_an_error_in_the_same_chunk_are_returned_first():
+    parser = MpjpegParser(1000)
+    assert parser.feed(ffmpeg_body(A) + b"Content-length: 2000\r\n\r\n") == [A]
+    with pytest.raises(FrameTooLarge):
+        parser.feed(b"")
+    parser = MpjpegParser(1000)
+    assert parser.feed(ffmpeg_body(A) + b"Content-length: 2\r\n\r\nxyBAD") == [A, b"xy"]
+    with pytest.raises(MultipartError):
+        parser.close()
