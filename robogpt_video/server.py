@@ -31,14 +31,27 @@ def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling long-lived requests (``app.state.draining``) to finish first."""
+
+    def __init__(self, config: uvicorn.Config, draining):
+        super().__init__(config)
+        self.draining = draining
+
+    async def shutdown(self, sockets=None) -> None:
+        self.draining.set()
+        await super().shutdown(sockets=sockets)
+
+
 def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM."""
     setup_logging(settings.logging)
     server_settings = settings.server
     sock = listening_socket(server_settings.host, server_settings.port, server_settings.send_buffer_kb)
     host, port = sock.getsockname()[:2]
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         log_config=None,
         access_log=False,
         loop="auto",
@@ -54,4 +67,4 @@ def serve(settings: Settings) -> None:
         port,
         settings.recording.directory,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _Server(config, app.state.draining).run(sockets=[sock])

@@ -167,7 +167,7 @@ class StreamPublisher:
             recent = sum(1 for t in self._sent_times if now - t <= 2.0)
             counts = dict(self._counts)
         window = min(2.0, now - self._first_sent) if self._first_sent else 0.0
-        fps = recent / window if window > 0.05 else 0.0
+        fps = recent / window if recent >= 2 and window > 0 else 0.0
         return {
             **counts,
             "fps": round(fps, 2),

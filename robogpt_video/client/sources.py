@@ -49,7 +49,8 @@ def _label(frame: np.ndarray, text: str) -> None:
         import cv2
     except ImportError:  # the pattern still moves without its caption
         return
-    cv2.putText(frame, text, (10, frame.shape[0] - 12), cv2.FONT_HERSHEY_SIMPLEX,
+    frame[-32:] = 0  # a dark band so the caption reads on every bar
+    cv2.putText(frame, text, (10, frame.shape[0] - 10), cv2.FONT_HERSHEY_SIMPLEX,
                 0.6, (255, 255, 255), 2, cv2.LINE_AA)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -38,6 +39,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     # that add fields to a stream's stats (e.g. its current recording segment).
     app.state.mpjpeg_ingest = None
     app.state.stats_extensions = []
+    # Set when the server begins to shut down, so long-lived requests end at once
+    # instead of holding shutdown for uvicorn's graceful timeout.
+    app.state.draining = asyncio.Event()
     for route in live.routes():
         app.router.routes.append(route)
     ingest.install(app)

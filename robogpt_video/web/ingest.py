@@ -11,6 +11,8 @@ HTTP, a close code and reason for WebSocket); the frames before it stay publishe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from starlette.requests import ClientDisconnect, Request
@@ -67,20 +69,44 @@ async def mpjpeg_ingest(request: Request, name: str) -> Response:
     parser = MpjpegParser(runtime.settings.server.max_frame_bytes, hint)
     peer = request.client.host if request.client else "?"
     log.info("stream %s: multipart ingest from %s started", name, peer)
+    consume = asyncio.create_task(_consume(request, parser, counter))
+    draining = asyncio.create_task(request.app.state.draining.wait())
     try:
-        async for chunk in request.stream():
-            for part in parser.feed(chunk):
-                counter.publish(part)
-        parser.close()
-    except ClientDisconnect:
+        await asyncio.wait({consume, draining}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        draining.cancel()
+        if not consume.done():  # the server is shutting down (or this request was cancelled)
+            consume.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consume
+    return _ingest_result(consume, counter, name, peer)
+
+
+async def _consume(request: Request, parser: MpjpegParser, counter: IngestCounter) -> None:
+    async for chunk in request.stream():
+        for part in parser.feed(chunk):
+            counter.publish(part)
+    parser.close()
+
+
+def _ingest_result(consume: asyncio.Task, counter: IngestCounter, name: str, peer: str) -> Response:
+    exc = None if consume.cancelled() else consume.exception()
+    if consume.cancelled():
+        log.info("stream %s: multipart ingest from %s ended by shutdown after %d frames",
+                 name, peer, counter.frames)
+        return error_response(503, "server_shutting_down",
+                              f"the server is shutting down; {counter.frames} frame(s) were published")
+    if isinstance(exc, ClientDisconnect):
         # A publisher killed mid-stream (ffmpeg exits 255 on Ctrl-C): its frames stay.
         log.info("stream %s: multipart ingest from %s disconnected after %d frames",
                  name, peer, counter.frames)
         return Response(status_code=204)
-    except ApiError as exc:
+    if isinstance(exc, ApiError):
         log.warning("stream %s: multipart ingest from %s refused: %s (%s)",
                     name, peer, exc.message, counter.kept())
         return error_response(exc.status_code, exc.code, f"{exc.message}; {counter.kept()}")
+    if exc is not None:
+        raise exc
     log.info("stream %s: multipart ingest from %s ended after %d frames", name, peer, counter.frames)
     if counter.frames == 0:
         return error_response(400, "empty_frame", "multipart body held no frame")
