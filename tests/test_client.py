@@ -8,8 +8,8 @@ import httpx
 import numpy as np
 import pytest
 import simplejpeg
-
 from helpers import REPO, free_port, make_jpeg
+
 from robogpt_video.client import (
     ConfigurationError,
     EncodeError,

@@ -8,10 +8,9 @@ import httpx
 import pytest
 import requests
 import simplejpeg
+from helpers import iter_parts, make_jpeg
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
-
-from helpers import iter_parts, make_jpeg
 
 FRAMES = [make_jpeg(seed=i) for i in range(6)]
 

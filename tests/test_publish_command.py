@@ -5,7 +5,6 @@ import sys
 
 import httpx
 import simplejpeg
-
 from helpers import REPO
 
 EXAMPLE = REPO / "client" / "examples" / "webcam_publisher.py"

@@ -10,6 +10,7 @@ from .errors import (
     SourceError,
 )
 
+
 def __getattr__(name: str):
     # Lazy, so that `robogpt-video serve` can build its parser without requests installed.
     if name == "StreamPublisher":
@@ -20,12 +21,12 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "StreamPublisher",
-    "PublisherError",
     "ConfigurationError",
     "EncodeError",
     "NotRunning",
     "PublishConnectionError",
+    "PublisherError",
     "ServerError",
     "SourceError",
+    "StreamPublisher",
 ]

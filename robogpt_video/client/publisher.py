@@ -50,6 +50,21 @@ def encode_jpeg(frame, quality: int) -> bytes:
     return buffer.tobytes()
 
 
+def _check_arguments(server_url, stream_name, quality, max_fps, transport) -> None:
+    if not isinstance(stream_name, str) or not NAME_RE.fullmatch(stream_name):
+        raise ConfigurationError(
+            f"stream name {stream_name!r} is invalid: use 1-64 letters, digits, '_' or '-'"
+        )
+    if not 1 <= int(quality) <= 100:
+        raise ConfigurationError(f"quality must be 1-100, not {quality}")
+    if max_fps is not None and max_fps <= 0:
+        raise ConfigurationError(f"max_fps must be positive (or None), not {max_fps}")
+    if transport not in TRANSPORTS:
+        raise ConfigurationError(f"transport must be one of {sorted(TRANSPORTS)}")
+    if not server_url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"server_url must start with http:// or https://: {server_url!r}")
+
+
 class StreamPublisher:
     """Publish frames to ``<server_url>/publish/<stream_name>`` from a background thread."""
 
@@ -65,18 +80,7 @@ class StreamPublisher:
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
     ):
-        if not NAME_RE.fullmatch(stream_name or ""):
-            raise ConfigurationError(
-                f"stream name {stream_name!r} is invalid: use 1-64 letters, digits, '_' or '-'"
-            )
-        if not 1 <= int(quality) <= 100:
-            raise ConfigurationError(f"quality must be 1-100, not {quality}")
-        if max_fps is not None and max_fps <= 0:
-            raise ConfigurationError(f"max_fps must be positive (or None), not {max_fps}")
-        if transport not in TRANSPORTS:
-            raise ConfigurationError(f"transport must be one of {sorted(TRANSPORTS)}")
-        if not server_url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"server_url must start with http:// or https://: {server_url!r}")
+        _check_arguments(server_url, stream_name, quality, max_fps, transport)
         self.server_url = server_url.rstrip("/")
         self.stream_name = stream_name
         self.quality = int(quality)

@@ -126,7 +126,7 @@ def _close_code(exc: ApiError) -> int:
 
 
 def _reason(code: str, message: str) -> str:
-    text = f"{code}: {message}".encode("utf-8")[:WS_MAX_REASON]
+    text = f"{code}: {message}".encode()[:WS_MAX_REASON]
     return text.decode("utf-8", "ignore")
 
 

@@ -17,8 +17,8 @@ from starlette.routing import Route
 
 from ..errors import ApiError, StreamNotFound
 from ..jpeg import inspect_jpeg
-from ..streams import CONTENT_TYPE, StreamRegistry, validate_stream_name
 from ..mpjpeg import looks_like_multipart
+from ..streams import CONTENT_TYPE, StreamRegistry, validate_stream_name
 from .bodies import MULTIPART_SLACK, frame_from_multipart, peek, read_limited
 from .errors import error_response
 
