@@ -57,6 +57,8 @@ def serve(settings: Settings) -> None:
         loop="auto",
         http="auto",
         ws="auto",
+        # uvicorn's 16 MiB default would refuse WebSocket frames the config allows.
+        ws_max_size=max(16 * 1024 * 1024, server_settings.max_frame_bytes + 1),
         timeout_graceful_shutdown=5,
         timeout_keep_alive=30,
         server_header=False,

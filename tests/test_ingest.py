@@ -171,3 +171,21 @@ def test_websocket_refusals_close_with_a_code_and_reason(start_server):
     code, reason = _close_of(f"{base}/bad.name")
     assert code == 1008 and reason.startswith("invalid_stream_name")
     assert stats(server, "wsbad")["total_frames"] == 2
+
+
+def test_long_lived_ingest_obeys_the_stream_limit(start_server):
+    server = start_server({"streams": {"max_concurrent": 1}})
+    assert httpx.post(f"{server.url}/publish/first", content=FRAMES[0]).status_code == 200
+    response = httpx.post(
+        f"{server.url}/publish/second",
+        content=parts(FRAMES[1]),
+        headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame"},
+    )
+    assert response.status_code == 503
+    assert response.json()["error"] == "stream_limit_reached"
+    code, reason = _close_of(f"ws://127.0.0.1:{server.port}/ws/publish/second", FRAMES[1])
+    assert code == 1013 and reason.startswith("stream_limit_reached")
+    # The existing stream still takes long-lived ingest.
+    with connect(f"ws://127.0.0.1:{server.port}/ws/publish/first") as ws:
+        ws.send(FRAMES[2])
+    wait_for(lambda: stats(server, "first")["total_frames"] == 2)
