@@ -47,6 +47,7 @@ class MpjpegParser:
         self._state = "start"  # start -> headers -> body -> delimiter -> headers ...
         self._length: int | None = None
         self._pending: ApiError | None = None
+        self._scanned = 0  # bytes of a length-less part already searched for the boundary
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the part bodies they completed (possibly none)."""
@@ -151,11 +152,14 @@ class MpjpegParser:
             del self._buf[: self._length]
         else:
             mark = b"\r\n--" + self.boundary
-            end = self._buf.find(mark)
+            end = self._buf.find(mark, self._scanned)
             if end < 0:
                 if len(self._buf) > self.max_part_bytes + len(mark):
                     raise self._too_large()
+                # Next time search only the new bytes (and a mark's length before them).
+                self._scanned = max(0, len(self._buf) - len(mark) + 1)
                 return False
+            self._scanned = 0
             if end > self.max_part_bytes:
                 raise self._too_large()
             body = bytes(self._buf[:end])

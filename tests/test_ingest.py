@@ -132,7 +132,11 @@ def test_real_ffmpeg_publishes_and_a_viewer_receives_its_frames(server):
         assert len(set(received)) >= 4  # a moving test pattern: new frames, not repeats
     finally:
         ffmpeg.send_signal(signal.SIGINT)  # like Ctrl-C: ffmpeg stops mid-stream
-        _, err = ffmpeg.communicate(timeout=10)
+        try:
+            _, err = ffmpeg.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            ffmpeg.kill()
+            _, err = ffmpeg.communicate()
     assert ffmpeg.returncode in (0, 255), err
     # The frames sent before the interruption stay published.
     published = stats(server, name)
