@@ -97,13 +97,20 @@ def test_context_manager_and_publish_jpeg_flush_the_last_frame(server):
     assert httpx.get(f"{server.url}/snapshot/jpegs").content == jpeg
 
 
-def test_a_refused_frame_is_counted_and_publishing_goes_on(server):
-    with StreamPublisher(server.url, "refused", max_fps=50) as publisher:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_refused_frame_is_counted_and_publishing_goes_on(server, transport):
+    name = f"refused_{transport}"
+    with StreamPublisher(server.url, name, max_fps=50, transport=transport) as publisher:
         publisher.publish_jpeg(b"definitely not a jpeg")
-        wait_for(lambda: publisher.stats()["errors"] >= 1)
-        assert "not_jpeg" in publisher.stats()["last_error"]
-        feed_until(publisher, lambda: total_frames(server, "refused") >= 2)
-    assert publisher.stats()["errors"] == 1
+        if transport == "http":  # answered at once
+            wait_for(lambda: publisher.stats()["errors"] >= 1)
+            assert "not_jpeg" in publisher.stats()["last_error"]
+        else:  # a stream learns it when it writes the next frame
+            wait_for(lambda: publisher.stats()["frames_sent"] >= 1)
+        started = time.monotonic()
+        feed_until(publisher, lambda: total_frames(server, name) >= 2)
+        assert time.monotonic() - started < 3  # the refusal closed the connection; no stall
+    assert publisher.stats()["errors"] >= 1
 
 
 def test_an_unreachable_server_never_blocks_the_caller():

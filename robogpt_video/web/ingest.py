@@ -35,6 +35,9 @@ WS_POLICY_VIOLATION = 1008  # bad stream name
 WS_MESSAGE_TOO_BIG = 1009  # over server.max_frame_size_mb
 WS_TRY_AGAIN_LATER = 1013  # stream limit reached
 WS_MAX_REASON = 123  # bytes a close reason may take
+# After refusing a part, close: uvicorn would otherwise keep the connection open and
+# stop reading the rest of the body, so the publisher would block instead of failing.
+CLOSE = {"Connection": "close"}
 
 
 class IngestCounter:
@@ -95,7 +98,8 @@ def _ingest_result(consume: asyncio.Task, counter: IngestCounter, name: str, pee
         log.info("stream %s: multipart ingest from %s ended by shutdown after %d frames",
                  name, peer, counter.frames)
         return error_response(503, "server_shutting_down",
-                              f"the server is shutting down; {counter.frames} frame(s) were published")
+                              f"the server is shutting down; {counter.frames} frame(s) were published",
+                              headers=CLOSE)
     if isinstance(exc, ClientDisconnect):
         # A publisher killed mid-stream (ffmpeg exits 255 on Ctrl-C): its frames stay.
         log.info("stream %s: multipart ingest from %s disconnected after %d frames",
@@ -104,7 +108,9 @@ def _ingest_result(consume: asyncio.Task, counter: IngestCounter, name: str, pee
     if isinstance(exc, ApiError):
         log.warning("stream %s: multipart ingest from %s refused: %s (%s)",
                     name, peer, exc.message, counter.kept())
-        return error_response(exc.status_code, exc.code, f"{exc.message}; {counter.kept()}")
+        return error_response(
+            exc.status_code, exc.code, f"{exc.message}; {counter.kept()}", headers=CLOSE
+        )
     if exc is not None:
         raise exc
     log.info("stream %s: multipart ingest from %s ended after %d frames", name, peer, counter.frames)
