@@ -78,6 +78,7 @@ def test_a_corrupt_part_ends_the_connection_and_keeps_the_frames_before_it(serve
         timeout=10,
     )
     assert response.status_code == 400
+    assert response.headers["connection"] == "close"  # the rest of the body is not read
     body = response.json()
     assert body["status"] == "error"
     assert body["error"] == "truncated_jpeg"
