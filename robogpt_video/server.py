@@ -98,6 +98,8 @@ def serve(settings: Settings) -> None:
         loop="auto",
         http="auto",
         ws="auto",
+        # uvicorn's 16 MiB default would refuse WebSocket frames the config allows.
+        ws_max_size=max(16 * 1024 * 1024, server_settings.max_frame_bytes + 1),
         # Viewers and ingest are ended at once (GracefulServer); this bounds ordinary
         # requests still in flight, leaving room for the recorder within a 10 s stop.
         timeout_graceful_shutdown=5,

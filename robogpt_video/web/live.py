@@ -17,8 +17,9 @@ from starlette.routing import Route
 
 from ..errors import ApiError, StreamNotFound
 from ..jpeg import inspect_jpeg
+from ..mpjpeg import looks_like_multipart
 from ..streams import CONTENT_TYPE, StreamRegistry, validate_stream_name
-from .bodies import MULTIPART_SLACK, frame_from_multipart, read_limited
+from .bodies import MULTIPART_SLACK, frame_from_multipart, peek, read_limited
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,13 @@ async def _publish(request: Request, started: float) -> Response:
     elif media in RAW_TYPES:
         jpeg = await read_limited(request, limit)
     elif media in ("multipart/x-mixed-replace", "multipart/mixed") or media == "":
-        if long_lived is not None:
+        if long_lived is not None and media == "":
+            # No Content-Type (ffmpeg's mpjpeg POST): a body starting "--" is multipart,
+            # anything else (a raw JPEG starts \xff\xd8) is one frame.
+            request, head = await peek(request)
+            if looks_like_multipart(head):
+                return await long_lived(request, name)
+        elif long_lived is not None:
             return await long_lived(request, name)
         jpeg = await read_limited(request, limit)
     else:
