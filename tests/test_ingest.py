@@ -188,9 +188,22 @@ def test_long_lived_ingest_obeys_the_stream_limit(start_server):
     )
     assert response.status_code == 503
     assert response.json()["error"] == "stream_limit_reached"
-    code, reason = _close_of(f"ws://127.0.0.1:{server.port}/ws/publish/second", FRAMES[1])
+    # refused as soon as it connects, before any frame is sent
+    code, reason = _close_of(f"ws://127.0.0.1:{server.port}/ws/publish/second")
     assert code == 1013 and reason.startswith("stream_limit_reached")
     # The existing stream still takes long-lived ingest.
     with connect(f"ws://127.0.0.1:{server.port}/ws/publish/first") as ws:
         ws.send(FRAMES[2])
     wait_for(lambda: stats(server, "first")["total_frames"] == 2)
+
+
+def test_a_viewer_of_a_connected_publisher_waits_for_its_first_frame(server):
+    """The stream exists once a publisher connects; a viewer then waits instead of 404."""
+    with connect(f"ws://127.0.0.1:{server.port}/ws/publish/early") as ws:
+        wait_for(lambda: httpx.get(f"{server.url}/api/streams/early/stats").status_code == 200)
+        assert stats(server, "early")["has_current_frame"] is False
+        with httpx.stream("GET", f"{server.url}/stream/early", timeout=10) as r:
+            assert r.status_code == 200
+            ws.send(FRAMES[0])
+            _, body = next(iter_parts(r.iter_raw()))
+    assert body == FRAMES[0]

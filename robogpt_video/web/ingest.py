@@ -48,6 +48,9 @@ class IngestCounter:
         self.name = name
         self.frames = 0
         self.bytes = 0
+        # The stream exists from the moment a publisher connects (or this raises its
+        # limit at once): viewers who come before the first frame wait instead of 404.
+        registry.get_or_create(name)
 
     def publish(self, jpeg: bytes) -> None:
         """Check and publish one frame, or raise the :class:`ApiError` a single POST would."""
@@ -67,7 +70,10 @@ class IngestCounter:
 async def mpjpeg_ingest(request: Request, name: str) -> Response:
     """Publish every part of a ``multipart/x-mixed-replace`` request body, as it arrives."""
     runtime = request.app.state.runtime
-    counter = IngestCounter(runtime.registry, name)
+    try:
+        counter = IngestCounter(runtime.registry, name)
+    except ApiError as exc:
+        return error_response(exc.status_code, exc.code, exc.message, headers=CLOSE)
     hint = boundary_from_content_type(request.headers.get("content-type", ""))
     parser = MpjpegParser(runtime.settings.server.max_frame_bytes, hint)
     peer = request.client.host if request.client else "?"
