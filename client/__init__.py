@@ -1,23 +1,4 @@
-"""The brief's import path: ``from client.publisher import StreamPublisher``."""
+"""The brief's ``client`` package: ``client.publisher`` and ``client/examples``."""
 
-from robogpt_video.client import (
-    ConfigurationError,
-    EncodeError,
-    NotRunning,
-    PublishConnectionError,
-    PublisherError,
-    ServerError,
-    SourceError,
-    StreamPublisher,
-)
-
-__all__ = [
-    "ConfigurationError",
-    "EncodeError",
-    "NotRunning",
-    "PublishConnectionError",
-    "PublisherError",
-    "ServerError",
-    "SourceError",
-    "StreamPublisher",
-]
+from .publisher import *  # noqa: F401,F403
+from .publisher import __all__  # noqa: F401

@@ -1,23 +1,7 @@
-"""The brief's generic publisher (implemented in :mod:`robogpt_video.client`)."""
+"""The brief's import path: ``from client.publisher import StreamPublisher``.
 
-from robogpt_video.client import (
-    ConfigurationError,
-    EncodeError,
-    NotRunning,
-    PublishConnectionError,
-    PublisherError,
-    ServerError,
-    SourceError,
-    StreamPublisher,
-)
+A re-export of :mod:`robogpt_video.client`, which holds the implementation.
+"""
 
-__all__ = [
-    "ConfigurationError",
-    "EncodeError",
-    "NotRunning",
-    "PublishConnectionError",
-    "PublisherError",
-    "ServerError",
-    "SourceError",
-    "StreamPublisher",
-]
+from robogpt_video.client import *  # noqa: F401,F403
+from robogpt_video.client import __all__  # noqa: F401
