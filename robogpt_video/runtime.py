@@ -7,6 +7,7 @@ import time
 from typing import Protocol
 
 from .config import Settings
+from .recording.recorder import Recorder
 from .streams import StreamRegistry
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,11 @@ class Runtime:
         self.started_at = time.time()
         self.registry = StreamRegistry(settings.streams)
         self.services: list[Service] = [self.registry]
+        self.recorder: Recorder | None = None
+        if settings.recording.enabled:
+            self.recorder = Recorder(settings.recording)
+            self.registry.listeners.append(self.recorder)
+            self.services.append(self.recorder)
         self._started: list[Service] = []
 
     async def start(self) -> None:

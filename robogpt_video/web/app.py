@@ -10,7 +10,7 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, live
+from . import api, live, recordings
 from .errors import EXCEPTION_HANDLERS
 
 
@@ -41,6 +41,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     for route in live.routes():
         app.router.routes.append(route)
     app.include_router(api.router)
+    app.include_router(recordings.router)
+    app.state.stats_extensions.append(recordings.stats_extension(runtime))
     if settings.server.cors_enabled:
         app.add_middleware(
             CORSMiddleware,
