@@ -23,9 +23,9 @@ from pathlib import Path
 
 from ..config import RecordingSettings
 from ..streams import Frame, Stream
-from .recovery import recover
+from .recovery import recover, repair
 from .segment import Segment
-from .store import RecordingStore
+from .store import RecordingFile, RecordingStore
 
 log = logging.getLogger(__name__)
 
@@ -313,16 +313,23 @@ class Recorder:
         segment, track.segment, track.open_path = track.segment, None, None
         if segment is not None:
             segment.abort()
-            try:
-                segment.write_sidecar("complete")
-            except Exception:  # the disk refuses; startup recovery repairs this sidecar
-                pass
+            self._describe_torn(segment)
         track.errors += 1
         track.frames_dropped += 1
         track.backoff = min(MAX_BACKOFF, max(1.0, track.backoff * 2))
         track.retry_at = frame.monotonic + track.backoff
         track.error = f"{exc} (retrying in {track.backoff:.0f} s)"
         log.error("recording of stream %s failed: %s", track.name, track.error)
+
+    def _describe_torn(self, segment: Segment) -> None:
+        # The last write may be torn: describe what the file really holds, as recovery
+        # would. If the disk refuses even that, startup recovery does it later.
+        start = datetime.fromtimestamp(segment.start_ts, timezone.utc)
+        recording = RecordingFile(segment.stream, segment.path, start)
+        try:
+            self.store.write_sidecar(segment.path, repair(recording, segment.sidecar("recording")))
+        except Exception as exc:
+            log.warning("cannot describe %s after the error: %s", segment.path, exc)
 
     def _skip_recovery(self, path: Path) -> bool:
         return path in self._created
