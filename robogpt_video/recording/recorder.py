@@ -54,6 +54,7 @@ class _Track:
         self.frames_written = 0
         self.bytes_written = 0
         self.frames_dropped = 0
+        self.drops_settled = 0  # frames_dropped already reported by a closed segment
         self.frames_skipped = 0  # above recording.fps: not recorded, by design
         self.errors = 0
         self.error: str | None = None
@@ -91,6 +92,7 @@ class Recorder:
         self.store = RecordingStore(settings.directory)
         self.writer_threads = writer_threads or min(4, max(2, os.cpu_count() or 2))
         self._tracks: dict[str, _Track] = {}
+        self._retired: set[_Track] = set()  # closed streams whose segment is still closing
         self._work: queue.SimpleQueue[_Track | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._paused: str | None = None
@@ -124,7 +126,7 @@ class Recorder:
         for track in list(self._tracks.values()):
             self._request_close(track, "server shutdown")
         deadline = time.monotonic() + timeout
-        while any(t.scheduled for t in self._tracks.values()) and time.monotonic() < deadline:
+        while any(t.scheduled for t in self._all()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for _ in self._threads:
             self._work.put(_STOP)
@@ -152,7 +154,8 @@ class Recorder:
             )
         track.last_arrival = frame.monotonic
         if self._paused is not None:
-            track.frames_dropped += 1
+            with track.lock:
+                track.frames_dropped += 1
             return
         if not track.admit(frame.monotonic):
             track.frames_skipped += 1
@@ -168,6 +171,7 @@ class Recorder:
         """Close the stream's segment after its queued frames are written."""
         track = self._tracks.pop(stream.name, None)
         if track is not None:
+            self._retired.add(track)
             self._request_close(track, reason)
 
     def _schedule(self, track: _Track) -> None:
@@ -200,7 +204,7 @@ class Recorder:
 
     def open_paths(self) -> set[Path]:
         """Video files being written right now (cleanup must not delete them)."""
-        return {t.open_path for t in list(self._tracks.values()) if t.open_path is not None}
+        return {t.open_path for t in self._all() if t.open_path is not None}
 
     def stats(self) -> dict[str, dict]:
         """Per-stream recording numbers."""
@@ -257,10 +261,13 @@ class Recorder:
                 track.scheduled = False
                 if track.pending or track.close_reason is not None:
                     self._schedule(track)
+                elif track.segment is None:
+                    self._retired.discard(track)
 
     def _write(self, track: _Track, frame: Frame) -> None:
         if track.error is not None and frame.monotonic < track.retry_at:
-            track.frames_dropped += 1
+            with track.lock:
+                track.frames_dropped += 1
             return
         segment = track.segment
         if segment is not None and not segment.fits(frame, self.settings.segment_seconds):
@@ -288,7 +295,6 @@ class Recorder:
         self._created.add(path)
         segment = Segment(path, track.name, frame, self.settings.codec, self.settings.fps)
         track.segment, track.open_path = segment, path
-        segment.drops_at_open = track.frames_dropped
         segment.write(frame)  # so the first sidecar describes a file that holds a frame
         segment.write_sidecar("recording")
         log.info("recording %s to %s", track.name, path)
@@ -296,7 +302,7 @@ class Recorder:
 
     def _close(self, track: _Track, status: str, reason: str) -> None:
         segment, track.segment, track.open_path = track.segment, None, None
-        segment.frames_dropped += track.frames_dropped - segment.drops_at_open
+        self._settle_drops(track, segment)
         try:
             segment.close()
             segment.write_sidecar(status)
@@ -313,9 +319,11 @@ class Recorder:
         segment, track.segment, track.open_path = track.segment, None, None
         if segment is not None:
             segment.abort()
+            self._settle_drops(track, segment)
             self._describe_torn(segment)
         track.errors += 1
-        track.frames_dropped += 1
+        with track.lock:
+            track.frames_dropped += 1
         track.backoff = min(MAX_BACKOFF, max(1.0, track.backoff * 2))
         track.retry_at = frame.monotonic + track.backoff
         track.error = f"{exc} (retrying in {track.backoff:.0f} s)"
@@ -330,6 +338,16 @@ class Recorder:
             self.store.write_sidecar(segment.path, repair(recording, segment.sidecar("recording")))
         except Exception as exc:
             log.warning("cannot describe %s after the error: %s", segment.path, exc)
+
+    @staticmethod
+    def _settle_drops(track: _Track, segment: Segment) -> None:
+        # A segment reports the frames the stream lost since the previous one closed.
+        with track.lock:
+            segment.frames_dropped += track.frames_dropped - track.drops_settled
+            track.drops_settled = track.frames_dropped
+
+    def _all(self) -> list[_Track]:
+        return [*self._tracks.values(), *self._retired]
 
     def _skip_recovery(self, path: Path) -> bool:
         return path in self._created

@@ -44,7 +44,6 @@ class Segment:
         self.start_mono = first.monotonic
         self.frames = 0
         self.frames_dropped = 0
-        self.drops_at_open = 0  # the stream's drop counter when this segment opened
         self.bytes_written = 0
         self._last_pts = -1
         self._last_duration = max(1, round(1000 / target_fps))
