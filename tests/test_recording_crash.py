@@ -18,6 +18,8 @@ def test_kill_9_mid_recording_then_restart_recovers(start_server, tmp_path):
     publish_paced(server.url, "a", [0.05] * 20)
     publish_paced(server.url, "b", [0.05] * 10)
     assert [s["status"] for s in sidecars(server.recordings, "a")] == ["recording"]
+    for name, count in (("a", 20), ("b", 10)):  # the writer threads have taken every frame
+        wait_for(lambda: _written(server, name) == count, what=f"{count} frames of {name} written")
     server.kill()
     [video_a] = server.recordings.glob("a/*.mp4")
     [video_b] = server.recordings.glob("b/*.mp4")
@@ -40,6 +42,10 @@ def test_kill_9_mid_recording_then_restart_recovers(start_server, tmp_path):
     # The restarted server records again, into a new file.
     publish_paced(again.url, "a", [0.05] * 3)
     assert len(list(again.recordings.glob("a/*.mp4"))) == 2
+
+
+def _written(server, name):
+    return httpx.get(f"{server.url}/api/streams/{name}/stats").json()["recording"]["frames_written"]
 
 
 def _limit_file_size():
