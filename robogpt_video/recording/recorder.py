@@ -30,7 +30,6 @@ from .store import RecordingFile, RecordingStore
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
-_BURST = 2.0  # frames of jitter the fps cap absorbs
 _STOP = None  # tells a writer thread to exit
 
 
@@ -49,7 +48,9 @@ class _Track:
         self.open_path: Path | None = None  # read from other threads; set by the writer
         self.last_arrival = time.monotonic()
         self.fps = fps
-        self.tokens = _BURST
+        # The fps cap absorbs a quarter second of bunched-up frames (network jitter).
+        self.burst = max(2.0, fps / 4)
+        self.tokens = self.burst
         self.last_admit_check = 0.0
         self.frames_written = 0
         self.bytes_written = 0
@@ -64,7 +65,7 @@ class _Track:
     def admit(self, mono: float) -> bool:
         """Cap the recorded rate at ``fps`` with a token bucket: on average no faster
         than ``fps``, but a frame that arrives early by jitter is still recorded."""
-        self.tokens = min(_BURST, self.tokens + (mono - self.last_admit_check) * self.fps)
+        self.tokens = min(self.burst, self.tokens + (mono - self.last_admit_check) * self.fps)
         self.last_admit_check = mono
         if self.tokens < 1.0:
             return False
