@@ -170,6 +170,8 @@ class Recorder:
 
     def stream_closed(self, stream: Stream, reason: str) -> None:
         """Close the stream's segment after its queued frames are written."""
+        if not self._running:  # stop() has closed every segment already
+            return
         track = self._tracks.pop(stream.name, None)
         if track is not None:
             self._retired.add(track)
