@@ -121,8 +121,8 @@ def main() -> None:
         for codec in ("mjpeg", "mp4v", "h264"):
             frames = args.frames if codec == "mjpeg" else max(30, args.frames // 5)
             cost = codec_cost(codec, (images * (frames // len(images) + 1))[:frames], folder)
-            print(f"{codec:6s} {cost:9.0f} µs CPU per frame  ({1e6 / cost:7.0f} frames/s per core)")
-        print(f"\nwriter pool, mjpeg: {args.streams} streams x {args.fps:g} fps for {args.seconds:g} s")
+            print(f"{codec:6s} {cost:9.0f} µs CPU per frame ({1e6 / cost:7.0f} frames/s per core)")
+        print(f"\nwriter pool, mjpeg: {args.streams} streams x {args.fps:g} fps")
         for threads in (1, 2, 4, args.streams):
             with tempfile.TemporaryDirectory(dir=folder) as run:
                 cost, dropped, sent = asyncio.run(

@@ -24,14 +24,17 @@ def test_list_filter_download_and_delete(server):
     assert listing["count"] == 2
     newest, oldest = listing["recordings"]
     assert (newest["stream_name"], newest["status"], newest["open"]) == ("live", "recording", True)
-    assert (oldest["stream_name"], oldest["status"], oldest["total_frames"]) == ("done", "complete", 6)
+    assert (oldest["stream_name"], oldest["status"]) == ("done", "complete")
+    assert oldest["total_frames"] == 6
     video = server.recordings / "done" / oldest["file"]
     assert oldest["size_bytes"] == video.stat().st_size
 
-    assert [r["stream_name"] for r in httpx.get(api, params={"stream": "done"}).json()["recordings"]] == ["done"]
+    only = httpx.get(api, params={"stream": "done"}).json()["recordings"]
+    assert [r["stream_name"] for r in only] == ["done"]
     assert httpx.get(api, params={"since": "2999-01-01T00:00:00Z"}).json()["count"] == 0
     assert httpx.get(api, params={"until": "2000-01-01T00:00:00Z"}).json()["count"] == 0
-    assert httpx.get(api, params={"since": oldest["start_time"], "until": oldest["end_time"]}).json()["count"] >= 1
+    span = {"since": oldest["start_time"], "until": oldest["end_time"]}
+    assert "done" in [r["stream_name"] for r in httpx.get(api, params=span).json()["recordings"]]
     bad = httpx.get(api, params={"since": "yesterday"})
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_time"
     assert httpx.get(api, params={"stream": "../etc"}).status_code == 400

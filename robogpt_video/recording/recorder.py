@@ -111,9 +111,7 @@ class Recorder:
             thread = threading.Thread(target=self._writer, name=f"recorder-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        self._recovery = threading.Thread(
-            target=recover, args=(self.store, self._skip_recovery), name="recovery", daemon=True
-        )
+        self._recovery = threading.Thread(target=self._recover, name="recovery", daemon=True)
         self._recovery.start()
         self._ticker = asyncio.create_task(self._tick_forever(), name="recorder-ticker")
 
@@ -352,5 +350,8 @@ class Recorder:
     def _all(self) -> list[_Track]:
         return [*self._tracks.values(), *self._retired]
 
-    def _skip_recovery(self, path: Path) -> bool:
-        return path in self._created
+    def _recover(self) -> None:
+        try:
+            recover(self.store, lambda path: path in self._created)
+        except Exception:  # recovery is best effort; serving and recording go on
+            log.exception("recovery of recordings in %s failed", self.store.root)

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, Query, Request
 from starlette.responses import FileResponse, StreamingResponse
 
-from ..errors import ApiError
+from ..errors import ApiError, NotFound
 from ..recording.replay import Replay
 from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore
 from ..runtime import Runtime
@@ -119,7 +119,7 @@ async def download_recording(request: Request, stream: str, file: str) -> FileRe
     rec = await asyncio.to_thread(_store(request).resolve, stream, file)
     if file.endswith(SIDECAR_SUFFIX):
         if not rec.sidecar.is_file():
-            raise ApiError(f"recording '{rec.name}' has no sidecar", code="not_found", status_code=404)
+            raise NotFound(f"recording '{rec.name}' has no sidecar")
         return FileResponse(rec.sidecar, media_type="application/json")
     return FileResponse(rec.path, media_type="video/mp4", filename=rec.name)
 
@@ -149,11 +149,13 @@ async def play_recording(request: Request, stream: str, file: str) -> StreamingR
     try:
         replay = await asyncio.to_thread(Replay, rec.path)
     except Exception as exc:  # no readable frame yet (a segment opened a moment ago)
-        raise ApiError(f"recording '{rec.name}' cannot be read: {exc}", code="unreadable",
-                       status_code=409) from None
-    headers = {"Cache-Control": "no-cache, no-store", "X-Recording-Start": meta.get("start_time", "")}
-    return StreamingResponse(_replay_parts(replay, start_ts), media_type=CONTENT_TYPE,
-                             headers=headers)
+        raise ApiError(
+            f"recording '{rec.name}' cannot be read: {exc}", code="unreadable", status_code=409
+        ) from None
+    headers = {"Cache-Control": "no-cache, no-store", "X-Recording-Start": str(start_ts)}
+    return StreamingResponse(
+        _replay_parts(replay, start_ts), media_type=CONTENT_TYPE, headers=headers
+    )
 
 
 async def _replay_parts(replay: Replay, start_ts: float) -> AsyncIterator[bytes]:
