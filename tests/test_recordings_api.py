@@ -43,6 +43,9 @@ def test_list_filter_download_and_delete(server):
     whole = httpx.get(url)
     assert whole.status_code == 200 and whole.content == video.read_bytes()
     assert whole.headers["content-type"] == "video/mp4"
+    head = httpx.head(url)  # players ask for the size first
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == video.stat().st_size
     part = httpx.get(url, headers={"Range": "bytes=100-1123"})
     assert part.status_code == 206
     assert part.headers["content-range"] == f"bytes 100-1123/{video.stat().st_size}"
