@@ -10,6 +10,7 @@ from typing import Protocol
 
 from .cleanup import CleanupService
 from .config import Settings
+from .recording.recorder import Recorder
 from .streams import StreamRegistry
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,11 @@ class Runtime:
         self.started_at = time.time()
         self.registry = StreamRegistry(settings.streams)
         self.services: list[Service] = [self.registry]
+        self.recorder: Recorder | None = None
+        if settings.recording.enabled:
+            self.recorder = Recorder(settings.recording)
+            self.registry.listeners.append(self.recorder)
+            self.services.append(self.recorder)
         # Last, so it starts after (and stops before) the recorder whose files it deletes.
         self.cleanup = CleanupService(
             settings, self.registry, recorder=lambda: getattr(self, "recorder", None)

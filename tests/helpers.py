@@ -42,6 +42,8 @@ def free_port() -> int:
 class ServerProcess:
     """``robogpt-video serve`` in a subprocess, in its own working directory."""
 
+    preexec_fn = None  # set before start() to run code in the child (e.g. setrlimit)
+
     def __init__(self, workdir: Path, config: dict | None = None, env: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +83,7 @@ class ServerProcess:
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

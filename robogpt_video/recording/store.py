@@ -54,6 +54,11 @@ def parse_name(filename: str) -> tuple[str, datetime] | None:
     return match["stream"], start
 
 
+def _order(recording: RecordingFile) -> tuple:
+    # Within one second: x.mp4, then x-1.mp4, x-2.mp4 … x-10.mp4 (shorter names first).
+    return recording.start, recording.stream, len(recording.name), recording.name
+
+
 class RecordingStore:
     """Recordings under one root directory."""
 
@@ -109,7 +114,7 @@ class RecordingStore:
                 parsed = parse_name(entry.name)
                 if parsed is not None and parsed[0] == folder.name and entry.is_file():
                     found.append(RecordingFile(parsed[0], Path(entry.path), parsed[1]))
-        found.sort(key=lambda r: (r.start, r.name))
+        found.sort(key=_order)
         return found
 
     def orphan_sidecars(self) -> list[Path]:

@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, cleanup, ingest, live, metrics
+from . import api, cleanup, ingest, live, metrics, recordings
 from .errors import EXCEPTION_HANDLERS
 
 
@@ -49,6 +49,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(cleanup.router)
     metrics.install(app, runtime)
+    app.include_router(recordings.router)
+    app.state.stats_extensions.append(recordings.stats_extension(runtime))
     if settings.server.cors_enabled:
         app.add_middleware(
             CORSMiddleware,

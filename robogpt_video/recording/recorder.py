@@ -1,0 +1,357 @@
+"""The recorder: follows every stream and writes it to disk from a small thread pool.
+
+On the event loop, :meth:`Recorder.frame_published` only appends the frame to the
+stream's bounded queue (dropping and counting the oldest when full) and, if the
+stream is not already waiting for a writer, hands it to the pool. A few writer
+threads serve every stream: a thread takes a stream, drains what it has queued,
+and moves on, so one slow stream never holds the others up and 500 streams do not
+need 500 threads. A disk error stops that stream's recording, is logged and shown
+by ``/health``, and is retried with back-off; live viewing never notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..config import RecordingSettings
+from ..streams import Frame, Stream
+from .recovery import recover, repair
+from .segment import Segment
+from .store import RecordingFile, RecordingStore
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 30.0
+_STOP = None  # tells a writer thread to exit
+
+
+class _Track:
+    """One stream's recording state. The queue is shared with the event loop under
+    ``lock``; the segment belongs to whichever writer thread holds the track."""
+
+    def __init__(self, name: str, queue_frames: int, fps: float):
+        self.name = name
+        self.lock = threading.Lock()
+        self.pending: deque[Frame] = deque()
+        self.limit = queue_frames
+        self.scheduled = False
+        self.close_reason: str | None = None
+        self.segment: Segment | None = None
+        self.open_path: Path | None = None  # read from other threads; set by the writer
+        self.last_arrival = time.monotonic()
+        self.fps = fps
+        # The fps cap absorbs a quarter second of bunched-up frames (network jitter).
+        self.burst = max(2.0, fps / 4)
+        self.tokens = self.burst
+        self.last_admit_check = 0.0
+        self.frames_written = 0
+        self.bytes_written = 0
+        self.frames_dropped = 0
+        self.drops_settled = 0  # frames_dropped already reported by a closed segment
+        self.frames_skipped = 0  # above recording.fps: not recorded, by design
+        self.errors = 0
+        self.error: str | None = None
+        self.retry_at = 0.0
+        self.backoff = 0.0
+
+    def admit(self, mono: float) -> bool:
+        """Cap the recorded rate at ``fps`` with a token bucket: on average no faster
+        than ``fps``, but a frame that arrives early by jitter is still recorded."""
+        self.tokens = min(self.burst, self.tokens + (mono - self.last_admit_check) * self.fps)
+        self.last_admit_check = mono
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def stats(self) -> dict:
+        """The contract's per-stream numbers."""
+        return {
+            "bytes_written": self.bytes_written,
+            "frames_written": self.frames_written,
+            "frames_dropped": self.frames_dropped,
+            "frames_skipped_fps": self.frames_skipped,
+            "errors": self.errors,
+            "error": self.error,
+            "segment": str(self.open_path) if self.open_path else None,
+        }
+
+
+class Recorder:
+    """Runtime service and :class:`~robogpt_video.streams.StreamListener` that records."""
+
+    def __init__(self, settings: RecordingSettings, writer_threads: int | None = None):
+        self.settings = settings
+        self.store = RecordingStore(settings.directory)
+        self.writer_threads = writer_threads or min(4, max(2, os.cpu_count() or 2))
+        self._tracks: dict[str, _Track] = {}
+        self._retired: set[_Track] = set()  # closed streams whose segment is still closing
+        self._work: queue.SimpleQueue[_Track | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._paused: str | None = None
+        self._running = False
+        self._created: set[Path] = set()  # files this process made: recovery skips them
+        self._ticker: asyncio.Task | None = None
+        self._recovery: threading.Thread | None = None
+
+    # -- service ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer threads, the idle ticker and (in a thread) crash recovery."""
+        self._running = True
+        for i in range(self.writer_threads):
+            thread = threading.Thread(target=self._writer, name=f"recorder-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._recovery = threading.Thread(target=self._recover, name="recovery", daemon=True)
+        self._recovery.start()
+        self._ticker = asyncio.create_task(self._tick_forever(), name="recorder-ticker")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Close every open segment (sidecar ``complete``) and stop the threads."""
+        if not self._running:
+            return
+        self._running = False
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for track in list(self._tracks.values()):
+            self._request_close(track, "server shutdown")
+        deadline = time.monotonic() + timeout
+        while any(t.scheduled for t in self._all()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for _ in self._threads:
+            self._work.put(_STOP)
+        await asyncio.to_thread(self._join, deadline)
+
+    def _join(self, deadline: float) -> None:
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._recovery is not None:
+            self._recovery.join(max(0.0, deadline - time.monotonic()))
+
+    # -- listener (event loop; must never block) ----------------------------------------
+
+    def stream_opened(self, stream: Stream) -> None:
+        """Nothing to do until the first frame arrives."""
+
+    def frame_published(self, stream: Stream, frame: Frame) -> None:
+        """Queue ``frame`` for its stream's writer; drop the oldest queued one if full."""
+        if not self._running:
+            return
+        track = self._tracks.get(stream.name)
+        if track is None:
+            track = self._tracks[stream.name] = _Track(
+                stream.name, self.settings.queue_frames, self.settings.fps
+            )
+        track.last_arrival = frame.monotonic
+        if self._paused is not None:
+            with track.lock:
+                track.frames_dropped += 1
+            return
+        if not track.admit(frame.monotonic):
+            track.frames_skipped += 1
+            return
+        with track.lock:
+            if len(track.pending) >= track.limit:
+                track.pending.popleft()
+                track.frames_dropped += 1
+            track.pending.append(frame)
+            self._schedule(track)
+
+    def stream_closed(self, stream: Stream, reason: str) -> None:
+        """Close the stream's segment after its queued frames are written."""
+        if not self._running:  # stop() has closed every segment already
+            return
+        track = self._tracks.pop(stream.name, None)
+        if track is not None:
+            self._retired.add(track)
+            self._request_close(track, reason)
+
+    def _schedule(self, track: _Track) -> None:
+        # Caller holds track.lock. A track is in the work queue at most once, so one
+        # thread at a time owns its segment and frames stay in order.
+        if not track.scheduled:
+            track.scheduled = True
+            self._work.put(track)
+
+    def _request_close(self, track: _Track, reason: str) -> None:
+        with track.lock:
+            track.close_reason = reason
+            self._schedule(track)
+
+    # -- control ------------------------------------------------------------------------
+
+    def pause(self, reason: str) -> None:
+        """Stop recording (open segments close cleanly); new frames count as dropped."""
+        if self._paused is None:
+            log.warning("recording paused: %s", reason)
+        self._paused = reason
+        for track in list(self._tracks.values()):
+            self._request_close(track, "paused")
+
+    def resume(self) -> None:
+        """Record again after :meth:`pause`."""
+        if self._paused is not None:
+            log.info("recording resumed")
+        self._paused = None
+
+    def open_paths(self) -> set[Path]:
+        """Video files being written right now (cleanup must not delete them)."""
+        return {t.open_path for t in self._all() if t.open_path is not None}
+
+    def stats(self) -> dict[str, dict]:
+        """Per-stream recording numbers."""
+        return {name: track.stats() for name, track in list(self._tracks.items())}
+
+    def stream_stats(self, name: str) -> dict | None:
+        """One stream's recording numbers, or ``None`` if it has not recorded."""
+        track = self._tracks.get(name)
+        return track.stats() if track is not None else None
+
+    def problems(self) -> list[str]:
+        """Why recording is not working right now (``/health`` shows these)."""
+        found = [f"recording paused: {self._paused}"] if self._paused else []
+        for track in list(self._tracks.values()):
+            if track.error:
+                found.append(f"recording of stream '{track.name}' failed: {track.error}")
+        return found
+
+    async def _tick_forever(self) -> None:
+        # Close the segment of a stream that stopped sending, so its file is complete
+        # and nothing stays open for an idle camera.
+        idle = self.settings.idle_close_seconds
+        while True:
+            await asyncio.sleep(min(1.0, idle / 4))
+            now = time.monotonic()
+            for track in list(self._tracks.values()):
+                if track.open_path is not None and now - track.last_arrival >= idle:
+                    self._request_close(track, "idle")
+
+    # -- writer threads -----------------------------------------------------------------
+
+    def _writer(self) -> None:
+        while True:
+            track = self._work.get()
+            if track is _STOP:
+                return
+            try:
+                self._serve(track)
+            except Exception:  # never lose a writer thread; the track is retried later
+                log.exception("recorder failed on stream %s", track.name)
+
+    def _serve(self, track: _Track) -> None:
+        with track.lock:
+            frames = list(track.pending)
+            track.pending.clear()
+            reason, track.close_reason = track.close_reason, None
+        try:
+            for frame in frames:
+                self._write(track, frame)
+            if reason is not None and track.segment is not None:
+                self._close(track, "complete", reason)
+        finally:
+            with track.lock:
+                track.scheduled = False
+                if track.pending or track.close_reason is not None:
+                    self._schedule(track)
+                elif track.segment is None:
+                    self._retired.discard(track)
+
+    def _write(self, track: _Track, frame: Frame) -> None:
+        if track.error is not None and frame.monotonic < track.retry_at:
+            with track.lock:
+                track.frames_dropped += 1
+            return
+        segment = track.segment
+        if segment is not None and not segment.fits(frame, self.settings.segment_seconds):
+            self._close(track, "complete", "rotation")
+            segment = None
+        try:
+            before = 0
+            if segment is None:
+                segment = self._open(track, frame)  # writes the first frame
+            else:
+                before = segment.bytes_written
+                segment.write(frame)
+            track.bytes_written += segment.bytes_written - before
+            track.frames_written += 1
+        except Exception as exc:
+            self._fail(track, frame, exc)
+            return
+        if track.error is not None:
+            log.info("recording of stream %s works again", track.name)
+            track.error, track.backoff = None, 0.0
+
+    def _open(self, track: _Track, frame: Frame) -> Segment:
+        start = datetime.fromtimestamp(frame.timestamp, timezone.utc)
+        path = self.store.new_segment_path(track.name, start)
+        self._created.add(path)
+        segment = Segment(path, track.name, frame, self.settings.codec, self.settings.fps)
+        track.segment, track.open_path = segment, path
+        segment.write(frame)  # so the first sidecar describes a file that holds a frame
+        segment.write_sidecar("recording")
+        log.info("recording %s to %s", track.name, path)
+        return segment
+
+    def _close(self, track: _Track, status: str, reason: str) -> None:
+        segment, track.segment, track.open_path = track.segment, None, None
+        self._settle_drops(track, segment)
+        try:
+            segment.close()
+            segment.write_sidecar(status)
+        except Exception as exc:
+            log.error("closing recording %s failed: %s", segment.path, exc)
+            track.errors += 1
+            return
+        log.info(
+            "recording %s closed (%s): %d frames, %.1f s",
+            segment.path.name, reason, segment.frames, segment.age,
+        )
+
+    def _fail(self, track: _Track, frame: Frame, exc: Exception) -> None:
+        segment, track.segment, track.open_path = track.segment, None, None
+        if segment is not None:
+            segment.abort()
+            self._settle_drops(track, segment)
+            self._describe_torn(segment)
+        track.errors += 1
+        with track.lock:
+            track.frames_dropped += 1
+        track.backoff = min(MAX_BACKOFF, max(1.0, track.backoff * 2))
+        track.retry_at = frame.monotonic + track.backoff
+        track.error = f"{exc} (retrying in {track.backoff:.0f} s)"
+        log.error("recording of stream %s failed: %s", track.name, track.error)
+
+    def _describe_torn(self, segment: Segment) -> None:
+        # The last write may be torn: describe what the file really holds, as recovery
+        # would. If the disk refuses even that, startup recovery does it later.
+        start = datetime.fromtimestamp(segment.start_ts, timezone.utc)
+        recording = RecordingFile(segment.stream, segment.path, start)
+        try:
+            self.store.write_sidecar(segment.path, repair(recording, segment.sidecar("recording")))
+        except Exception as exc:
+            log.warning("cannot describe %s after the error: %s", segment.path, exc)
+
+    @staticmethod
+    def _settle_drops(track: _Track, segment: Segment) -> None:
+        # A segment reports the frames the stream lost since the previous one closed.
+        with track.lock:
+            segment.frames_dropped += track.frames_dropped - track.drops_settled
+            track.drops_settled = track.frames_dropped
+
+    def _all(self) -> list[_Track]:
+        return [*self._tracks.values(), *self._retired]
+
+    def _recover(self) -> None:
+        try:
+            recover(self.store, lambda path: path in self._created)
+        except Exception:  # recovery is best effort; serving and recording go on
+            log.exception("recovery of recordings in %s failed", self.store.root)

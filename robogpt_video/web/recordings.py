@@ -1,0 +1,186 @@
+"""Recordings API: list, download (with Range), delete and replay as MJPEG.
+
+Directory scans, sidecar reads, deletes and demuxing all run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import FileResponse, StreamingResponse
+
+from ..errors import ApiError, NotFound
+from ..recording.replay import Replay
+from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore
+from ..runtime import Runtime
+from ..streams import CONTENT_TYPE, Stream, build_part
+from .schemas import ErrorBody
+
+router = APIRouter(tags=["recordings"])
+_ERRORS = {
+    400: {"model": ErrorBody, "description": "Invalid stream name or time"},
+    404: {"model": ErrorBody, "description": "No such recording"},
+}
+
+
+def _store(request: Request) -> RecordingStore:
+    runtime = request.app.state.runtime
+    if runtime.recorder is not None:
+        return runtime.recorder.store
+    return RecordingStore(runtime.settings.recording.directory)
+
+
+def _open_paths(request: Request) -> set:
+    recorder = request.app.state.runtime.recorder
+    return recorder.open_paths() if recorder is not None else set()
+
+
+def _parse_time(value: str | None, field: str) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise ApiError(
+            f"{field}={value!r} is not an ISO-8601 time (e.g. 2026-01-21T10:30:00Z)",
+            code="invalid_time",
+        ) from None
+    if parsed.tzinfo is None:  # times without a zone are UTC, like the file names
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def _parse_sidecar_time(value) -> float | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except (AttributeError, ValueError):
+        return None
+
+
+def _entry(store: RecordingStore, rec: RecordingFile, open_paths: set) -> dict:
+    meta = store.read_sidecar(rec) or {}
+    try:
+        size = rec.path.stat().st_size
+    except OSError:
+        size = None
+    base = f"/api/recordings/{rec.stream}/{rec.name}"
+    return {
+        **meta,
+        "stream_name": rec.stream,
+        "file": rec.name,
+        "start_time": meta.get("start_time") or rec.start.isoformat().replace("+00:00", "Z"),
+        "status": meta.get("status", "unknown"),
+        "size_bytes": size,
+        "open": rec.path in open_paths,
+        "download_url": base,
+        "sidecar_url": base[: -len(".mp4")] + SIDECAR_SUFFIX,
+        "play_url": f"{base}/play",
+    }
+
+
+def _overlaps(entry: dict, since: float | None, until: float | None) -> bool:
+    start = _parse_sidecar_time(entry["start_time"]) or 0.0
+    end = _parse_sidecar_time(entry.get("end_time")) or time.time()  # still open: until now
+    return (since is None or end >= since) and (until is None or start <= until)
+
+
+def _listing(store: RecordingStore, stream, since, until, open_paths) -> list[dict]:
+    entries = [_entry(store, rec, open_paths) for rec in store.list(stream)]
+    entries = [e for e in entries if _overlaps(e, since, until)]
+    entries.sort(key=lambda e: (e["start_time"], e["file"]), reverse=True)
+    return entries
+
+
+@router.get("/api/recordings", responses=_ERRORS)
+async def list_recordings(
+    request: Request,
+    stream: str | None = Query(None, description="Only this stream"),
+    since: str | None = Query(None, description="ISO-8601; recordings that end after it"),
+    until: str | None = Query(None, description="ISO-8601; recordings that start before it"),
+) -> dict:
+    """Recordings on disk, newest first, with their sidecar metadata and size."""
+    since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
+    store = _store(request)
+    if stream:
+        store.stream_dir(stream)  # validates the name before it touches a path
+    entries = await asyncio.to_thread(
+        _listing, store, stream or None, since_ts, until_ts, _open_paths(request)
+    )
+    return {"count": len(entries), "recordings": entries}
+
+
+@router.api_route("/api/recordings/{stream}/{file}", methods=["GET", "HEAD"], responses=_ERRORS)
+async def download_recording(request: Request, stream: str, file: str) -> FileResponse:
+    """The video file (``Range`` requests get ``206``), or its ``.json`` sidecar."""
+    rec = await asyncio.to_thread(_store(request).resolve, stream, file)
+    if file.endswith(SIDECAR_SUFFIX):
+        if not rec.sidecar.is_file():
+            raise NotFound(f"recording '{rec.name}' has no sidecar")
+        return FileResponse(rec.sidecar, media_type="application/json")
+    return FileResponse(rec.path, media_type="video/mp4", filename=rec.name)
+
+
+@router.delete("/api/recordings/{stream}/{file}", responses=_ERRORS)
+async def delete_recording(request: Request, stream: str, file: str) -> dict:
+    """Delete one recording and its sidecar (``409`` while it is being written)."""
+    store = _store(request)
+    rec = await asyncio.to_thread(store.resolve, stream, file)
+    if rec.path in _open_paths(request):
+        raise ApiError(
+            f"recording '{rec.name}' is being written; it can be deleted once it closes",
+            code="recording_in_use",
+            status_code=409,
+        )
+    freed = await asyncio.to_thread(store.delete, rec)
+    return {"status": "success", "message": f"Recording '{rec.name}' deleted", "freed_bytes": freed}
+
+
+@router.get("/api/recordings/{stream}/{file}/play", responses=_ERRORS)
+async def play_recording(request: Request, stream: str, file: str) -> StreamingResponse:
+    """The recording replayed as live MJPEG at its recorded timing (any browser plays it)."""
+    store = _store(request)
+    rec = await asyncio.to_thread(store.resolve, stream, file)
+    meta = await asyncio.to_thread(store.read_sidecar, rec) or {}
+    start_ts = _parse_sidecar_time(meta.get("start_time")) or rec.start.timestamp()
+    try:
+        replay = await asyncio.to_thread(Replay, rec.path)
+    except Exception as exc:  # no readable frame yet (a segment opened a moment ago)
+        raise ApiError(
+            f"recording '{rec.name}' cannot be read: {exc}", code="unreadable", status_code=409
+        ) from None
+    headers = {"Cache-Control": "no-cache, no-store", "X-Recording-Start": str(start_ts)}
+    return StreamingResponse(
+        _replay_parts(replay, start_ts), media_type=CONTENT_TYPE, headers=headers
+    )
+
+
+async def _replay_parts(replay: Replay, start_ts: float) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    origin = None
+    try:
+        while batch := await asyncio.to_thread(replay.next_batch):
+            for seconds, jpeg in batch:
+                if origin is None:
+                    origin = loop.time() - seconds
+                delay = origin + seconds - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                yield build_part(jpeg, start_ts + seconds)[0]
+    finally:
+        # Do not wait here (the client may be gone); a thread closes the file.
+        loop.run_in_executor(None, replay.close)
+
+
+def stats_extension(runtime: Runtime) -> Callable[[Stream], dict]:
+    """A ``stats_extensions`` entry: a stream's recording numbers and current segment."""
+
+    def extend(stream: Stream) -> dict:
+        if runtime.recorder is None:
+            return {"recording": None}
+        return {"recording": runtime.recorder.stream_stats(stream.name)}
+
+    return extend
