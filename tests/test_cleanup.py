@@ -17,6 +17,8 @@ import pytest
 from helpers import iter_parts, make_jpeg, publish
 from robogpt_video.cleanup import CleanupService
 from robogpt_video.config import load_settings
+from robogpt_video.jpeg import inspect_jpeg
+from robogpt_video.recording.recorder import Recorder as RealRecorder
 from robogpt_video.recording.store import RecordingStore
 from robogpt_video.runtime import Runtime
 from robogpt_video.streams import StreamRegistry, iso
@@ -74,12 +76,6 @@ def wait_for(condition, timeout: float = 15.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def has_recorder(server) -> bool:
-    """True once the recorder is merged and enabled for this server's settings."""
-    runtime = Runtime(load_settings(server.config_path))
-    return getattr(runtime, "recorder", None) is not None
-
-
 def stream_names(url: str) -> list[str]:
     return [s["name"] for s in httpx.get(f"{url}/api/streams", timeout=5).json()["streams"]]
 
@@ -96,8 +92,8 @@ def test_idle_stream_goes_and_old_recordings_are_deleted(start_server, tmp_path)
     mixed_old = make_recording(root, "mixcam", 8)
     mixed_new = make_recording(root, "mixcam", 1)
     (root / "emptycam").mkdir(parents=True)
-    # Still being written: its sidecar says "recording" with an old end_time, but the
-    # file changed just now.
+    # Left "recording" by a crash with an old end_time, but written to just now: its end
+    # is its last write, so retention keeps it (open segments: see the in-process tests).
     open_segment = make_recording(root, "opencam", 30, status="recording", mtime=time.time())
 
     server = start_server(
@@ -128,12 +124,12 @@ def test_idle_stream_goes_and_old_recordings_are_deleted(start_server, tmp_path)
         assert f"deleted recording {video.parent.name}/{video.name} (" in log
     assert "deleted 3 recordings" in log
 
-    if has_recorder(server):  # the recorder closes the stream's segment as complete
-        sidecars = wait_for(lambda: list((root / "idlecam").glob("*.json")), what="a sidecar")
-        wait_for(
-            lambda: all(json.loads(p.read_text())["status"] == "complete" for p in sidecars),
-            what="complete sidecars",
-        )
+    # the recorder closed the stream's segment as complete
+    sidecars = wait_for(lambda: list((root / "idlecam").glob("*.json")), what="a sidecar")
+    wait_for(
+        lambda: all(json.loads(p.read_text())["status"] == "complete" for p in sidecars),
+        what="complete sidecars",
+    )
 
     # A publisher that comes back simply re-creates the stream.
     assert publish(server.url, "idlecam", make_jpeg(seed=2)).status_code == 200
@@ -200,8 +196,7 @@ def test_disk_cap_deletes_the_oldest_first(start_server, tmp_path):
 def test_short_free_space_deletes_finished_segments_then_reports(start_server, tmp_path):
     workdir = tmp_path / "srv"
     root = workdir / "recordings"
-    finished = make_recording(root, "cam", 1)
-    open_segment = make_recording(root, "cam", 2, status="recording", mtime=time.time())
+    finished = [make_recording(root, "cam", 2), make_recording(root, "cam", 1)]
     server = start_server(
         {
             "cleanup": {"interval_seconds": 0.2, "schedule_time": far_schedule()},
@@ -214,49 +209,83 @@ def test_short_free_space_deletes_finished_segments_then_reports(start_server, t
         what="/health to report the disk",
     )
     assert health["status"] == "degraded"
-    [problem] = health["problems"]
+    [problem] = health["problems"]  # reported once, by the paused recorder
+    assert problem.startswith("recording paused:")
     assert "recording.min_free_gb" in problem and "free" in problem
-    assert not finished.exists() and open_segment.exists()
+    assert not any(video.exists() for video in finished)
+    # Live view goes on while recording is paused; nothing new is written.
+    assert publish(server.url, "cam", make_jpeg()).status_code == 200
+    assert httpx.get(f"{server.url}/snapshot/cam").status_code == 200
+    assert list(root.glob("cam/*.mp4")) == []
 
 
-class Recorder:
-    """Stand-in for the recorder's contract (open_paths/pause/resume) until it is merged."""
+def recorder_runtime(root: Path, **recording) -> Runtime:
+    """A real runtime (registry, recorder, cleanup) over ``root``, not yet started."""
+    settings = load_settings(None, {"recording": {"directory": str(root), **recording}})
+    return Runtime(settings)
 
-    def __init__(self, open_paths=()):
-        self.paths = set(open_paths)
-        self.calls: list[str] = []
 
-    def open_paths(self) -> set[Path]:
-        return set(self.paths)
-
-    def pause(self, reason: str) -> None:
-        self.calls.append("pause")
-
-    def resume(self) -> None:
-        self.calls.append("resume")
+async def open_segment_of(runtime: Runtime, name: str) -> Path:
+    """Publish to ``name`` until the real recorder holds an open segment; return it."""
+    stream = runtime.registry.get_or_create(name)
+    jpeg = make_jpeg(64, 48)
+    for _ in range(200):
+        stream.publish(jpeg, inspect_jpeg(jpeg))
+        paths = runtime.recorder.open_paths()
+        if paths and next(iter(paths)).exists():
+            return next(iter(paths))
+        await asyncio.sleep(0.02)
+    raise AssertionError("the recorder never opened a segment")
 
 
 def test_guard_pauses_the_recorder_and_resumes_when_space_is_back(tmp_path):
     root = tmp_path / "recordings"
-    open_video = make_recording(root, "cam", 40)  # complete-looking, but the recorder has it
     finished = make_recording(root, "cam", 30)
-    settings = load_settings(None, {"recording": {"directory": str(root), "min_free_gb": 10**6}})
-    recorder = Recorder({open_video})
-    service = CleanupService(settings, StreamRegistry(settings.streams), lambda: recorder)
+    runtime = recorder_runtime(root, min_free_gb=10**6)
+    service = runtime.cleanup
 
     async def scenario():
-        first = await service.sweep_disk(retention=False)
-        assert [r["file"] for r in first["recordings"]] == [finished.name]
-        assert first["disk"]["recording_paused"] and recorder.calls == ["pause"]
-        assert "recording paused" in service.problems()[0]
-        await service.sweep_disk(retention=False)  # still short: no second pause
-        assert recorder.calls == ["pause"]
-        settings.recording.min_free_gb = 0.000001  # space is back
-        await service.sweep_disk(retention=False)
-        assert recorder.calls == ["pause", "resume"] and service.problems() == []
+        await runtime.recorder.start()
+        try:
+            open_video = await open_segment_of(runtime, "live")
+            first = await service.sweep_disk(retention=False)
+            assert [r["file"] for r in first["recordings"]] == [finished.name]
+            assert first["disk"]["recording_paused"]
+            [problem] = runtime.problems()
+            assert problem.startswith("recording paused:") and "min_free_gb" in problem
+            await service.sweep_disk(retention=False)  # still short: still one problem
+            assert len(runtime.problems()) == 1
+            runtime.settings.recording.min_free_gb = 0.000001  # space is back
+            await service.sweep_disk(retention=False)
+            assert runtime.problems() == []
+            return open_video
+        finally:
+            await runtime.recorder.stop()
 
-    asyncio.run(scenario())
+    open_video = asyncio.run(scenario())
     assert open_video.exists() and not finished.exists()
+
+
+def test_an_open_segment_older_than_retention_survives(tmp_path):
+    """Only ``open_paths()`` protects it: its last write is older than the retention."""
+    root = tmp_path / "recordings"
+    runtime = recorder_runtime(root, retention_days=1)
+    expired = make_recording(root, "cam", 3)
+
+    async def scenario():
+        await runtime.recorder.start()
+        try:
+            open_video = await open_segment_of(runtime, "live")
+            old = time.time() - 2 * DAY
+            os.utime(open_video, (old, old))
+            result = await runtime.cleanup.sweep_disk(retention=True)
+            return open_video, [r["file"] for r in result["recordings"]]
+        finally:
+            await runtime.recorder.stop()
+
+    open_video, removed = asyncio.run(scenario())
+    assert removed == [expired.name]
+    assert open_video.exists() and not expired.exists()
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
@@ -273,11 +302,12 @@ def test_nothing_is_deleted_when_the_recorder_cannot_say_what_is_open(tmp_path):
     old = make_recording(root, "cam", 30)
     settings = load_settings(None, {"recording": {"directory": str(root), "retention_days": 1}})
 
-    class Broken(Recorder):
+    class Broken(RealRecorder):  # fault injection: the real recorder, one method failing
         def open_paths(self):
             raise RuntimeError("recorder thread died")
 
-    service = CleanupService(settings, StreamRegistry(settings.streams), lambda: Broken())
+    broken = Broken(settings.recording)
+    service = CleanupService(settings, StreamRegistry(settings.streams), lambda: broken)
     with pytest.raises(RuntimeError):
         asyncio.run(service.sweep_disk(retention=True))
     assert old.exists()

@@ -75,8 +75,13 @@ class CleanupService:
             self._task = None
 
     def problems(self) -> list[str]:
-        """Why /health is degraded because of us: recording paused for disk space."""
-        return [self._pause_reason] if self._pause_reason else []
+        """Why /health is degraded because of us: disk space short.
+
+        With a recorder, its pause is the problem it reports itself (not twice).
+        """
+        if self._pause_reason and self._recorder() is None:
+            return [f"disk space low: {self._pause_reason}"]
+        return []
 
     async def _run(self) -> None:
         await self._attempt("start-up retention", lambda: self.sweep_disk(retention=True))
@@ -208,15 +213,15 @@ class CleanupService:
     def _apply_pause(self, plan: GuardPlan) -> None:
         recorder = self._recorder()
         if plan.pause:
-            what = "recording paused" if recorder is not None else "disk space low"
             reason = (
-                f"{what}: {disk.human(plan.free_after)} free for {self.store.root}, below "
+                f"{disk.human(plan.free_after)} free for {self.store.root}, below "
                 f"recording.min_free_gb = {self.settings.recording.min_free_gb:g} GiB, and no "
                 f"finished recording is left to delete"
             )
             if self._pause_reason is None:
-                log.warning("%s", reason)
-                if recorder is not None:
+                if recorder is None:  # the recorder logs and reports its own pause
+                    log.warning("disk space low: %s", reason)
+                else:
                     recorder.pause(reason)
             self._pause_reason = reason
         elif self._pause_reason is not None:
