@@ -1,0 +1,59 @@
+"""CPU time and peak memory of a process, read from /proc (Linux)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by every thread of ``pid``."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of ``pid`` in KiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":", 1)
+                out[key] = int(value.split()[0])
+    return out
+
+
+def self_cpu_seconds() -> float:
+    """CPU seconds used by this (load generator) process."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class CpuWindow:
+    """CPU share of the server and of the load generator over a measured window."""
+
+    pid: int
+    start: float = 0.0
+    server0: float = 0.0
+    self0: float = 0.0
+    server_cores: float = 0.0
+    loadgen_cores: float = 0.0
+
+    def begin(self) -> None:
+        """Mark the window's start."""
+        self.start = time.monotonic()
+        self.server0 = cpu_seconds(self.pid)
+        self.self0 = self_cpu_seconds()
+
+    def end(self) -> float:
+        """Close the window; returns its length in seconds."""
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        self.server_cores = (cpu_seconds(self.pid) - self.server0) / elapsed
+        self.loadgen_cores = (self_cpu_seconds() - self.self0) / elapsed
+        return elapsed
