@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
     return ordered[index]
 
 
@@ -130,6 +131,7 @@ def _summarise(load, c: Counters, cpu, elapsed, before, after, server) -> dict:
         "fanout_bytes_per_s": c.bytes_received / elapsed if load.count_only else None,
         "server_cores": cpu.server_cores,
         "loadgen_cores": cpu.loadgen_cores,
+        "other_cores": cpu.other_cores,
         "server_peak_rss_mb": mem.get("VmHWM", 0) / 1024,
         "rejected": c.rejected,
         "errors": c.errors[:5],

@@ -28,6 +28,14 @@ def memory_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy so far (from /proc/stat)."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
 def self_cpu_seconds() -> float:
     """CPU seconds used by this (load generator) process."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -42,18 +50,23 @@ class CpuWindow:
     start: float = 0.0
     server0: float = 0.0
     self0: float = 0.0
+    busy0: float = 0.0
     server_cores: float = 0.0
     loadgen_cores: float = 0.0
+    other_cores: float = 0.0  # everything else on the machine: other engineers' work
 
     def begin(self) -> None:
         """Mark the window's start."""
         self.start = time.monotonic()
         self.server0 = cpu_seconds(self.pid)
         self.self0 = self_cpu_seconds()
+        self.busy0 = machine_busy_seconds()
 
     def end(self) -> float:
         """Close the window; returns its length in seconds."""
         elapsed = max(time.monotonic() - self.start, 1e-9)
         self.server_cores = (cpu_seconds(self.pid) - self.server0) / elapsed
         self.loadgen_cores = (self_cpu_seconds() - self.self0) / elapsed
+        busy = (machine_busy_seconds() - self.busy0) / elapsed
+        self.other_cores = max(0.0, busy - self.server_cores - self.loadgen_cores)
         return elapsed

@@ -212,15 +212,15 @@ def _chart(chart: list[tuple]) -> list[str]:
 
 def _details(r: dict) -> list[str]:
     out = ["## Every run", "",
-           "| Run | Server | Streams × viewers | fps | Ingest | accepted % | viewer % | p50 ms | p99 ms | max ms | skipped | server CPU % | load-gen CPU % | peak RSS MB | recorded MB | errors |",
-           "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| Run | Server | Streams × viewers | fps | Ingest | accepted % | viewer % | p50 ms | p99 ms | max ms | skipped | server CPU % | load-gen CPU % | others' CPU % | peak RSS MB | recorded MB | errors |",
+           "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def row(name, x):
         out.append(
             f"| {name} | {x['kind']} | {x['streams']} × {x['viewers']} | {num(x['fps'], 0)} | {x['ingest']} | "
             f"{num(x['accepted_pct'])} | {num(x['view_pct'])} | {num(x['p50_ms'])} | {num(x['p99_ms'])} | "
             f"{num(x['max_ms'])} | {x['skipped']} | {num(x['server_cores'] * 100, 0)} | "
-            f"{num(x['loadgen_cores'] * 100, 0)} | {num(x['server_peak_rss_mb'], 0)} | {num(x.get('recorded_mb'))} | "
+            f"{num(x['loadgen_cores'] * 100, 0)} | {num(x.get('other_cores', 0) * 100, 0)} | {num(x['server_peak_rss_mb'], 0)} | {num(x.get('recorded_mb'))} | "
             f"{x['error_count']} |")
 
     for name in ("s10x2", "s50x1", "s1x100", "fanout500"):

@@ -53,8 +53,8 @@ def run(selected: list[str], tmp: Path, quick: bool) -> dict:
         _ab("fanout500", load, tmp, results)
     if "ceiling" in selected:
         results["ceiling"] = {
-            "ours": scenarios.ceiling("ours", "post", [100, 150, 200, 250, 300, 400], tmp),
-            "baseline": scenarios.ceiling("baseline", "post", [10, 20, 30, 50, 75, 100], tmp),
+            "ours": scenarios.ceiling("ours", "post", [50, 75, 100, 150, 200, 300], tmp),
+            "baseline": scenarios.ceiling("baseline", "post", [5, 10, 15, 20, 30, 50], tmp),
         }
         print("ceiling   ", report.ceiling_line(results["ceiling"]), flush=True)
     if "ingest" in selected:
