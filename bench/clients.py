@@ -207,7 +207,8 @@ async def mpjpeg_publisher(
     )
     await _stream_frames(writer, jpeg, fps, c, phase, mpjpeg_chunk)
     try:
-        writer.writelines((b"d\r\n--frame--\r\n\r\n", b"0\r\n\r\n"))
+        closing = b"--frame--\r\n"
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(closing), closing))
         await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
         c.error(f"mpjpeg {name} end: {exc!r}")

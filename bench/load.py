@@ -132,6 +132,7 @@ def _summarise(load, c: Counters, cpu, elapsed, before, after, server) -> dict:
         "server_cores": cpu.server_cores,
         "loadgen_cores": cpu.loadgen_cores,
         "other_cores": cpu.other_cores,
+        "server_kernel_pct": 100 * cpu.server_system_share,
         "server_peak_rss_mb": mem.get("VmHWM", 0) / 1024,
         "rejected": c.rejected,
         "errors": c.errors[:5],

@@ -10,11 +10,16 @@ from dataclasses import dataclass
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by every thread of ``pid``."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by every thread of ``pid``."""
     with open(f"/proc/{pid}/stat", "rb") as fh:
         fields = fh.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14, 15)
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK  # utime, stime (fields 14, 15)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by every thread of ``pid``."""
+    return sum(cpu_split(pid))
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -49,6 +54,8 @@ class CpuWindow:
     pid: int
     start: float = 0.0
     server0: float = 0.0
+    system0: float = 0.0
+    server_system_share: float = 0.0  # part of the server's CPU spent in the kernel
     self0: float = 0.0
     busy0: float = 0.0
     server_cores: float = 0.0
@@ -58,14 +65,18 @@ class CpuWindow:
     def begin(self) -> None:
         """Mark the window's start."""
         self.start = time.monotonic()
-        self.server0 = cpu_seconds(self.pid)
+        user, system = cpu_split(self.pid)
+        self.server0, self.system0 = user + system, system
         self.self0 = self_cpu_seconds()
         self.busy0 = machine_busy_seconds()
 
     def end(self) -> float:
         """Close the window; returns its length in seconds."""
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        self.server_cores = (cpu_seconds(self.pid) - self.server0) / elapsed
+        user, system = cpu_split(self.pid)
+        used = user + system - self.server0
+        self.server_cores = used / elapsed
+        self.server_system_share = (system - self.system0) / used if used > 0 else 0.0
         self.loadgen_cores = (self_cpu_seconds() - self.self0) / elapsed
         busy = (machine_busy_seconds() - self.busy0) / elapsed
         self.other_cores = max(0.0, busy - self.server_cores - self.loadgen_cores)

@@ -252,8 +252,11 @@ def _profile(p: dict | None) -> list[str]:
     if not p.get("available"):
         return out + [f"Profile {NA}: {p.get('why')}", ""]
     load = p["load"]
-    out.append(f"{p['samples']} samples at 200 Hz; that run: {num(load['server_cores'] * 100, 0)} % of a core, "
-               f"p99 {num(load['p99_ms'])} ms. Self time (share of samples where the server was on CPU in Python):")
+    out.append(f"{p['samples']} samples at 200 Hz; that run: {num(load['server_cores'] * 100, 0)} % of a core "
+               f"({num(load.get('server_kernel_pct'), 0)} % of it in the kernel: socket reads and writes), "
+               f"p99 {num(load['p99_ms'])} ms, other work on the machine {num(load.get('other_cores', 0) * 100, 0)} % "
+               f"of a core. Self time by Python function (C code and system calls count towards the Python line "
+               f"that called them; the event loop's own work shows as `Runner.run`):")
     out += ["", "| Package | % |", "|---|---:|", *[f"| {n} | {v:.1f} |" for n, v in p["packages"]], ""]
     out += ["| Function (self) | % |", "|---|---:|", *[f"| `{n}` | {v:.1f} |" for n, v in p["functions"]], ""]
     return out
