@@ -83,42 +83,46 @@ class ChunkedDecoder:
 
     def feed(self, data: bytes) -> bytes:
         """Consume raw bytes; return the body bytes they complete (maybe empty)."""
-        self._buf += data
-        out = bytearray()
-        buf = self._buf
-        while buf and not self.done:
-            if self._left:
-                take = min(self._left, len(buf))
-                out += buf[:take]
-                del buf[:take]
+        if self._buf:
+            data = bytes(self._buf) + data
+            self._buf = bytearray()
+        view = memoryview(data)
+        pieces: list[memoryview] = []
+        pos, size = 0, len(data)
+        while pos < size and not self.done:
+            if self._left:  # payload: taken as views of ``data``, joined once below
+                take = min(self._left, size - pos)
+                pieces.append(view[pos : pos + take])
+                pos += take
                 self._left -= take
-                if not self._left:
-                    self._crlf = True
-                continue
-            if self._crlf:
-                if len(buf) < 2:
+                self._crlf = not self._left
+            elif self._crlf:
+                if size - pos < 2:
                     break
-                if buf[:2] != b"\r\n":
+                if data[pos : pos + 2] != b"\r\n":
                     raise ProtocolError("chunk payload not followed by CRLF")
-                del buf[:2]
+                pos += 2
                 self._crlf = False
-                continue
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > 1024:
-                    raise ProtocolError("chunk size line too long")
-                break
-            size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
-            del buf[: end + 2]
-            if size == 0:
-                self.done = True
             else:
-                self._left = size
-        return bytes(out)
+                end = data.find(b"\r\n", pos)
+                if end < 0:
+                    if size - pos > 1024:
+                        raise ProtocolError("chunk size line too long")
+                    break
+                pos = self._size_line(data[pos:end], end)
+        self._buf += view[pos:]
+        return b"".join(pieces)
+
+    def _size_line(self, line: bytes, end: int) -> int:
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise ProtocolError(f"bad chunk size {size_text[:20]!r}") from None
+        if size == 0:
+            self.done = True
+        self._left = size
+        return end + 2
 
 
 @dataclass(slots=True)
@@ -192,7 +196,8 @@ class MultipartReader:
                 body_end = len(buf) - 2
             elif body_end < 0:
                 return None
-        body = bytes(buf[body_start:body_end])
+        with memoryview(buf) as view:  # one copy, and released before the buffer shrinks
+            body = bytes(view[body_start:body_end])
         del buf[:body_end]
         return Part(headers, body)
 

@@ -53,7 +53,7 @@ def run(selected: list[str], tmp: Path, quick: bool) -> dict:
         _ab("fanout500", load, tmp, results)
     if "ceiling" in selected:
         results["ceiling"] = {
-            "ours": scenarios.ceiling("ours", "post", [50, 75, 100, 150, 200, 300], tmp),
+            "ours": scenarios.ceiling("ours", "post", [50, 75, 100, 125, 150, 200, 250, 300], tmp),
             "baseline": scenarios.ceiling("baseline", "post", [5, 10, 15, 20, 30, 50], tmp),
         }
         print("ceiling   ", report.ceiling_line(results["ceiling"]), flush=True)
