@@ -122,8 +122,12 @@ def _summarise(load, c: Counters, cpu, elapsed, before, after, server) -> dict:
         "sent_fps": c.sent / elapsed,
         "accepted_fps": accepted / elapsed if accepted is not None else None,
         "accepted_pct": 100 * accepted / expected if expected and accepted is not None else None,
-        "view_fps": c.received / elapsed / views if views else None,
-        "view_pct": 100 * c.received / (expected * load.viewers) if expected and views else None,
+        "view_fps": c.received / elapsed / views if views and not load.count_only else None,
+        "view_pct": (
+            100 * c.received / (expected * load.viewers)
+            if expected and views and not load.count_only
+            else None
+        ),
         "skipped": c.skipped,
         "p50_ms": percentile(ms, 50),
         "p99_ms": percentile(ms, 99),

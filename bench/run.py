@@ -29,11 +29,16 @@ def _ab(name: str, load: Load, tmp: Path, results: dict) -> None:
     pair = {kind: scenarios.measure(kind, load, tmp) for kind in ("ours", "baseline")}
     results[name] = pair
     o, b = pair["ours"], pair["baseline"]
-    key = "fanout_bytes_per_s" if load.count_only else "view_pct"
+    if load.count_only:
+        key, label = "fanout_bytes_per_s", "fan-out bytes/s"
+    else:
+        key, label = "view_pct", "viewer % of frames"
     print(
-        f"{name:10s} ours {key}={report.num(o[key])} p99={report.num(o['p99_ms'])}ms "
-        f"cpu={o['server_cores']:.2f} | baseline {key}={report.num(b[key])} "
-        f"p99={report.num(b['p99_ms'])}ms cpu={b['server_cores']:.2f}",
+        f"{name:10s} {label}: ours {report.num(o[key])} baseline {report.num(b[key])} "
+        f"({report.ratio(o[key], b[key])}) | p99 ms: ours {report.num(o['p99_ms'])} "
+        f"baseline {report.num(b['p99_ms'])} ({report.ratio(o['p99_ms'], b['p99_ms'], False)}) | "
+        f"CPU: ours {o['server_cores']:.2f} baseline {b['server_cores']:.2f} "
+        f"({report.ratio(o['server_cores'], b['server_cores'], False)} less)",
         flush=True,
     )
 
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     results["meta"]["duration_s"] = round(time.monotonic() - started, 1)
     results["meta"]["loadavg_end"] = __import__("os").getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     args.out.write_text(report.render(results))
     print(f"wrote {args.out} in {results['meta']['duration_s']} s")
