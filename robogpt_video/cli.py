@@ -6,10 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_settings
-
 
 def _serve(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_settings
     from .server import serve
 
     overrides: dict[str, dict] = {}
@@ -43,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (logging.level)")
     serve.add_argument("--recordings", type=Path, help="recording directory (recording.directory)")
     serve.set_defaults(func=_serve)
+    # Imported here, not at the top: the client needs none of the server's modules.
+    from .client.cli import add_arguments, run
+
+    publish = sub.add_parser(
+        "publish", help="publish a camera, video file or test pattern to a server"
+    )
+    add_arguments(publish).set_defaults(func=run)
     return parser
 
 

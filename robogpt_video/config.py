@@ -112,6 +112,9 @@ class LoggingSettings(_Section):
     file: Path | None = Path("logs/server.log")
     max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     backup_count: int = Field(5, ge=0)
+    repeat_seconds: float = Field(
+        10, ge=0, description="Collapse repeats of a log line within this window (0 = off)"
+    )
 
     @field_validator("level", mode="before")
     @classmethod

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from .cleanup import CleanupService
 from .config import Settings
 from .streams import StreamRegistry
 
@@ -28,7 +31,18 @@ class Runtime:
         self.started_at = time.time()
         self.registry = StreamRegistry(settings.streams)
         self.services: list[Service] = [self.registry]
+        # Last, so it starts after (and stops before) the recorder whose files it deletes.
+        self.cleanup = CleanupService(
+            settings, self.registry, recorder=lambda: getattr(self, "recorder", None)
+        )
+        self.services.append(self.cleanup)
         self._started: list[Service] = []
+        # Called when shutdown begins, before the HTTP server drains its connections:
+        # whatever holds a response open forever (viewers, long-lived ingest) ends it here.
+        self.on_shutdown: list[Callable[[], Awaitable[None] | None]] = [
+            lambda: self.registry.end_viewers("server shutdown")
+        ]
+        self.shutting_down = False
 
     async def start(self) -> None:
         """Start services in order; if one fails, stop those already started."""
@@ -39,6 +53,19 @@ class Runtime:
                 await self.stop()
                 raise
             self._started.append(service)
+
+    async def begin_shutdown(self) -> None:
+        """End every open-ended response so the server can drain; ``stop()`` follows."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        for callback in self.on_shutdown:
+            try:
+                result = callback()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("error in shutdown callback %r", callback)
 
     async def stop(self) -> None:
         """Stop started services in reverse order, logging (not raising) their errors."""

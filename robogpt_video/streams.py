@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from .config import StreamsSettings
-from .errors import InvalidStreamName, StreamLimitReached, ViewerLimitReached
+from .errors import ApiError, InvalidStreamName, StreamLimitReached, ViewerLimitReached
 from .jpeg import JpegInfo
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,13 @@ class Stream:
         return viewer
 
     def remove_viewer(self, viewer: Viewer) -> None:
-        """Forget a viewer whose response has ended."""
-        self.viewers.discard(viewer)
+        """Forget a viewer whose response has ended, counting the frames it never got."""
+        if viewer in self.viewers:
+            self.viewers.discard(viewer)
+            if viewer.last_seq and self.latest is not None:
+                missed = self.latest.seq - viewer.last_seq
+                viewer.frames_skipped += missed
+                self.frames_skipped += missed
 
     async def next_frame(self, viewer: Viewer) -> Frame | None:
         """The next frame ``viewer`` should send; ``None`` once the viewer or stream ends.
@@ -291,6 +296,7 @@ class StreamRegistry:
         self._streams: dict[str, Stream] = {}
         self._clock = clock
         self._ticker: asyncio.Task | None = None
+        self.accepting = True  # False once shutdown begins: no new streams
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -308,6 +314,8 @@ class StreamRegistry:
         if stream is not None:
             return stream
         validate_stream_name(name)
+        if not self.accepting:
+            raise ApiError("the server is shutting down", code="shutting_down", status_code=503)
         if len(self._streams) >= self.settings.max_concurrent:
             raise StreamLimitReached(
                 f"cannot create stream '{name}': {len(self._streams)} streams are live "
@@ -335,10 +343,31 @@ class StreamRegistry:
         """Start the ticker that re-sends quiet streams and closes stalled viewers."""
         self._ticker = asyncio.create_task(self._tick_forever(), name="stream-ticker")
 
+    def close_all(self, reason: str) -> None:
+        """Close every stream: viewer responses end, listeners close their segments."""
+        for name in list(self._streams):
+            self.remove(name, reason)
+
+    async def end_viewers(self, reason: str, grace: float = 1.0) -> None:
+        """Close every stream, give viewers ``grace`` seconds to finish, then cancel them.
+
+        A viewer whose client reads nothing is stuck in a write and would otherwise hold
+        the server's shutdown until uvicorn's drain timeout.
+        """
+        self.accepting = False
+        streams = list(self._streams.values())
+        self.close_all(reason)
+        deadline = time.monotonic() + grace
+        while any(stream.viewers for stream in streams) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for stream in streams:
+            for viewer in list(stream.viewers):
+                if viewer.task is not None:
+                    viewer.task.cancel()
+
     async def stop(self) -> None:
         """Close every stream (ending viewer responses) and stop the ticker."""
-        for name in list(self._streams):
-            self.remove(name, "server shutdown")
+        self.close_all("server shutdown")
         if self._ticker is not None:
             self._ticker.cancel()
             try:

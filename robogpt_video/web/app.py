@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -10,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, live
+from . import api, cleanup, ingest, live, metrics
 from .errors import EXCEPTION_HANDLERS
 
 
@@ -38,9 +39,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     # that add fields to a stream's stats (e.g. its current recording segment).
     app.state.mpjpeg_ingest = None
     app.state.stats_extensions = []
+    # Set when the server begins to shut down, so long-lived requests end at once
+    # instead of holding shutdown for uvicorn's graceful timeout.
+    app.state.draining = asyncio.Event()
+    runtime.on_shutdown.append(app.state.draining.set)
     for route in live.routes():
         app.router.routes.append(route)
+    ingest.install(app)
     app.include_router(api.router)
+    app.include_router(cleanup.router)
+    metrics.install(app, runtime)
     if settings.server.cors_enabled:
         app.add_middleware(
             CORSMiddleware,

@@ -40,6 +40,30 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def peek(request: Request, size: int = 4) -> tuple[Request, bytes]:
+    """The first ``size`` bytes of the body, and a request that still yields all of it.
+
+    Lets a body without a Content-Type be recognised by its first bytes (ffmpeg's
+    mpjpeg POST sends no Content-Type) before deciding how to read it.
+    """
+    seen: list[dict] = []
+    head = b""
+    while len(head) < size:
+        message = await request.receive()
+        seen.append(message)
+        if message["type"] != "http.request":
+            break
+        head += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    receive = request.receive
+
+    async def replay() -> dict:
+        return seen.pop(0) if seen else await receive()
+
+    return Request(request.scope, replay), head[:size]
+
+
 def frame_from_multipart(body: bytes, content_type: str, limit: int) -> bytes:
     """The ``frame`` field of a ``multipart/form-data`` body."""
     boundary = _boundary(content_type)

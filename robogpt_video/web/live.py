@@ -17,8 +17,9 @@ from starlette.routing import Route
 
 from ..errors import ApiError, StreamNotFound
 from ..jpeg import inspect_jpeg
+from ..mpjpeg import looks_like_multipart
 from ..streams import CONTENT_TYPE, StreamRegistry, validate_stream_name
-from .bodies import MULTIPART_SLACK, frame_from_multipart, read_limited
+from .bodies import MULTIPART_SLACK, frame_from_multipart, peek, read_limited
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ def _registry(request: Request) -> StreamRegistry:
 
 async def publish(request: Request) -> Response:
     """Accept one JPEG (multipart field ``frame`` or a raw ``image/jpeg`` body)."""
+    try:
+        return await _publish(request, time.perf_counter())
+    except ApiError as exc:
+        request.app.state.metrics.publish_rejected.labels(exc.code).inc()
+        # One template for every rejection: the log filter collapses a flood to a few lines.
+        log.warning("publish refused (%s %s): %s", exc.status_code, exc.code, exc.message)
+        raise
+
+
+async def _publish(request: Request, started: float) -> Response:
     name = validate_stream_name(request.path_params["name"])
     settings = request.app.state.runtime.settings
     limit = settings.server.max_frame_bytes
@@ -49,7 +60,13 @@ async def publish(request: Request) -> Response:
     elif media in RAW_TYPES:
         jpeg = await read_limited(request, limit)
     elif media in ("multipart/x-mixed-replace", "multipart/mixed") or media == "":
-        if long_lived is not None:
+        if long_lived is not None and media == "":
+            # No Content-Type (ffmpeg's mpjpeg POST): a body starting "--" is multipart,
+            # anything else (a raw JPEG starts \xff\xd8) is one frame.
+            request, head = await peek(request)
+            if looks_like_multipart(head):
+                return await long_lived(request, name)
+        elif long_lived is not None:
             return await long_lived(request, name)
         jpeg = await read_limited(request, limit)
     else:
@@ -61,6 +78,7 @@ async def publish(request: Request) -> Response:
         )
     info = inspect_jpeg(jpeg)
     frame = _registry(request).get_or_create(name).publish(jpeg, info)
+    request.app.state.metrics.publish_seconds.observe(time.perf_counter() - started)
     return JSONResponse(
         {
             "status": "success",

@@ -1,0 +1,5 @@
+"""Cleanup: inactive streams, retention of recordings, and a disk-space guard."""
+
+from .service import CleanupService
+
+__all__ = ["CleanupService"]

@@ -1,0 +1,1 @@
+"""Recording streams to disk: layout (store), segment writer, sidecars and recovery."""

@@ -1,0 +1,149 @@
+"""``GET /metrics``: Prometheus text, read from the live objects at scrape time.
+
+Per-stream counters already live on each :class:`~robogpt_video.streams.Stream`
+(frames and bytes in, frames out, frames slow viewers skipped), so a custom collector
+reads them when Prometheus scrapes: nothing extra runs per frame. Only the publish
+latency histogram and the rejection counter are updated on the request path (≈1 µs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..runtime import Runtime
+
+PREFIX = "robogpt_video"
+#: Publish handling time: reading the body, checking the JPEG, fan-out.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+#: Keys read from ``runtime.recorder.stats()`` per stream: (key, metric suffix, help).
+RECORDER_COUNTERS = (
+    ("bytes_written", "recording_bytes", "Bytes written to recording files"),
+    ("frames_written", "recording_frames", "Frames written to recording files"),
+    ("frames_dropped", "recording_frames_dropped", "Frames the recorder queue dropped"),
+    ("errors", "recording_errors", "Recording errors (failed opens, writes, closes)"),
+)
+RECORDER_GAUGES = (("queue_frames", "recording_queue_frames", "Frames waiting for the disk"),)
+
+
+class RuntimeCollector(Collector):
+    """Reads streams, viewers and recorder counters from the runtime when scraped."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per quantity, one sample per live stream."""
+        registry = self.runtime.registry
+        streams = list(registry)
+        info = GaugeMetricFamily(f"{PREFIX}_info", "Build information", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        yield _gauge("streams", "Live streams", len(streams))
+        yield _gauge("streams_max", "streams.max_concurrent", registry.settings.max_concurrent)
+        per_stream = (
+            ("stream_frames_in", "Frames published", CounterMetricFamily, "total_frames"),
+            ("stream_bytes_in", "JPEG bytes published", CounterMetricFamily, "bytes_in"),
+            ("stream_frames_out", "Frames written to viewers", CounterMetricFamily, "frames_sent"),
+            ("stream_frames_dropped", "Frames slow viewers skipped", CounterMetricFamily,
+             "frames_skipped"),
+        )
+        for suffix, text, family_type, attribute in per_stream:
+            family = family_type(f"{PREFIX}_{suffix}", text, labels=["stream"])
+            for stream in streams:
+                family.add_metric([stream.name], getattr(stream, attribute))
+            yield family
+        viewers = GaugeMetricFamily(f"{PREFIX}_stream_viewers", "Open viewers", labels=["stream"])
+        for stream in streams:
+            viewers.add_metric([stream.name], len(stream.viewers))
+        yield viewers
+        yield from self._recorder()
+
+    def _recorder(self) -> Iterator[Metric]:
+        recorder = getattr(self.runtime, "recorder", None)
+        if recorder is None or not hasattr(recorder, "stats"):
+            return
+        rows = _per_stream(recorder.stats())
+        for specs, family_type in ((RECORDER_COUNTERS, CounterMetricFamily),
+                                   (RECORDER_GAUGES, GaugeMetricFamily)):
+            for key, suffix, text in specs:
+                family = family_type(f"{PREFIX}_{suffix}", text, labels=["stream"])
+                for name, row in rows:
+                    if isinstance(row.get(key), (int, float)):
+                        family.add_metric([name], row[key])
+                yield family
+
+
+def _gauge(suffix: str, text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{suffix}", text, value=value)
+
+
+def _per_stream(stats) -> list[tuple[str, Mapping]]:
+    """``{name: row}`` or ``[{"stream": name, ...}]`` as (name, row) pairs."""
+    if isinstance(stats, Mapping):
+        return [(str(name), row) for name, row in stats.items() if isinstance(row, Mapping)]
+    rows = []
+    for row in stats or ():
+        name = row.get("stream", row.get("name")) if isinstance(row, Mapping) else None
+        if name is not None:
+            rows.append((str(name), row))
+    return rows
+
+
+class Metrics:
+    """The app's Prometheus registry and the few instruments updated per request."""
+
+    def __init__(self, runtime: Runtime):
+        # A registry per app, not the global one: tests build many apps in one process.
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.registry.register(RuntimeCollector(runtime))
+        self.publish_seconds = Histogram(
+            f"{PREFIX}_publish_seconds",
+            "Time to handle one POST /publish (read, check, fan out)",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.publish_rejected = Counter(
+            f"{PREFIX}_publish_rejected",
+            "Publish requests refused, by error code",
+            ["error"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text (reads /proc for process metrics: memory, no disk)."""
+        return generate_latest(self.registry)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text exposition of this process."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def install(app, runtime: Runtime) -> Metrics:
+    """Create the app's metrics and add ``GET /metrics``."""
+    metrics = Metrics(runtime)
+    app.state.metrics = metrics
+    app.router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    return metrics

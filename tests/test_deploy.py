@@ -1,0 +1,234 @@
+"""Deployment files: the Dockerfile, the systemd unit and the nginx example.
+
+No Docker engine runs here, so the Dockerfile is checked statically and its
+HEALTHCHECK command is run against a real server. The unit is checked with
+``systemd-analyze verify`` and the nginx example with ``nginx -t`` and a real nginx
+proxying a real server (.ci/run installs both tools).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+
+from helpers import REPO, free_port, iter_parts, make_jpeg, publish
+
+DOCKERFILE = REPO / "Dockerfile"
+UNIT = REPO / "deploy" / "robogpt-video.service"
+NGINX = REPO / "deploy" / "nginx" / "robogpt-video.conf"
+DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def instructions(path) -> list[tuple[str, str]]:
+    """A Dockerfile as (INSTRUCTION, arguments), continuation lines joined."""
+    found, pending = [], ""
+    for line in path.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        whole = (pending + line).strip()
+        pending = ""
+        keyword, _, args = whole.partition(" ")
+        found.append((keyword.upper(), args.strip()))
+    return found
+
+
+def dockerignore() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def healthcheck_command() -> list[str]:
+    (args,) = [args for keyword, args in instructions(DOCKERFILE) if keyword == "HEALTHCHECK"]
+    return json.loads(args[args.index("CMD ") + 4 :])
+
+
+def test_dockerfile_runs_the_server_unprivileged_on_a_slim_image():
+    steps = instructions(DOCKERFILE)
+    keywords = [keyword for keyword, _ in steps]
+    base = steps[0]
+    assert base[0] == "FROM" and re.fullmatch(r"python:3\.(1[1-9])-slim", base[1]), base
+    users = [args for keyword, args in steps if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0", "0:0"), users
+    assert keywords.index("USER") < keywords.index("CMD")
+    assert ("EXPOSE", str(DEFAULTS["server"]["port"])) in steps
+    volumes = [json.loads(args) for keyword, args in steps if keyword == "VOLUME"]
+    assert ["/app/recordings", "/app/logs"] in volumes
+    assert "/health" in " ".join(healthcheck_command())
+    cmd = [args for keyword, args in steps if keyword == "CMD"]
+    assert json.loads(cmd[-1]) == ["python", "run_server.py"]
+    assert ("WORKDIR", "/app") in steps
+
+
+def test_dockerfile_copies_existing_files_that_dockerignore_keeps():
+    ignored = dockerignore()
+    for keyword, args in instructions(DOCKERFILE):
+        if keyword != "COPY":
+            continue
+        *sources, _dest = shlex.split(args)
+        for source in sources:
+            assert not source.startswith("--"), "no multi-stage copies expected"
+            assert (REPO / source).exists(), f"COPY {source}: no such file"
+            top = source.rstrip("/").split("/")[0]
+            hits = [p for p in ignored if fnmatch.fnmatch(top, p.rstrip("/"))]
+            assert not hits, f"COPY {source} is excluded by .dockerignore {hits}"
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image():
+    ignored = set(dockerignore())
+    assert {".venv", "recordings", "logs", ".git"} <= ignored
+    assert any(p.endswith("__pycache__") for p in ignored)
+
+
+def test_docker_healthcheck_passes_on_a_live_server_and_fails_on_a_dead_one(server):
+    command = [sys.executable if word == "python" else word for word in healthcheck_command()]
+    env = {**os.environ, "SERVER_PORT": str(server.port)}
+    assert subprocess.run(command, env=env, timeout=30).returncode == 0
+    env["SERVER_PORT"] = str(free_port())
+    assert subprocess.run(command, env=env, timeout=30, capture_output=True).returncode != 0
+
+
+def unit() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_systemd_unit_restarts_and_is_sandboxed():
+    settings = unit()
+    assert settings["Restart"] == ["always"]
+    assert settings["NoNewPrivileges"] == ["yes"]
+    assert settings["ProtectSystem"] == ["strict"]
+    home = settings["WorkingDirectory"][0]
+    writable = " ".join(settings["ReadWritePaths"]).split()
+    assert sorted(writable) == [f"{home}/logs", f"{home}/recordings"]
+    assert settings["ExecStart"][0].endswith(f"{home}/run_server.py")
+    assert settings["User"][0] not in ("root", "0")
+    assert float(settings["TimeoutStopSec"][0].rstrip("s")) > 10  # the server needs ≤ 10 s
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is missing (apt-get install systemd; .ci/run does)")
+    # The unit names /opt/robogpt-video; verify checks that ExecStart exists, so point
+    # it at this checkout's interpreter and entry point.
+    home = tmp_path / "opt"
+    (home / ".venv" / "bin").mkdir(parents=True)
+    (home / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    (home / "run_server.py").symlink_to(REPO / "run_server.py")
+    copy = tmp_path / "robogpt-video.service"
+    copy.write_text(UNIT.read_text().replace("/opt/robogpt-video", str(home)))
+    result = subprocess.run(
+        [tool, "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "robogpt-video.service" not in result.stderr, result.stderr  # no warnings
+
+
+def nginx_setup(tmp_path, upstream_port: int) -> tuple[str, int, object]:
+    """The example config made runnable here: self-signed cert, loopback ports."""
+    tool = shutil.which("nginx")
+    if tool is None:
+        pytest.skip("nginx is missing (apt-get install nginx-light; .ci/run does)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    https_port, http_port = free_port(), free_port()
+    text = NGINX.read_text()
+    for old, new in (
+        ("/etc/letsencrypt/live/video.example.com/fullchain.pem", str(cert)),
+        ("/etc/letsencrypt/live/video.example.com/privkey.pem", str(key)),
+        ("listen 443 ssl http2;", f"listen 127.0.0.1:{https_port} ssl http2;"),
+        ("listen [::]:443 ssl http2;", ""),
+        ("listen 80;", f"listen 127.0.0.1:{http_port};"),
+        ("listen [::]:80;", ""),
+        ("server 127.0.0.1:5000;", f"server 127.0.0.1:{upstream_port};"),
+    ):
+        assert text.count(old) == 1, f"the example no longer has {old!r}"
+        text = text.replace(old, new)
+    site = tmp_path / "site.conf"
+    site.write_text(text)
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
+        f"error_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n"
+        f"  proxy_temp_path {tmp_path}/proxy;\n  include {site};\n}}\n"
+    )
+    return tool, https_port, main
+
+
+def test_nginx_example_has_the_streaming_settings():
+    text = NGINX.read_text()
+    stream = text[text.index("location /stream/") :]
+    stream = stream[: stream.index("}")]
+    assert "proxy_buffering off;" in stream
+    timeout = re.search(r"proxy_read_timeout (\d+)s;", stream)
+    assert timeout and int(timeout[1]) >= 600
+    size = re.search(r"client_max_body_size (\d+)m;", text)
+    limit = DEFAULTS["server"]["max_frame_size_mb"]
+    assert size and limit <= int(size[1]) <= limit + 1  # the frame limit + multipart slack
+    assert "ssl_certificate " in text and "TLSv1.3" in text
+
+
+def test_nginx_accepts_the_example(tmp_path):
+    tool, _, main = nginx_setup(tmp_path, free_port())
+    result = subprocess.run(
+        [tool, "-t", "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_nginx_example_proxies_publish_and_live_mjpeg_over_tls(tmp_path, server):
+    tool, port, main = nginx_setup(tmp_path, server.port)
+    proc = subprocess.Popen(
+        [tool, "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        base = f"https://127.0.0.1:{port}"
+        with httpx.Client(verify=False, timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    if client.get(f"{base}/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.1)
+            assert publish(base, "cam", make_jpeg(seed=1), client).status_code == 200
+            with client.stream("GET", f"{base}/stream/cam") as view:
+                assert view.headers["content-type"] == "multipart/x-mixed-replace; boundary=frame"
+                parts = iter_parts(view.iter_bytes())
+                _, first = next(parts)
+                assert first == make_jpeg(seed=1)
+                fresh = make_jpeg(seed=2)
+                assert publish(base, "cam", fresh, client).status_code == 200
+                # Unbuffered: the new frame comes through while the response stays open.
+                assert any(jpeg == fresh for _, jpeg in (next(parts) for _ in range(3)))
+    finally:
+        proc.terminate()
+        proc.wait(10)
