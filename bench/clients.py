@@ -263,7 +263,7 @@ async def ws_connect(host: str, port: int, name: str):
         )
     )
     try:
-        head = parse_response_head((await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5))[:-4])
+        head = parse_response_head((await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))[:-4])
     except (asyncio.IncompleteReadError, asyncio.TimeoutError, asyncio.LimitOverrunError) as exc:
         writer.close()
         raise ProtocolError(f"no WebSocket handshake answer: {exc!r}") from None

@@ -58,7 +58,7 @@ def run(selected: list[str], tmp: Path, quick: bool) -> dict:
         _ab("fanout500", load, tmp, results)
     if "ceiling" in selected:
         results["ceiling"] = {
-            "ours": scenarios.ceiling("ours", "post", [50, 75, 100, 125, 150, 200, 250, 300], tmp),
+            "ours": scenarios.ceiling("ours", "post", [75, 100, 125, 150, 200, 250, 300], tmp),
             "baseline": scenarios.ceiling("baseline", "post", [5, 10, 15, 20, 30, 50], tmp),
         }
         print("ceiling   ", report.ceiling_line(results["ceiling"]), flush=True)
@@ -80,7 +80,7 @@ def _ingest(tmp: Path) -> dict:
             if ok:
                 entry["single"] = scenarios.single_connection_fps(kind, ingest, tmp)
                 if ingest != "post":
-                    steps = [200, 300, 400, 500, 600]
+                    steps = [300, 400, 500, 600, 800]
                     entry["ceiling"] = scenarios.ceiling(kind, ingest, steps, tmp)
             out[f"{ingest}/{kind}"] = entry
             print("ingest    ", ingest, kind, report.ingest_line(entry), flush=True)
