@@ -21,7 +21,14 @@ test: $(STAMP)
 	@command -v ffmpeg >/dev/null || { echo "ffmpeg is required by the tests: apt-get install ffmpeg"; exit 1; }
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[client,test,bench]'
+	touch $(BENCH_STAMP)
+
+# Standard benchmark set, ours vs the Flask baseline (~4 min): writes bench/REPORT.md.
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
 
 clean:

@@ -59,4 +59,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Timestamp"],
         )
+    # Outermost of our middleware: publish/view skip the stack (web/live.py, bench/REPORT.md).
+    app.add_middleware(live.FastLane)
     return app

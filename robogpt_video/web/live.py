@@ -164,6 +164,53 @@ class MjpegView:
                 return
 
 
+class FastLane:
+    """Middleware: serves publish and view requests without the rest of the stack.
+
+    Each layer of the Starlette/FastAPI stack (CORS, exception wrappers, exit stack,
+    routing) costs a coroutine per request and a wrapper per viewer write: ≈27 µs of
+    the ≈61 µs a publish took in Python. Requests with an ``Origin`` header (browsers
+    doing CORS) and everything else still take the full stack; errors keep the one
+    JSON shape, and unexpected ones still reach ``ServerErrorMiddleware``.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.view = MjpegView()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            handler = self._handler(scope)
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _handler(self, scope):
+        path, method = scope["path"], scope["method"]
+        for prefix, methods, handler in (
+            ("/publish/", ("POST", "PUT"), self._publish),
+            ("/stream/", ("GET", "HEAD"), self.view),
+        ):
+            if path.startswith(prefix) and method in methods:
+                name = path[len(prefix) :]
+                if not name or "/" in name:
+                    return None
+                if any(key == b"origin" for key, _ in scope["headers"]):
+                    return None  # CORS: the middleware adds its headers
+                scope["path_params"] = {"name": name}
+                return handler
+        return None
+
+    @staticmethod
+    async def _publish(scope, receive, send) -> None:
+        try:
+            response = await publish(Request(scope, receive))
+        except ApiError as exc:
+            response = error_response(exc.status_code, exc.code, exc.message)
+        await response(scope, receive, send)
+
+
 def routes() -> list[Route]:
     """The live routes, for the app factory."""
     return [

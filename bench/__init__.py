@@ -1,0 +1,1 @@
+"""Load generator, baseline server and report for robogpt-video (``make bench``)."""

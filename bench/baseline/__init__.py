@@ -1,0 +1,1 @@
+"""The build a user would write straight from the brief, kept for side-by-side numbers."""

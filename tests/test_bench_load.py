@@ -1,0 +1,48 @@
+"""The load generator end to end against real servers (correctness only, no timings)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench.load import Load, percentile, run_load
+from bench.profile import summarise
+from bench.report import render
+from bench.scenarios import jpeg_for
+from bench.servers import BenchServer
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([], 50) is None
+
+
+def test_profile_summary_counts_self_time():
+    raw = (
+        "main (a.py:1);publish (robogpt_video/web/live.py:40) 30\n"
+        "main (a.py:1);write (uvicorn/protocols/http/httptools_impl.py:9) 70\n"
+    )
+    summary = summarise(raw)
+    assert summary["samples"] == 100
+    assert summary["functions"][0] == ("write (uvicorn/protocols/http/httptools_impl.py:9)", 70.0)
+    assert dict(summary["packages"]) == {"uvicorn": 70.0, "robogpt_video": 30.0}
+
+
+@pytest.mark.parametrize("kind", ["ours", "baseline"])
+def test_load_reaches_viewers_with_stamps(kind, tmp_path):
+    """Two streams × two viewers: every viewer parses stamped frames; nothing errs."""
+    pytest.importorskip("flask") if kind == "baseline" else None
+    load = Load(2, viewers=2, fps=20, seconds=1.5, warmup=0.3)
+    with BenchServer(kind, tmp_path / kind) as server:
+        result = asyncio.run(run_load(server, load, jpeg_for("640x480")))
+    assert result["error_count"] == 0, result["errors"]
+    assert result["accepted_fps"] > 0 and result["view_fps"] > 0
+    assert result["p99_ms"] is not None and result["p99_ms"] >= 0
+    assert result["server_peak_rss_mb"] > 10
+    text = render({"meta": {}, "s10x2": {"ours": {**result, "kind": kind}, "baseline": {**result, "kind": kind}}})
+    assert "S=10 × 2 viewers" in text and "| s10x2 |" in text

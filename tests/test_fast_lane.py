@@ -1,0 +1,47 @@
+"""Publish and view through the fast lane behave exactly as through the full stack."""
+
+from __future__ import annotations
+
+import httpx
+
+from helpers import iter_parts, make_jpeg, publish
+
+
+def test_publish_and_view_errors_keep_the_json_shape(server):
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        bad_name = client.post("/publish/bad.name", files={"frame": ("f.jpg", make_jpeg(), "image/jpeg")})
+        not_jpeg = client.post("/publish/cam", content=b"hello", headers={"content-type": "image/jpeg"})
+        missing = client.get("/stream/nobody")
+        wrong_method = client.get("/publish/cam")
+    assert bad_name.status_code == 400 and bad_name.json()["error"] == "invalid_stream_name"
+    assert not_jpeg.status_code == 400 and not_jpeg.json()["status"] == "error"
+    assert missing.status_code == 404 and missing.json()["error"] == "stream_not_found"
+    assert wrong_method.status_code == 405 and wrong_method.json()["status"] == "error"
+
+
+def test_view_head_and_parts(server):
+    jpeg = make_jpeg(seed=5)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert publish(server.url, "cam", jpeg, client).status_code == 200
+        head = client.head("/stream/cam")
+        assert head.status_code == 200
+        assert head.headers["content-type"] == "multipart/x-mixed-replace; boundary=frame"
+        with client.stream("GET", "/stream/cam") as response:
+            headers, body = next(iter_parts(response.iter_bytes()))
+    assert body == jpeg and headers["content-type"] == "image/jpeg"
+
+
+def test_browser_requests_still_get_cors_headers(server):
+    origin = {"origin": "http://example.test"}
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        posted = client.post("/publish/cam", files={"frame": ("f.jpg", make_jpeg(), "image/jpeg")}, headers=origin)
+        with client.stream("GET", "/stream/cam", headers=origin) as response:
+            viewed = response.headers
+        preflight = client.options(
+            "/publish/cam",
+            headers={**origin, "access-control-request-method": "POST",
+                     "access-control-request-headers": "content-type"},
+        )
+    assert posted.status_code == 200 and posted.headers["access-control-allow-origin"] == "*"
+    assert viewed["access-control-allow-origin"] == "*"
+    assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]
