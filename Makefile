@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[client,test]'
+	$(BIN)/pip install --quiet -e '.[client,test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,14 +21,8 @@ test: $(STAMP)
 	@command -v ffmpeg >/dev/null || { echo "ffmpeg is required by the tests: apt-get install ffmpeg"; exit 1; }
 	$(BIN)/python -m pytest -q
 
-BENCH_STAMP := $(VENV)/.bench-installed
-
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[client,test,bench]'
-	touch $(BENCH_STAMP)
-
 # Standard benchmark set, ours vs the Flask baseline (~4 min): writes bench/REPORT.md.
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 clean:

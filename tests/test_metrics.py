@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import iter_parts, make_jpeg, publish
-from robogpt_video.config import Settings
-from robogpt_video.runtime import Runtime
-from robogpt_video.web.metrics import RuntimeCollector
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -61,29 +60,25 @@ def test_metrics_parse_and_move_with_frames(server):
     assert after[("process_cpu_seconds_total", ())] >= before[("process_cpu_seconds_total", ())]
 
 
-class Recorder:
-    """The recorder's duck-typed seam: ``stats()`` maps stream names to counters."""
+def test_recorder_counters_move_with_recorded_frames(server):
+    frames = [make_jpeg(seed=i) for i in range(10)]
+    with httpx.Client(timeout=10) as client:
+        for jpeg in frames:  # 20 fps: under recording.fps, so every frame is recorded
+            assert publish(server.url, "cam", jpeg, client).status_code == 200
+            time.sleep(0.05)
+    # the writer threads catch up
+    deadline = time.monotonic() + 10
+    while stream_value(scrape(server.url), "robogpt_video_recording_frames_total") < 10:
+        assert time.monotonic() < deadline, "the recorder never wrote the frames"
+        time.sleep(0.05)
+    samples = scrape(server.url)
+    assert stream_value(samples, "robogpt_video_recording_bytes_total") >= sum(map(len, frames))
+    assert stream_value(samples, "robogpt_video_recording_errors_total") == 0
+    assert stream_value(samples, "robogpt_video_recording_frames_dropped_total") == 0
+    assert ("robogpt_video_recording_queue_frames", (("stream", "cam"),)) in samples
 
-    def stats(self) -> dict:
-        return {
-            "cam": {"bytes_written": 1234, "frames_written": 10, "frames_dropped": 2,
-                    "errors": 1, "queue_frames": 3, "segment": "cam/cam_x.mp4"},
-        }
 
-
-def test_recorder_stats_are_exported_when_a_recorder_exists():
-    runtime = Runtime(Settings())
-    plain = {f.name for f in RuntimeCollector(runtime).collect()}
-    assert not any(name.startswith("robogpt_video_recording") for name in plain)
-
-    runtime.recorder = Recorder()
-    families = {f.name: f for f in RuntimeCollector(runtime).collect()}
-    values = {f: {s.name: s.value for s in families[f].samples} for f in families}
-    assert values["robogpt_video_recording_bytes"] == {"robogpt_video_recording_bytes_total": 1234}
-    assert values["robogpt_video_recording_errors"] == {"robogpt_video_recording_errors_total": 1}
-    assert values["robogpt_video_recording_frames_dropped"] == {
-        "robogpt_video_recording_frames_dropped_total": 2
-    }
-    assert values["robogpt_video_recording_queue_frames"] == {
-        "robogpt_video_recording_queue_frames": 3
-    }
+def test_no_recording_metrics_when_recording_is_off(start_server):
+    server = start_server({"recording": {"enabled": False}})
+    assert publish(server.url, "cam", make_jpeg()).status_code == 200
+    assert not any(name.startswith("robogpt_video_recording") for name, _ in scrape(server.url))

@@ -67,10 +67,7 @@ class Viewer(threading.Thread):
 
 
 def check_recordings(root) -> int:
-    """Every sidecar is closed and every recording decodes; returns how many were checked.
-
-    Applies once recording exists: with no recorder there are no files to check.
-    """
+    """Every sidecar is closed and every recording decodes; returns how many were checked."""
     checked = 0
     for sidecar in sorted(root.rglob("*.json")):
         meta = json.loads(sidecar.read_text())
@@ -81,6 +78,7 @@ def check_recordings(root) -> int:
         with av.open(str(video)) as container:
             decoded = sum(1 for _ in container.decode(video=0))
         assert decoded > 0, f"{video} holds no decodable frame"
+        assert decoded >= meta["total_frames"], (decoded, meta)
         checked += 1
     return checked
 
@@ -117,7 +115,7 @@ def test_signal_ends_viewers_closes_recordings_and_exits_0(start_server, sig):
     log = server.output()
     assert "Traceback" not in log, log
     assert "timeout graceful shutdown exceeded" not in log, log
-    check_recordings(server.recordings)
+    assert check_recordings(server.recordings) >= 1
 
 
 def test_sigterm_on_idle_server_exits_0(server):

@@ -81,6 +81,7 @@ class _Track:
             "frames_skipped_fps": self.frames_skipped,
             "errors": self.errors,
             "error": self.error,
+            "queue_frames": len(self.pending),
             "segment": str(self.open_path) if self.open_path else None,
         }
 

@@ -79,7 +79,7 @@ class RuntimeCollector(Collector):
 
     def _recorder(self) -> Iterator[Metric]:
         recorder = getattr(self.runtime, "recorder", None)
-        if recorder is None or not hasattr(recorder, "stats"):
+        if recorder is None:
             return
         rows = _per_stream(recorder.stats())
         for specs, family_type in ((RECORDER_COUNTERS, CounterMetricFamily),
@@ -96,16 +96,9 @@ def _gauge(suffix: str, text: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{PREFIX}_{suffix}", text, value=value)
 
 
-def _per_stream(stats) -> list[tuple[str, Mapping]]:
-    """``{name: row}`` or ``[{"stream": name, ...}]`` as (name, row) pairs."""
-    if isinstance(stats, Mapping):
-        return [(str(name), row) for name, row in stats.items() if isinstance(row, Mapping)]
-    rows = []
-    for row in stats or ():
-        name = row.get("stream", row.get("name")) if isinstance(row, Mapping) else None
-        if name is not None:
-            rows.append((str(name), row))
-    return rows
+def _per_stream(stats: Mapping) -> list[tuple[str, Mapping]]:
+    """The recorder's ``{name: row}`` as (name, row) pairs."""
+    return [(str(name), row) for name, row in stats.items() if isinstance(row, Mapping)]
 
 
 class Metrics:
