@@ -102,5 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the example script."""
-    parser = argparse.ArgumentParser(description="Publish a camera, a video file or a test pattern.")
+    parser = argparse.ArgumentParser(
+        description="Publish a camera, a video file or a test pattern.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     return run(add_arguments(parser).parse_args(argv))
