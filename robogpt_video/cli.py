@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .client.cli import add_arguments, run
 
     publish = sub.add_parser(
-        "publish", help="publish a camera, video file or test pattern to a server"
+        "publish",
+        help="publish a camera, video file or test pattern to a server",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_arguments(publish).set_defaults(func=run)
     return parser
