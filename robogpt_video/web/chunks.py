@@ -31,7 +31,9 @@ class DirectChunks:
         """The direct writer for ``send`` if it is uvicorn's httptools cycle, else ``None``."""
         cycle = getattr(send, "__self__", None)
         kind = type(cycle)
-        if (kind.__module__, kind.__qualname__) != _HTTPTOOLS_CYCLE or scope.get("http_version") != "1.1":
+        if (kind.__module__, kind.__qualname__) != _HTTPTOOLS_CYCLE:
+            return None
+        if scope.get("http_version") != "1.1":
             return None
         if getattr(send, "__func__", None) is not kind.send or cycle.response_started:
             return None

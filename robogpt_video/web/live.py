@@ -31,6 +31,11 @@ NO_CACHE = {
     "Pragma": "no-cache",
     "Expires": "0",
 }
+VIEW_HEADERS = (  # GET /stream/<name>; the direct path adds transfer-encoding
+    (b"content-type", CONTENT_TYPE.encode()),
+    *((k.lower().encode(), v.encode()) for k, v in NO_CACHE.items()),
+    (b"x-accel-buffering", b"no"),
+)
 
 
 def _registry(request: Request) -> StreamRegistry:
@@ -122,9 +127,7 @@ class MjpegView:
         except ApiError as exc:
             await error_response(exc.status_code, exc.code, exc.message)(scope, receive, send)
             return
-        headers = [(b"content-type", CONTENT_TYPE.encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in NO_CACHE.items()]
-        headers.append((b"x-accel-buffering", b"no"))
+        headers = list(VIEW_HEADERS)
         if scope["method"] == "HEAD":
             stream.remove_viewer(viewer)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
