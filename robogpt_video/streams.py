@@ -72,6 +72,17 @@ class Frame:
     size: int
     part: bytes
     offset: int
+    _chunk: bytes | None = field(default=None, repr=False)
+
+    def chunk(self) -> bytes:
+        """The part framed as one HTTP/1.1 chunk, built on first use and shared by viewers.
+
+        Only the latest frame keeps its chunk (:meth:`Stream.publish` drops the one
+        before), so the ring buffer holds each frame once.
+        """
+        if self._chunk is None:
+            self._chunk = b"".join((b"%x\r\n" % len(self.part), self.part, b"\r\n"))
+        return self._chunk
 
     @property
     def jpeg(self) -> memoryview:
@@ -100,6 +111,7 @@ class Viewer:
     closed: bool = False
     sending_since: float = 0.0  # monotonic time a write started; 0 when idle
     task: asyncio.Task | None = None
+    direct: bool = False  # writes pre-framed chunks to the transport (web/chunks.py)
     waiter: asyncio.Future | None = None
 
     def close(self) -> None:
@@ -149,6 +161,8 @@ class Stream:
         frame = Frame(
             self.total_frames, now, mono, info.width, info.height, len(jpeg), part, offset
         )
+        if self.latest is not None:
+            self.latest._chunk = None  # writers still sending it hold their own reference
         self.latest = frame
         self.buffer.append(frame)
         self.bytes_in += len(jpeg)
@@ -284,6 +298,7 @@ class Stream:
             "bytes_in": self.bytes_in,
             "last_frame_size": latest.size if latest else None,
             "frames_dropped_slow_viewers": self.frames_skipped,
+            "direct_viewers": sum(viewer.direct for viewer in self.viewers),
         }
 
 

@@ -59,6 +59,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Timestamp"],
         )
-    # Outermost of our middleware: publish/view skip the stack (web/live.py, bench/REPORT.md).
-    app.add_middleware(live.FastLane)
+    # Outermost of all: publish/view skip the stack and viewers get uvicorn's own send
+    # for direct chunk writes (web/live.py, web/chunks.py, docs/bench.md).
+    live.FastLane.install(app)
     return app

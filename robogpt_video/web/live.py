@@ -18,9 +18,10 @@ from starlette.routing import Route
 from ..errors import ApiError, StreamNotFound
 from ..jpeg import inspect_jpeg
 from ..mpjpeg import looks_like_multipart
-from ..streams import CONTENT_TYPE, StreamRegistry, validate_stream_name
+from ..streams import CONTENT_TYPE, Stream, StreamRegistry, Viewer, validate_stream_name
 from .bodies import MULTIPART_SLACK, frame_from_multipart, peek, read_limited
-from .errors import error_response
+from .chunks import DirectChunks
+from .errors import EXCEPTION_HANDLERS, error_response
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ NO_CACHE = {
     "Pragma": "no-cache",
     "Expires": "0",
 }
+VIEW_HEADERS = (  # GET /stream/<name>; the direct path adds transfer-encoding
+    (b"content-type", CONTENT_TYPE.encode()),
+    *((k.lower().encode(), v.encode()) for k, v in NO_CACHE.items()),
+    (b"x-accel-buffering", b"no"),
+)
 
 
 def _registry(request: Request) -> StreamRegistry:
@@ -121,29 +127,25 @@ class MjpegView:
         except ApiError as exc:
             await error_response(exc.status_code, exc.code, exc.message)(scope, receive, send)
             return
-        headers = [(b"content-type", CONTENT_TYPE.encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in NO_CACHE.items()]
-        headers.append((b"x-accel-buffering", b"no"))
+        headers = list(VIEW_HEADERS)
         if scope["method"] == "HEAD":
             stream.remove_viewer(viewer)
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             return
+        direct = DirectChunks.behind(send, scope)
+        if direct is not None:  # explicit, so uvicorn frames only the head and the end
+            headers.append((b"transfer-encoding", b"chunked"))
         viewer.task = asyncio.current_task()
         watcher = asyncio.create_task(self._watch_disconnect(receive, viewer))
         finished = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            while True:
-                frame = await stream.next_frame(viewer)
-                if frame is None:
-                    break
-                viewer.sending_since = time.monotonic()
-                await send({"type": "http.response.body", "body": frame.part, "more_body": True})
-                viewer.sending_since = 0.0
-                viewer.frames_sent += 1
-                stream.frames_sent += 1
-            finished = True
+            if direct is not None and direct.chunked():
+                viewer.direct = True
+                finished = await self._send_direct(stream, viewer, direct)
+            else:
+                finished = await self._send_asgi(stream, viewer, send)
         except asyncio.CancelledError:
             if not viewer.closed:  # not our own stall timeout: the server is stopping
                 raise
@@ -154,6 +156,40 @@ class MjpegView:
             stream.remove_viewer(viewer)
         if finished:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    @staticmethod
+    async def _send_asgi(stream: Stream, viewer: Viewer, send) -> bool:
+        """Each frame through ASGI ``send`` (any server); ``True`` when the stream ended."""
+        while True:
+            frame = await stream.next_frame(viewer)
+            if frame is None:
+                return True
+            viewer.sending_since = time.monotonic()
+            await send({"type": "http.response.body", "body": frame.part, "more_body": True})
+            viewer.sending_since = 0.0
+            viewer.frames_sent += 1
+            stream.frames_sent += 1
+
+    @staticmethod
+    async def _send_direct(stream: Stream, viewer: Viewer, direct: DirectChunks) -> bool:
+        """Each frame's shared chunk straight to the transport; ``False`` if the client left.
+
+        Waits for a full socket buffer to drain *before* taking the next frame, so a
+        slow viewer gets the newest frame rather than the one it was holding.
+        """
+        while True:
+            if direct.paused:
+                viewer.sending_since = time.monotonic()  # the stall detector watches this
+                await direct.drain()
+                viewer.sending_since = 0.0
+            frame = await stream.next_frame(viewer)
+            if frame is None:
+                return True
+            # No await between next_frame and chunk(): the frame is still the latest.
+            if not direct.write(frame.chunk()):
+                return False
+            viewer.frames_sent += 1
+            stream.frames_sent += 1
 
     @staticmethod
     async def _watch_disconnect(receive, viewer) -> None:
@@ -171,12 +207,19 @@ class FastLane:
     routing) costs a coroutine per request and a wrapper per viewer write: ≈27 µs of
     the ≈61 µs a publish took in Python. Requests with an ``Origin`` header (browsers
     doing CORS) and everything else still take the full stack; errors keep the one
-    JSON shape, and unexpected ones still reach ``ServerErrorMiddleware``.
+    JSON shape. :meth:`install` puts it outside even ``ServerErrorMiddleware``, so a
+    viewer gets uvicorn's own ``send`` and can write chunks directly (web/chunks.py).
     """
 
     def __init__(self, app) -> None:
         self.app = app
         self.view = MjpegView()
+
+    @classmethod
+    def install(cls, app) -> None:
+        """Wrap ``app``'s whole middleware stack (built on the first request) in a FastLane."""
+        build = app.build_middleware_stack
+        app.build_middleware_stack = lambda: cls(build())
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
@@ -208,6 +251,8 @@ class FastLane:
             response = await publish(Request(scope, receive))
         except ApiError as exc:
             response = error_response(exc.status_code, exc.code, exc.message)
+        except Exception as exc:  # outside ServerErrorMiddleware: same JSON 500 and log line
+            response = await EXCEPTION_HANDLERS[Exception](Request(scope, receive), exc)
         await response(scope, receive, send)
 
 

@@ -34,6 +34,7 @@ class StreamStats(StreamSummary):
     bytes_in: int
     last_frame_size: int | None
     frames_dropped_slow_viewers: int
+    direct_viewers: int = 0  # viewers written to without the ASGI layer (web/chunks.py)
 
 
 class Success(_Open):

@@ -1,0 +1,65 @@
+"""Viewer writes straight to uvicorn's transport, each frame's chunk framed once.
+
+uvicorn's ``RequestResponseCycle.send`` (httptools) frames every body message as an
+HTTP/1.1 chunk with ``b"".join([size, body, b"\\r\\n"])``: a full copy of the part
+per viewer per frame, plus a few µs of Python. Here the chunk is built once per frame
+(:meth:`~robogpt_video.streams.Frame.chunk`) and the same bytes object is written to
+every viewer's transport. The response still starts and ends through ASGI ``send``,
+so uvicorn writes the head and the last chunk and keeps its own state right.
+
+Taken only when ``send`` is uvicorn's httptools cycle itself; any other server, h11,
+or a ``send`` wrapped by middleware (CORS requests) takes the plain ASGI path.
+"""
+
+from __future__ import annotations
+
+_HTTPTOOLS_CYCLE = ("uvicorn.protocols.http.httptools_impl", "RequestResponseCycle")
+
+
+class DirectChunks:
+    """uvicorn's connection behind one response's ``send``, written to directly."""
+
+    __slots__ = ("cycle", "transport", "flow")
+
+    def __init__(self, cycle) -> None:
+        self.cycle = cycle
+        self.transport = cycle.transport
+        self.flow = cycle.flow
+
+    @classmethod
+    def behind(cls, send, scope) -> DirectChunks | None:
+        """The direct writer for ``send`` if it is uvicorn's httptools cycle, else ``None``."""
+        cycle = getattr(send, "__self__", None)
+        kind = type(cycle)
+        if (kind.__module__, kind.__qualname__) != _HTTPTOOLS_CYCLE:
+            return None
+        if scope.get("http_version") != "1.1":
+            return None
+        if getattr(send, "__func__", None) is not kind.send or cycle.response_started:
+            return None
+        if getattr(cycle, "transport", None) is None or getattr(cycle, "flow", None) is None:
+            return None
+        return cls(cycle)
+
+    def chunked(self) -> bool:
+        """After the response start: whether uvicorn frames this body as chunks."""
+        return self.cycle.chunked_encoding is True and not self.cycle.response_complete
+
+    @property
+    def paused(self) -> bool:
+        """The transport's buffer is over its high-water mark: wait with :meth:`drain`."""
+        return self.flow.write_paused and not self.cycle.disconnected
+
+    async def drain(self) -> None:
+        """Wait until the transport takes writes again (or the client has gone)."""
+        await self.flow.drain()
+
+    def write(self, chunk: bytes) -> bool:
+        """Queue one pre-framed chunk; ``False`` once the connection is gone."""
+        if self.cycle.disconnected or self.transport.is_closing():
+            return False
+        try:
+            self.transport.write(chunk)
+        except RuntimeError:  # uvloop raises on a write to a handle that has closed
+            return False
+        return True
