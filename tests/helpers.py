@@ -32,6 +32,20 @@ def make_jpeg(width: int = 320, height: int = 240, seed: int = 0, quality: int =
     return simplejpeg.encode_jpeg(img, quality=quality)
 
 
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition", step: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    ``timeout`` is a generous bound for a busy machine, not a timing assertion.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago."""
     with socket.socket() as sock:

@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import httpx
 
-from helpers import make_jpeg, publish
+from helpers import make_jpeg, publish, wait_for
 
 BRIEF_FIELDS = {
     "stream_name", "start_time", "end_time", "duration_seconds", "total_frames",
@@ -39,17 +39,6 @@ def publish_paced(url: str, name: str, intervals: list[float], size=(320, 240), 
             due += pause
     last_gap = sent[-1] - sent[-2] if len(sent) > 1 else intervals[-1]
     return jpegs, sent[-1] - sent[0] + last_gap
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; returns it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sidecars(root: Path, stream: str) -> list[dict]:

@@ -14,7 +14,7 @@ import av
 import httpx
 import pytest
 
-from helpers import iter_parts, make_jpeg, publish
+from helpers import iter_parts, make_jpeg, publish, wait_for
 from robogpt_video.cleanup import CleanupService
 from robogpt_video.config import load_settings
 from robogpt_video.jpeg import inspect_jpeg
@@ -63,17 +63,6 @@ def make_recording(
 
 def size_of(video: Path) -> int:
     return video.stat().st_size + video.with_suffix(".json").stat().st_size
-
-
-def wait_for(condition, timeout: float = 15.0, what: str = "condition"):
-    """Poll ``condition`` until it is truthy (generous bound; no timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def stream_names(url: str) -> list[str]:

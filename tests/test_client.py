@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 import simplejpeg
-from helpers import REPO, free_port, make_jpeg
+from helpers import REPO, free_port, make_jpeg, wait_for
 
 from robogpt_video.client import (
     ConfigurationError,
@@ -27,13 +27,6 @@ TRANSPORTS = ["http", "stream"]
 def total_frames(server, name: str) -> int:
     response = httpx.get(f"{server.url}/api/streams/{name}/stats", timeout=5)
     return response.json()["total_frames"] if response.status_code == 200 else 0
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def feed_until(publisher, condition, timeout: float = 15.0, interval: float = 0.01) -> None:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import requests
 import simplejpeg
-from helpers import iter_parts, make_jpeg
+from helpers import iter_parts, make_jpeg, wait_for
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -30,16 +30,6 @@ def chunked(*pieces: bytes):
 
 def stats(server, name: str) -> dict:
     return httpx.get(f"{server.url}/api/streams/{name}/stats", timeout=5).json()
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_chunked_multipart_post_publishes_every_part(server):

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 
 from helpers import ServerProcess, iter_parts, make_jpeg, publish
-from recording_tools import decode, publish_paced, sidecars, wait_for
+from helpers import wait_for
+from recording_tools import decode, publish_paced, sidecars
 
 
 def test_kill_9_mid_recording_then_restart_recovers(start_server, tmp_path):

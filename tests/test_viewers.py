@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from helpers import iter_parts, make_jpeg, publish
+from helpers import iter_parts, make_jpeg, publish, wait_for
 
 
 class Publisher(threading.Thread):
@@ -37,15 +37,6 @@ class Publisher(threading.Thread):
 
 def viewer_count(url, name):
     return httpx.get(f"{url}/api/streams/{name}/stats").json()["viewer_count"]
-
-
-def wait_until(predicate, timeout=5.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def test_parts_carry_headers_and_the_published_bytes(server):
@@ -87,10 +78,10 @@ def test_viewer_count_drops_when_a_viewer_leaves_an_idle_stream(server):
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(b"GET /stream/cam HTTP/1.1\r\nHost: x\r\n\r\n")
     assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-    assert wait_until(lambda: viewer_count(server.url, "cam") == 1)
+    wait_for(lambda: viewer_count(server.url, "cam") == 1)
     sock.close()
     left = time.monotonic()
-    assert wait_until(lambda: viewer_count(server.url, "cam") == 0, timeout=3)
+    wait_for(lambda: viewer_count(server.url, "cam") == 0, timeout=3)
     assert time.monotonic() - left < 1.5
 
 
@@ -109,7 +100,7 @@ def test_slow_viewer_does_not_slow_a_fast_one(start_server):
     pub = Publisher(srv.url, "cam", fps=30, width=1280, height=720, quality=95)
     pub.start()
     try:
-        assert wait_until(lambda: pub.sent > 0)
+        wait_for(lambda: pub.sent > 0)
         slow = socket.create_connection(("127.0.0.1", srv.port))
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.sendall(b"GET /stream/cam HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
@@ -138,7 +129,7 @@ def test_ffmpeg_decodes_the_live_stream(server, tmp_path):
     pub = Publisher(server.url, "cam", fps=15)
     pub.start()
     try:
-        assert wait_until(lambda: pub.sent > 0)
+        wait_for(lambda: pub.sent > 0)
         result = subprocess.run(
             ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", f"{server.url}/stream/cam",
              "-frames:v", "8", str(tmp_path / "out%02d.png")],
@@ -155,7 +146,7 @@ def test_opencv_reads_the_live_stream(server):
     pub = Publisher(server.url, "cam", fps=15)
     pub.start()
     try:
-        assert wait_until(lambda: pub.sent > 0)
+        wait_for(lambda: pub.sent > 0)
         cap = cv2.VideoCapture(f"{server.url}/stream/cam")
         ok, image = cap.read()
         cap.release()
