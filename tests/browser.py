@@ -8,6 +8,7 @@ which is killed when the test ends, so no renderer or zygote outlives it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -63,9 +64,11 @@ class Chromium:
             start_new_session=True,  # its own process group: killed as one at the end
         )
         self._ids = itertools.count(1)
+        self._stack = contextlib.ExitStack()
         self.ws = None
         try:
-            self.ws = connect(self._devtools_url(), max_size=None, open_timeout=10)
+            url = self._devtools_url()
+            self.ws = self._stack.enter_context(connect(url, max_size=None, open_timeout=10))
             target = self.call("Target.createTarget", url="about:blank")["targetId"]
             self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
                 "sessionId"
@@ -144,7 +147,7 @@ class Chromium:
                 self.call("Browser.close")
             except Exception:  # already gone, or the socket closed under the reply
                 pass
-            self.ws.close()
+            self._stack.close()
             self.ws = None
         try:
             self.proc.wait(5)
