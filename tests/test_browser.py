@@ -87,6 +87,16 @@ def _wait_streams(url: str, names: list[str]) -> None:
     raise AssertionError(f"server lists {listed}, expected {names}")
 
 
+def _wait_viewers(url: str, name: str, count: int) -> None:
+    """Until the server counts ``count`` viewers of ``name`` (a closed <img> takes a moment)."""
+    for _ in range(100):
+        viewers = httpx.get(f"{url}/api/streams/{name}/stats").json()["viewer_count"]
+        if viewers == count:
+            return
+        threading.Event().wait(0.1)
+    raise AssertionError(f"{name} has {viewers} viewers, expected {count}")
+
+
 def _open_dashboard(browser: Chromium, url: str) -> None:
     browser.goto(url + "/")
     browser.js(SIGNATURE_JS)
@@ -195,6 +205,7 @@ def test_stream_view_shows_live_video_stats_and_plays_a_recording(
         )
     browser.wait_for("location.hash === '#/stream/cam'")
     browser.wait_for("document.getElementById('sv-live').naturalWidth === 320")
+    _wait_viewers(server.url, "cam", 1)  # the view's live image; the tile let go of its own
     assert browser.js("document.getElementById('sv-live').getAttribute('src')") == "/stream/cam"
     assert browser.js("document.getElementById('grid-view').hidden")
     stats = browser.wait_for(
@@ -217,7 +228,19 @@ def test_stream_view_shows_live_video_stats_and_plays_a_recording(
     browser.wait_for(f"!document.getElementById('player').hidden && {player}.naturalWidth === 320")
     assert f"/api/recordings/cam/{file}/play" in browser.js(f"{player}.src")
 
-    # Back to the grid: the view's live image lets go of its connection.
+    # Back to the grid: the view's live image and the player let go of their connections.
     browser.js("location.hash = '#/'")
     browser.wait_for("!document.getElementById('grid-view').hidden")
     assert browser.js("document.getElementById('sv-live').src.startsWith('data:')")
+    assert browser.js("document.querySelector('#grid img').getAttribute('src')") == "/stream/cam"
+    _wait_viewers(server.url, "cam", 1)  # the tile again, alone
+
+
+def test_page_and_assets_are_served_from_the_package(server):
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/ui/app.js" defer></script>' in page.text
+    for asset, media in (("app.js", "javascript"), ("app.css", "text/css")):
+        response = httpx.get(f"{server.url}/ui/{asset}")
+        assert response.status_code == 200 and media in response.headers["content-type"]
+    assert httpx.get(server.url + "/ui/nope.js").status_code == 404

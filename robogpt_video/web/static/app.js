@@ -113,6 +113,10 @@ function makeTile(name) {
   return tile;
 }
 
+// Tiles run only while the grid is on screen: hidden tabs and the single-stream view
+// let go of their connections (the browser's limit is shared by every tab).
+const gridMode = () => (openStream === null && !document.hidden ? tileMode : "stopped");
+
 function setTileMode(tile, mode) {
   if (tile.mode === mode) return;
   tile.mode = mode;
@@ -178,7 +182,7 @@ async function pollStreams() {
       onscreen && onscreen.observe(tile.li);
     }
     updateTile(tile, s);
-    setTileMode(tile, openStream === null ? tileMode : "stopped");
+    setTileMode(tile, gridMode());
   }
   $("empty").hidden = streams.length > 0;
   const note = $("grid-mode");
@@ -286,7 +290,7 @@ function closeView() {
   $("stream-view").hidden = true;
   $("grid-view").hidden = false;
   document.title = "robogpt-video";
-  for (const tile of tiles.values()) setTileMode(tile, tileMode);
+  for (const tile of tiles.values()) setTileMode(tile, gridMode());
 }
 
 function route() {
@@ -301,6 +305,10 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const node of document.querySelectorAll(".origin")) node.textContent = location.origin;
   $("player-close").addEventListener("click", closePlayer);
   window.addEventListener("hashchange", route);
+  document.addEventListener("visibilitychange", () => {
+    for (const tile of tiles.values()) setTileMode(tile, gridMode());
+    if (openStream !== null) $("sv-live").src = document.hidden ? BLANK : `/stream/${enc(openStream)}`;
+  });
   route();
   every(POLL_MS, pollStreams);
   every(HEALTH_MS, pollHealth);
