@@ -243,4 +243,5 @@ def test_page_and_assets_are_served_from_the_package(server):
     for asset, media in (("app.js", "javascript"), ("app.css", "text/css")):
         response = httpx.get(f"{server.url}/ui/{asset}")
         assert response.status_code == 200 and media in response.headers["content-type"]
-    assert httpx.get(server.url + "/ui/nope.js").status_code == 404
+    missing = httpx.get(server.url + "/ui/nope.js")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"

@@ -21,6 +21,7 @@ const tiles = new Map();    // stream name -> tile
 let tileMode = "live";      // "live" or "snapshot", for every tile at once
 let openStream = null;      // name shown in the single-stream view, or null
 let svTimers = [];
+let lastSegment = null;     // the open stream's recording file: a new one refreshes the table
 
 function liveTileLimit() {
   const forced = new URLSearchParams(location.search).get("tiles");
@@ -219,6 +220,9 @@ async function pollStats(name) {
   try {
     const stats = await getJSON(`/api/streams/${enc(name)}/stats`);
     showStats(stats);
+    const segment = stats.recording && stats.recording.segment;
+    if (segment && lastSegment !== null && segment !== lastSegment) pollRecordings(name);
+    lastSegment = segment || lastSegment;
     $("sv-state").textContent = stats.inactive_seconds >= 2 ? "Live (no new frame)" : "Live";
   } catch (error) {
     if (error.status !== 404) throw error;
@@ -247,8 +251,11 @@ function recordingRow(rec) {
   const download = el("a", { className: "button", href: rec.download_url, textContent: "Download" });
   download.setAttribute("download", rec.file);
   download.setAttribute("aria-label", `Download ${rec.file}`);
-  const duration = rec.duration_seconds != null ? fmt.seconds(rec.duration_seconds) : "–";
-  const status = rec.open ? `${rec.status} (being written)` : rec.status;
+  const duration = rec.open
+    ? `${fmt.seconds((Date.now() - Date.parse(rec.start_time)) / 1000)} so far`
+    : fmt.seconds(rec.duration_seconds);
+  // "recording" but no longer open: closed a moment ago, its final sidecar is on the way.
+  const status = rec.status !== "recording" ? rec.status : rec.open ? "recording (being written)" : "closing";
   const row = el("tr", {},
     el("td", { textContent: fmt.time(rec.start_time) }), el("td", { textContent: duration }),
     el("td", { textContent: fmt.bytes(rec.size_bytes) }), el("td", { textContent: status }),
@@ -278,6 +285,7 @@ function openView(name) {
   $("sv-snapshot").href = `/snapshot/${enc(name)}`;
   $("sv-mjpeg").href = `/stream/${enc(name)}`;
   $("sv-state").textContent = "";
+  lastSegment = null;
   svTimers = [every(POLL_MS, () => pollStats(name)), every(RECORDINGS_MS, () => pollRecordings(name))];
 }
 
