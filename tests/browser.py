@@ -70,10 +70,8 @@ class Chromium:
             url = self._devtools_url()
             self.ws = self._stack.enter_context(connect(url, max_size=None, open_timeout=10))
             target = self.call("Target.createTarget", url="about:blank")["targetId"]
-            self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)[
-                "sessionId"
-            ]
-            self.page("Page.enable")
+            attached = self.call("Target.attachToTarget", targetId=target, flatten=True)
+            self.session = attached["sessionId"]
         except BaseException:
             self.close()
             raise
@@ -133,6 +131,12 @@ class Chromium:
                 return value
             time.sleep(0.1)
         raise AssertionError(f"not true within {timeout}s: {expression} (last value {value!r})")
+
+    def press(self, key: str, code: int, text: str = "") -> None:
+        """Press and release one key in the focused element, like a user would."""
+        common = {"key": key, "code": key, "windowsVirtualKeyCode": code}
+        self.page("Input.dispatchKeyEvent", type="keyDown", text=text, **common)
+        self.page("Input.dispatchKeyEvent", type="keyUp", **common)
 
     def screenshot(self, path: Path) -> Path:
         """Save a PNG of the page (for looking at it while developing or after a failure)."""
