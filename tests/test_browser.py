@@ -165,6 +165,14 @@ def test_streams_come_and_go_without_reload_or_reconnecting_the_others(
     assert browser.js("tileImg('cam_a').getAttribute('src')") == "/stream/cam_a"
     assert httpx.get(f"{server.url}/api/streams/cam_0/stats").status_code == 404
 
+    # Deleted while its publisher goes on: a new stream of the same name within a frame.
+    # The tile's MJPEG response ended with the old one, so the tile reconnects.
+    assert httpx.delete(f"{server.url}/api/streams/cam_a").status_code == 200
+    browser.wait_for("tileImg('cam_a').getAttribute('src') === '/stream/cam_a?g=1'")
+    browser.js("window.first = signature(tileImg('cam_a'))")
+    browser.wait_for("signature(tileImg('cam_a')) !== first")
+    assert browser.js("tileImg('cam_a').kept && window.sameDocument === true")
+
 
 def test_many_streams_use_snapshots_not_connections(start_server, publishers, browser):
     server = start_server()
@@ -214,11 +222,19 @@ def test_stream_view_shows_live_video_stats_and_plays_a_recording(
 
     _play_a_finished_recording(browser, server.url)
 
+    # The stream is deleted and its publisher creates it again: the live image reconnects.
+    assert httpx.delete(f"{server.url}/api/streams/cam").status_code == 200
+    browser.wait_for("document.getElementById('sv-live').src.includes('/stream/cam?t=')")
+    browser.js("window.first = signature(document.getElementById('sv-live'))")
+    browser.wait_for("signature(document.getElementById('sv-live')) !== first")
+
     # Back to the grid: the view's live image and the player let go of their connections.
     browser.js("location.hash = '#/'")
     browser.wait_for("!document.getElementById('grid-view').hidden")
     assert browser.js("document.getElementById('sv-live').src.startsWith('data:')")
-    assert browser.js("document.querySelector('#grid img').getAttribute('src')") == "/stream/cam"
+    # (the grid saw the stream re-created meanwhile, so its tile asks with ?g=1)
+    tile_src = browser.js("document.querySelector('#grid img').getAttribute('src')")
+    assert tile_src in ("/stream/cam", "/stream/cam?g=1")
     _wait_viewers(server.url, "cam", 1)  # the tile again, alone
 
 

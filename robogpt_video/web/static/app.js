@@ -22,6 +22,7 @@ let tileMode = "live";      // "live" or "snapshot", for every tile at once
 let openStream = null;      // name shown in the single-stream view, or null
 let svTimers = [];
 let lastSegment = null;     // the open stream's recording file: a new one refreshes the table
+let svCreated = null;       // the open stream's created_at; another one means reconnect
 
 function liveTileLimit() {
   const forced = new URLSearchParams(location.search).get("tiles");
@@ -87,15 +88,19 @@ async function pollHealth() {
     const health = await getJSON("/health");
     badge.textContent = health.status;
     badge.className = `badge ${health.status}`;
-    $("health-problems").replaceChildren(...health.problems.map((p) => el("li", { textContent: p })));
-    $("summary").textContent =
-      `${health.active_streams} / ${health.max_streams} streams · ${plural(health.viewers, "viewer")}` +
-      (health.recording_enabled ? " · recording" : " · recording off");
+    const problems = health.problems.map((p) => el("li", { textContent: p }));
+    $("health-problems").replaceChildren(...problems);
+    $("summary").textContent = [
+      `${health.active_streams} / ${health.max_streams} streams`,
+      plural(health.viewers, "viewer"),
+      health.recording_enabled ? "recording" : "recording off",
+    ].join(" · ");
     $("version").textContent = `v${health.version}`;
   } catch (error) {
     badge.textContent = "unreachable";
     badge.className = "badge unreachable";
-    $("health-problems").replaceChildren(el("li", { textContent: "the server does not answer" }));
+    const problem = el("li", { textContent: "the server does not answer" });
+    $("health-problems").replaceChildren(problem);
   }
 }
 
@@ -104,11 +109,17 @@ async function pollHealth() {
 function makeTile(name) {
   const img = el("img", { alt: `Live view of ${name}`, decoding: "async" });
   const meta = el("div", { className: "meta" });
-  const link = el("a", { className: "tile", href: `#/stream/${enc(name)}` }, img,
-    el("div", { className: "caption" }, el("div", { className: "name", textContent: name }), meta));
-  const tile = { name, img, meta, link, li: el("li", {}, link), timer: null, mode: null, onscreen: true };
-  tile.li.dataset.stream = name;
-  const snapshotDone = (delay) => tile.mode === "snapshot" && img.src !== BLANK && nextSnapshot(tile, delay);
+  const caption = el("div", { className: "caption" },
+    el("div", { className: "name", textContent: name }), meta);
+  const link = el("a", { className: "tile", href: `#/stream/${enc(name)}` }, img, caption);
+  const li = el("li", {}, link);
+  li.dataset.stream = name;
+  const tile = { name, img, meta, link, li, mode: null, timer: null, onscreen: true };
+  tile.created = null;  // the stream's created_at: another one means a new stream, same name
+  tile.generation = 0;
+  const snapshotDone = (delay) => {
+    if (tile.mode === "snapshot" && img.src !== BLANK) nextSnapshot(tile, delay);
+  };
   img.addEventListener("load", () => snapshotDone(SNAPSHOT_MS));
   img.addEventListener("error", () => snapshotDone(2 * SNAPSHOT_MS));
   return tile;
@@ -122,7 +133,11 @@ function setTileMode(tile, mode) {
   if (tile.mode === mode) return;
   tile.mode = mode;
   clearTimeout(tile.timer);
-  if (mode === "live") tile.img.src = `/stream/${enc(tile.name)}`;
+  if (mode === "live") {
+    // A query string only after a reconnect: the same URL may be served from image memory.
+    const again = tile.generation ? `?g=${tile.generation}` : "";
+    tile.img.src = `/stream/${enc(tile.name)}${again}`;
+  }
   else {
     tile.img.src = BLANK;
     if (mode === "snapshot") nextSnapshot(tile, 0);
@@ -134,7 +149,7 @@ function nextSnapshot(tile, delay) {
   tile.timer = setTimeout(() => {
     if (tile.mode !== "snapshot") return;
     if (!tile.onscreen || document.hidden) return nextSnapshot(tile, SNAPSHOT_MS);
-    // A new URL each time: the browser keeps showing the old JPEG until the new one is decoded.
+    // A new URL each time; the old JPEG stays on screen until the new one is decoded.
     tile.img.src = `/snapshot/${enc(tile.name)}?t=${Date.now()}`;
   }, delay);
 }
@@ -153,7 +168,9 @@ function updateTile(tile, s) {
   tile.link.classList.toggle("idle", idle);
   tile.meta.replaceChildren(
     `${s.fps.toFixed(1)} fps · ${fmt.size(s)} · ${plural(s.viewer_count, "viewer")} · `,
-    el("span", { className: "inactive", textContent: `inactive ${fmt.seconds(s.inactive_seconds)}` }),
+    el("span", {
+      className: "inactive", textContent: `inactive ${fmt.seconds(s.inactive_seconds)}`,
+    }),
   );
 }
 
@@ -183,14 +200,19 @@ async function pollStreams() {
       onscreen && onscreen.observe(tile.li);
     }
     updateTile(tile, s);
+    if (tile.created !== null && tile.created !== s.created_at) {
+      tile.generation += 1;  // removed and created again between two polls: reconnect
+      tile.mode = null;
+    }
+    tile.created = s.created_at;
     setTileMode(tile, gridMode());
   }
   $("empty").hidden = streams.length > 0;
   const note = $("grid-mode");
   note.hidden = tileMode === "live" || streams.length === 0;
   note.textContent = `Tiles show a snapshot every ${SNAPSHOT_MS / 1000} s: more than ` +
-    `${liveTileLimit()} live MJPEG tiles would use up the browser's connections to this server. ` +
-    "Open a stream for live video.";
+    `${liveTileLimit()} live MJPEG tiles would use up the browser's connections to this ` +
+    "server. Open a stream for live video.";
 }
 
 // ---- single-stream view ---------------------------------------------------------
@@ -210,25 +232,39 @@ function showStats(stats) {
   else {
     rows.push(["Recording to", rec.segment ? rec.segment.split("/").pop() : "no open file"]);
     rows.push(["Recorded", `${rec.frames_written} frames, ${fmt.bytes(rec.bytes_written)}`]);
-    rows.push(["Not recorded", `${rec.frames_dropped} dropped, ${rec.frames_skipped_fps} above fps cap`]);
+    const notRecorded = `${rec.frames_dropped} dropped, ${rec.frames_skipped_fps} above fps cap`;
+    rows.push(["Not recorded", notRecorded]);
     if (rec.error) rows.push(["Recording error", rec.error]);
   }
-  $("sv-stats").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { textContent: k }), el("dd", { textContent: v })]));
+  const items = rows.flatMap(([key, value]) => [
+    el("dt", { textContent: key }), el("dd", { textContent: value }),
+  ]);
+  $("sv-stats").replaceChildren(...items);
 }
 
 async function pollStats(name) {
+  let stats;
   try {
-    const stats = await getJSON(`/api/streams/${enc(name)}/stats`);
-    showStats(stats);
-    const segment = stats.recording && stats.recording.segment;
-    if (segment && lastSegment !== null && segment !== lastSegment) pollRecordings(name);
-    lastSegment = segment || lastSegment;
-    $("sv-state").textContent = stats.inactive_seconds >= 2 ? "Live (no new frame)" : "Live";
+    stats = await getJSON(`/api/streams/${enc(name)}/stats`);
   } catch (error) {
-    if (error.status !== 404) throw error;
-    $("sv-state").textContent = "Not live: the stream ended or has not started. Recordings stay below.";
+    if (error.status !== 404 || openStream !== name) throw error;
+    svCreated = "gone";  // its MJPEG response has ended: reconnect once it is back
+    $("sv-state").textContent = "Not live: the stream ended or has not started.";
     $("sv-stats").replaceChildren();
+    return;
   }
+  if (openStream !== name) return;  // the view changed while we waited
+  if (svCreated !== null && svCreated !== stats.created_at) {
+    $("sv-live").src = `/stream/${enc(name)}?t=${Date.now()}`;  // ended and created again
+  }
+  svCreated = stats.created_at;
+  showStats(stats);
+  $("sv-state").textContent = stats.inactive_seconds >= 2 ? "Live (no new frame)" : "Live";
+  const segment = stats.recording && stats.recording.segment;
+  if (segment && lastSegment !== null && segment !== lastSegment) {
+    pollRecordings(name).catch(console.warn);  // a segment just closed: list it now
+  }
+  lastSegment = segment || lastSegment;
 }
 
 function play(rec) {
@@ -248,14 +284,16 @@ function recordingRow(rec) {
   const playButton = el("button", { type: "button", textContent: "Play" });
   playButton.setAttribute("aria-label", `Play recording ${rec.file}`);
   playButton.addEventListener("click", () => play(rec));
-  const download = el("a", { className: "button", href: rec.download_url, textContent: "Download" });
+  const download = el("a", { className: "button", href: rec.download_url });
+  download.textContent = "Download";
   download.setAttribute("download", rec.file);
   download.setAttribute("aria-label", `Download ${rec.file}`);
   const duration = rec.open
     ? `${fmt.seconds((Date.now() - Date.parse(rec.start_time)) / 1000)} so far`
     : fmt.seconds(rec.duration_seconds);
   // "recording" but no longer open: closed a moment ago, its final sidecar is on the way.
-  const status = rec.status !== "recording" ? rec.status : rec.open ? "recording (being written)" : "closing";
+  let status = rec.status;
+  if (status === "recording") status = rec.open ? "recording (being written)" : "closing";
   const row = el("tr", {},
     el("td", { textContent: fmt.time(rec.start_time) }), el("td", { textContent: duration }),
     el("td", { textContent: fmt.bytes(rec.size_bytes) }), el("td", { textContent: status }),
@@ -267,6 +305,7 @@ function recordingRow(rec) {
 
 async function pollRecordings(name) {
   const { recordings } = await getJSON(`/api/recordings?stream=${enc(name)}`);
+  if (openStream !== name) return;
   $("recordings").tBodies[0].replaceChildren(...recordings.map(recordingRow));
   $("recordings").hidden = recordings.length === 0;
   $("rec-empty").hidden = recordings.length > 0;
@@ -286,7 +325,11 @@ function openView(name) {
   $("sv-mjpeg").href = `/stream/${enc(name)}`;
   $("sv-state").textContent = "";
   lastSegment = null;
-  svTimers = [every(POLL_MS, () => pollStats(name)), every(RECORDINGS_MS, () => pollRecordings(name))];
+  svCreated = null;
+  svTimers = [
+    every(POLL_MS, () => pollStats(name)),
+    every(RECORDINGS_MS, () => pollRecordings(name)),
+  ];
 }
 
 function closeView() {
@@ -315,7 +358,8 @@ document.addEventListener("DOMContentLoaded", () => {
   window.addEventListener("hashchange", route);
   document.addEventListener("visibilitychange", () => {
     for (const tile of tiles.values()) setTileMode(tile, gridMode());
-    if (openStream !== null) $("sv-live").src = document.hidden ? BLANK : `/stream/${enc(openStream)}`;
+    if (openStream === null) return;
+    $("sv-live").src = document.hidden ? BLANK : `/stream/${enc(openStream)}?t=${Date.now()}`;
   });
   route();
   every(POLL_MS, pollStreams);
