@@ -138,6 +138,14 @@ class Chromium:
         self.page("Input.dispatchKeyEvent", type="keyDown", text=text, **common)
         self.page("Input.dispatchKeyEvent", type="keyUp", **common)
 
+    def open_tab(self) -> str:
+        """Open another tab in front, which hides our page; its target id."""
+        return self.call("Target.createTarget", url="about:blank", background=False)["targetId"]
+
+    def close_tab(self, target: str) -> None:
+        """Close a tab from ``open_tab``; our page is in front again."""
+        self.call("Target.closeTarget", targetId=target)
+
     def screenshot(self, path: Path) -> Path:
         """Save a PNG of the page (for looking at it while developing or after a failure)."""
         data = self.page("Page.captureScreenshot", format="png")["data"]

@@ -135,6 +135,16 @@ def test_grid_shows_live_pictures_of_every_stream(start_server, publishers, brow
     ]
     assert browser.js("tileImg('cam_b').alt") == "Live view of cam_b"
 
+    # Another tab in front: this one lets go of its MJPEG connections, then takes them again.
+    other = browser.open_tab()
+    browser.wait_for("document.visibilityState === 'hidden'")
+    _wait_viewers(server.url, "cam_a", 0)
+    _wait_viewers(server.url, "cam_b", 0)
+    browser.close_tab(other)
+    browser.wait_for("document.visibilityState === 'visible'")
+    _wait_viewers(server.url, "cam_a", 1)
+    browser.wait_for("tileImg('cam_a').naturalWidth === 320")
+
 
 def test_streams_come_and_go_without_reload_or_reconnecting_the_others(
     start_server, publishers, browser
