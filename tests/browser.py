@@ -122,7 +122,7 @@ class Chromium:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 15.0):
-        """Poll ``expression`` until it is truthy; its value, or AssertionError with the last one."""
+        """Poll ``expression`` until truthy and return it; AssertionError with the last value."""
         deadline = time.monotonic() + timeout
         value = None
         while time.monotonic() < deadline:

@@ -129,20 +129,21 @@ def test_grid_shows_live_pictures_of_every_stream(start_server, publishers, brow
     assert "cam_a" in caption and "320×240" in caption and "inactive" in caption
     assert browser.wait_for("document.getElementById('health-status').textContent") == "healthy"
     # Tiles are links: reachable with the keyboard, and they have alternative text.
-    assert browser.js("[...document.querySelectorAll('#grid a.tile')].map((a) => a.tabIndex)") == [
-        0,
-        0,
-    ]
+    tiles_js = "[...document.querySelectorAll('#grid a.tile')]"
+    assert browser.js(f"{tiles_js}.map((a) => a.tabIndex)") == [0, 0]
     assert browser.js("tileImg('cam_b').alt") == "Live view of cam_b"
+    _background_tab_lets_go_of_its_tiles(browser, server.url)
 
+
+def _background_tab_lets_go_of_its_tiles(browser: Chromium, url: str) -> None:
     # Another tab in front: this one lets go of its MJPEG connections, then takes them again.
     other = browser.open_tab()
     browser.wait_for("document.visibilityState === 'hidden'")
-    _wait_viewers(server.url, "cam_a", 0)
-    _wait_viewers(server.url, "cam_b", 0)
+    _wait_viewers(url, "cam_a", 0)
+    _wait_viewers(url, "cam_b", 0)
     browser.close_tab(other)
     browser.wait_for("document.visibilityState === 'visible'")
-    _wait_viewers(server.url, "cam_a", 1)
+    _wait_viewers(url, "cam_a", 1)
     browser.wait_for("tileImg('cam_a').naturalWidth === 320")
 
 
