@@ -165,16 +165,22 @@ class Chromium:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
-        for pid in self.leftovers():  # renderers, zygotes, GPU/network helpers, crashpad
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.proc.kill()
         self.proc.wait()
+        # Renderers, zygotes, GPU/network helpers, crashpad: a killed process takes a
+        # moment to die, so look again until none is left.
+        deadline = time.monotonic() + 10
+        while (found := self.leftovers()) and time.monotonic() < deadline:
+            for pid in (int(line.split()[0]) for line in found):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
         self._log.close()
 
-    def leftovers(self) -> list[int]:
-        """Running processes of this browser: its process group, or anything naming ``home``."""
+    def leftovers(self) -> list[str]:
+        """Running processes of this browser (its group, or naming ``home``): "pid cmdline"."""
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -187,6 +193,8 @@ class Chromium:
             state, _ppid, pgid = stat.rsplit(")", 1)[1].split()[:3]
             if state == "Z":  # exited, waiting to be reaped by init: not running
                 continue
-            if int(pgid) == self.proc.pid or str(self.home).encode() in cmdline:
-                found.append(int(entry.name))
+            ours = int(pgid) == self.proc.pid and b"chrom" in cmdline  # not a reused id
+            if ours or str(self.home).encode() in cmdline:
+                command = cmdline[:120].replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{entry.name} {command}")
         return found
