@@ -59,16 +59,17 @@ const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const fmt = {
   seconds(s) {
     if (s == null) return "–";
-    if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)} s`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
-    return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+    const nb = "\u00a0";  // number and unit stay on one line
+    if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)}${nb}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}${nb}min ${Math.round(s % 60)}${nb}s`;
+    return `${Math.floor(s / 3600)}${nb}h ${Math.round((s % 3600) / 60)}${nb}min`;
   },
   bytes(n) {
     if (n == null) return "–";
     const units = ["B", "KB", "MB", "GB", "TB"];
     let i = 0;
     while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-    return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
+    return `${n.toFixed(i ? 1 : 0)}\u00a0${units[i]}`;
   },
   size(s) { return s.width ? `${s.width}×${s.height}` : "no frame"; },
   time(iso) { return iso ? new Date(iso).toLocaleString() : "–"; },
