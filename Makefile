@@ -19,6 +19,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	@command -v ffmpeg >/dev/null || { echo "ffmpeg is required by the tests: apt-get install ffmpeg"; exit 1; }
+	@command -v chromium >/dev/null || { echo "chromium is required by tests/test_browser.py: apt-get install chromium"; exit 1; }
 	$(BIN)/python -m pytest -q
 
 # Standard benchmark set, ours vs the Flask baseline (~4 min): writes bench/REPORT.md.

@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, cleanup, ingest, live, metrics, recordings
+from . import api, cleanup, ingest, live, metrics, recordings, ui
 from .errors import EXCEPTION_HANDLERS
 
 
@@ -51,6 +51,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     metrics.install(app, runtime)
     app.include_router(recordings.router)
     app.state.stats_extensions.append(recordings.stats_extension(runtime))
+    ui.install(app)
     if settings.server.cors_enabled:
         app.add_middleware(
             CORSMiddleware,

@@ -1,0 +1,368 @@
+// robogpt-video dashboard: a grid of live streams and a single-stream view with its
+// recordings. Plain DOM, no framework, no build step (docs/dashboard.md).
+"use strict";
+
+const POLL_MS = 2000;       // /api/streams and the open stream's stats
+const HEALTH_MS = 5000;     // /health
+const RECORDINGS_MS = 10000;
+const SNAPSHOT_MS = 1000;   // a snapshot tile asks for its next JPEG this long after the last
+// An MJPEG <img> holds one HTTP connection for as long as it shows. Over HTTP/1.1
+// Chrome opens at most 6 connections per host, shared by every tab; a 7th request
+// waits until one closes. So live tiles only while few enough leave 2 connections
+// for the API, snapshots and navigation. HTTP/2 (e.g. behind the nginx example)
+// multiplexes everything on one connection and has no such limit.
+const LIVE_TILES_HTTP1 = 4;
+const LIVE_TILES_HTTP2 = 64;
+// Setting an <img> to this ends its MJPEG request (removing the element may not).
+const BLANK = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw==";
+
+const $ = (id) => document.getElementById(id);
+const tiles = new Map();    // stream name -> tile
+let tileMode = "live";      // "live" or "snapshot", for every tile at once
+let openStream = null;      // name shown in the single-stream view, or null
+let svTimers = [];
+let lastSegment = null;     // the open stream's recording file: a new one refreshes the table
+let svCreated = null;       // the open stream's created_at; another one means reconnect
+
+function liveTileLimit() {
+  const forced = new URLSearchParams(location.search).get("tiles");
+  if (forced === "live") return Infinity;
+  if (forced === "snapshot") return 0;
+  const nav = performance.getEntriesByType("navigation")[0];
+  const multiplexed = nav && /^(h2|h3)/.test(nav.nextHopProtocol || "");
+  return multiplexed ? LIVE_TILES_HTTP2 : LIVE_TILES_HTTP1;
+}
+
+async function getJSON(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) {
+    const error = new Error(`${url}: HTTP ${response.status}`);
+    error.status = response.status;
+    throw error;
+  }
+  return response.json();
+}
+
+function every(ms, task) {
+  // setTimeout after each run (not setInterval): a slow server never piles up requests.
+  let timer = null;
+  const run = async () => {
+    try { await task(); } catch (error) { console.warn(error); }
+    timer = setTimeout(run, ms);
+  };
+  run();
+  return () => clearTimeout(timer);
+}
+
+const enc = encodeURIComponent;
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+const fmt = {
+  seconds(s) {
+    if (s == null) return "–";
+    const nb = "\u00a0";  // number and unit stay on one line
+    if (s < 60) return `${s.toFixed(s < 10 ? 1 : 0)}${nb}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}${nb}min ${Math.round(s % 60)}${nb}s`;
+    return `${Math.floor(s / 3600)}${nb}h ${Math.round((s % 3600) / 60)}${nb}min`;
+  },
+  bytes(n) {
+    if (n == null) return "–";
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return `${n.toFixed(i ? 1 : 0)}\u00a0${units[i]}`;
+  },
+  size(s) { return s.width ? `${s.width}×${s.height}` : "no frame"; },
+  time(iso) { return iso ? new Date(iso).toLocaleString() : "–"; },
+};
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);
+  return node;
+}
+
+// ---- health -------------------------------------------------------------------
+
+async function pollHealth() {
+  const badge = $("health-status");
+  try {
+    const health = await getJSON("/health");
+    badge.textContent = health.status;
+    badge.className = `badge ${health.status}`;
+    const problems = health.problems.map((p) => el("li", { textContent: p }));
+    $("health-problems").replaceChildren(...problems);
+    $("summary").textContent = [
+      `${health.active_streams} / ${health.max_streams} streams`,
+      plural(health.viewers, "viewer"),
+      health.recording_enabled ? "recording" : "recording off",
+    ].join(" · ");
+    $("version").textContent = `v${health.version}`;
+  } catch (error) {
+    badge.textContent = "unreachable";
+    badge.className = "badge unreachable";
+    const problem = el("li", { textContent: "the server does not answer" });
+    $("health-problems").replaceChildren(problem);
+  }
+}
+
+// ---- grid ---------------------------------------------------------------------
+
+function makeTile(name) {
+  const img = el("img", { alt: `Live view of ${name}`, decoding: "async" });
+  const meta = el("div", { className: "meta" });
+  const caption = el("div", { className: "caption" },
+    el("div", { className: "name", textContent: name }), meta);
+  const link = el("a", { className: "tile", href: `#/stream/${enc(name)}` }, img, caption);
+  const li = el("li", {}, link);
+  li.dataset.stream = name;
+  const tile = { name, img, meta, link, li, mode: null, timer: null, onscreen: true };
+  tile.created = null;  // the stream's created_at: another one means a new stream, same name
+  tile.generation = 0;
+  const snapshotDone = (delay) => {
+    if (tile.mode === "snapshot" && img.src !== BLANK) nextSnapshot(tile, delay);
+  };
+  img.addEventListener("load", () => snapshotDone(SNAPSHOT_MS));
+  img.addEventListener("error", () => snapshotDone(2 * SNAPSHOT_MS));
+  return tile;
+}
+
+// Tiles run only while the grid is on screen: hidden tabs and the single-stream view
+// let go of their connections (the browser's limit is shared by every tab).
+const gridMode = () => (openStream === null && !document.hidden ? tileMode : "stopped");
+
+function setTileMode(tile, mode) {
+  if (tile.mode === mode) return;
+  tile.mode = mode;
+  clearTimeout(tile.timer);
+  if (mode === "live") {
+    // A query string only after a reconnect: the same URL may be served from image memory.
+    const again = tile.generation ? `?g=${tile.generation}` : "";
+    tile.img.src = `/stream/${enc(tile.name)}${again}`;
+  }
+  else {
+    tile.img.src = BLANK;
+    if (mode === "snapshot") nextSnapshot(tile, 0);
+  }
+}
+
+function nextSnapshot(tile, delay) {
+  clearTimeout(tile.timer);
+  tile.timer = setTimeout(() => {
+    if (tile.mode !== "snapshot") return;
+    if (!tile.onscreen || document.hidden) return nextSnapshot(tile, SNAPSHOT_MS);
+    // A new URL each time; the old JPEG stays on screen until the new one is decoded.
+    tile.img.src = `/snapshot/${enc(tile.name)}?t=${Date.now()}`;
+  }, delay);
+}
+
+const onscreen = "IntersectionObserver" in window
+  ? new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const tile = tiles.get(entry.target.dataset.stream);
+      if (tile) tile.onscreen = entry.isIntersecting;
+    }
+  })
+  : null;
+
+function updateTile(tile, s) {
+  const idle = s.inactive_seconds >= 2;
+  tile.link.classList.toggle("idle", idle);
+  tile.meta.replaceChildren(
+    `${s.fps.toFixed(1)} fps · ${fmt.size(s)} · ${plural(s.viewer_count, "viewer")} · `,
+    el("span", {
+      className: "inactive", textContent: `inactive ${fmt.seconds(s.inactive_seconds)}`,
+    }),
+  );
+}
+
+function removeTile(tile) {
+  tile.mode = null;
+  clearTimeout(tile.timer);
+  tile.img.src = BLANK;
+  onscreen && onscreen.unobserve(tile.li);
+  tile.li.remove();
+  tiles.delete(tile.name);
+}
+
+async function pollStreams() {
+  const { streams } = await getJSON("/api/streams");
+  const names = new Set(streams.map((s) => s.name));
+  for (const tile of [...tiles.values()]) if (!names.has(tile.name)) removeTile(tile);
+  tileMode = streams.length <= liveTileLimit() ? "live" : "snapshot";
+  const grid = $("grid");
+  for (const s of streams) {
+    let tile = tiles.get(s.name);
+    if (!tile) {
+      tile = makeTile(s.name);
+      tiles.set(s.name, tile);
+      // Keep name order by inserting before the first larger name; existing tiles never move.
+      const after = [...grid.children].find((li) => li.dataset.stream > s.name);
+      grid.insertBefore(tile.li, after || null);
+      onscreen && onscreen.observe(tile.li);
+    }
+    updateTile(tile, s);
+    if (tile.created !== null && tile.created !== s.created_at) {
+      tile.generation += 1;  // removed and created again between two polls: reconnect
+      tile.mode = null;
+    }
+    tile.created = s.created_at;
+    setTileMode(tile, gridMode());
+  }
+  $("empty").hidden = streams.length > 0;
+  const note = $("grid-mode");
+  note.hidden = tileMode === "live" || streams.length === 0;
+  note.textContent = `Tiles show a snapshot every ${SNAPSHOT_MS / 1000} s: more than ` +
+    `${liveTileLimit()} live MJPEG tiles would use up the browser's connections to this ` +
+    "server. Open a stream for live video.";
+}
+
+// ---- single-stream view ---------------------------------------------------------
+
+function showStats(stats) {
+  const rows = [
+    ["Resolution", fmt.size(stats)], ["FPS", stats.fps.toFixed(2)],
+    ["Viewers", stats.viewer_count], ["Inactive", fmt.seconds(stats.inactive_seconds)],
+    ["Uptime", fmt.seconds(stats.uptime_seconds)], ["Frames", stats.total_frames],
+    ["Received", fmt.bytes(stats.bytes_in)], ["Last frame", fmt.bytes(stats.last_frame_size)],
+    ["Buffer", `${stats.buffer_size} / ${stats.max_buffer_frames}`],
+    ["Skipped for slow viewers", stats.frames_dropped_slow_viewers],
+    ["Created", fmt.time(stats.created_at)], ["Last frame at", fmt.time(stats.last_frame_time)],
+  ];
+  const rec = stats.recording;
+  if (!rec) rows.push(["Recording", "not recording"]);
+  else {
+    rows.push(["Recording to", rec.segment ? rec.segment.split("/").pop() : "no open file"]);
+    rows.push(["Recorded", `${rec.frames_written} frames, ${fmt.bytes(rec.bytes_written)}`]);
+    const notRecorded = `${rec.frames_dropped} dropped, ${rec.frames_skipped_fps} above fps cap`;
+    rows.push(["Not recorded", notRecorded]);
+    if (rec.error) rows.push(["Recording error", rec.error]);
+  }
+  const items = rows.flatMap(([key, value]) => [
+    el("dt", { textContent: key }), el("dd", { textContent: value }),
+  ]);
+  $("sv-stats").replaceChildren(...items);
+}
+
+async function pollStats(name) {
+  let stats;
+  try {
+    stats = await getJSON(`/api/streams/${enc(name)}/stats`);
+  } catch (error) {
+    if (error.status !== 404 || openStream !== name) throw error;
+    svCreated = "gone";  // its MJPEG response has ended: reconnect once it is back
+    $("sv-state").textContent = "Not live: the stream ended or has not started.";
+    $("sv-stats").replaceChildren();
+    return;
+  }
+  if (openStream !== name) return;  // the view changed while we waited
+  if (svCreated !== null && svCreated !== stats.created_at) {
+    $("sv-live").src = `/stream/${enc(name)}?t=${Date.now()}`;  // ended and created again
+  }
+  svCreated = stats.created_at;
+  showStats(stats);
+  $("sv-state").textContent = stats.inactive_seconds >= 2 ? "Live (no new frame)" : "Live";
+  const segment = stats.recording && stats.recording.segment;
+  if (segment && lastSegment !== null && segment !== lastSegment) {
+    pollRecordings(name).catch(console.warn);  // a segment just closed: list it now
+  }
+  lastSegment = segment || lastSegment;
+}
+
+function play(rec) {
+  $("player").hidden = false;
+  $("player-title").textContent = `Replay of ${rec.file} (recorded timing)`;
+  const img = $("player-img");
+  img.alt = `Replay of recording ${rec.file}`;
+  img.src = `${rec.play_url}?t=${Date.now()}`;  // a fresh request replays from the start
+}
+
+function closePlayer() {
+  $("player-img").src = BLANK;
+  $("player").hidden = true;
+}
+
+function recordingRow(rec) {
+  const playButton = el("button", { type: "button", textContent: "Play" });
+  playButton.setAttribute("aria-label", `Play recording ${rec.file}`);
+  playButton.addEventListener("click", () => play(rec));
+  const download = el("a", { className: "button", href: rec.download_url });
+  download.textContent = "Download";
+  download.setAttribute("download", rec.file);
+  download.setAttribute("aria-label", `Download ${rec.file}`);
+  const duration = rec.open
+    ? `${fmt.seconds((Date.now() - Date.parse(rec.start_time)) / 1000)} so far`
+    : fmt.seconds(rec.duration_seconds);
+  // "recording" but no longer open: closed a moment ago, its final sidecar is on the way.
+  let status = rec.status;
+  if (status === "recording") status = rec.open ? "recording (being written)" : "closing";
+  const row = el("tr", {},
+    el("td", { textContent: fmt.time(rec.start_time) }), el("td", { textContent: duration }),
+    el("td", { textContent: fmt.bytes(rec.size_bytes) }), el("td", { textContent: status }),
+    el("td", { className: "actions" }, playButton, " ", download));
+  row.dataset.file = rec.file;
+  row.dataset.status = rec.status;
+  return row;
+}
+
+async function pollRecordings(name) {
+  const { recordings } = await getJSON(`/api/recordings?stream=${enc(name)}`);
+  if (openStream !== name) return;
+  $("recordings").tBodies[0].replaceChildren(...recordings.map(recordingRow));
+  $("recordings").hidden = recordings.length === 0;
+  $("rec-empty").hidden = recordings.length > 0;
+}
+
+function openView(name) {
+  openStream = name;
+  for (const tile of tiles.values()) setTileMode(tile, "stopped");  // free their connections
+  $("grid-view").hidden = true;
+  $("stream-view").hidden = false;
+  $("sv-name").textContent = name;
+  document.title = `${name} · robogpt-video`;
+  const live = $("sv-live");
+  live.alt = `Live video of ${name}`;
+  live.src = `/stream/${enc(name)}`;
+  $("sv-snapshot").href = `/snapshot/${enc(name)}`;
+  $("sv-mjpeg").href = `/stream/${enc(name)}`;
+  $("sv-state").textContent = "";
+  lastSegment = null;
+  svCreated = null;
+  svTimers = [
+    every(POLL_MS, () => pollStats(name)),
+    every(RECORDINGS_MS, () => pollRecordings(name)),
+  ];
+}
+
+function closeView() {
+  svTimers.forEach((stop) => stop());
+  svTimers = [];
+  $("sv-live").src = BLANK;
+  closePlayer();
+  openStream = null;
+  $("stream-view").hidden = true;
+  $("grid-view").hidden = false;
+  document.title = "robogpt-video";
+  for (const tile of tiles.values()) setTileMode(tile, gridMode());
+}
+
+function route() {
+  const match = location.hash.match(/^#\/stream\/([^/]+)$/);
+  const name = match ? decodeURIComponent(match[1]) : null;
+  if (name === openStream) return;
+  if (openStream !== null) closeView();
+  if (name !== null) openView(name);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  for (const node of document.querySelectorAll(".origin")) node.textContent = location.origin;
+  $("player-close").addEventListener("click", closePlayer);
+  window.addEventListener("hashchange", route);
+  document.addEventListener("visibilitychange", () => {
+    for (const tile of tiles.values()) setTileMode(tile, gridMode());
+    if (openStream === null) return;
+    $("sv-live").src = document.hidden ? BLANK : `/stream/${enc(openStream)}?t=${Date.now()}`;
+  });
+  route();
+  every(POLL_MS, pollStreams);
+  every(HEALTH_MS, pollHealth);
+});
