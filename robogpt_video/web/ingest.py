@@ -103,7 +103,7 @@ def _ingest_result(consume: asyncio.Task, counter: IngestCounter, name: str, pee
     if consume.cancelled():
         log.info("stream %s: multipart ingest from %s ended by shutdown after %d frames",
                  name, peer, counter.frames)
-        return error_response(503, "server_shutting_down",
+        return error_response(503, "shutting_down",
                               f"the server is shutting down; {counter.frames} frame(s) were published",
                               headers=CLOSE)
     if isinstance(exc, ClientDisconnect):
