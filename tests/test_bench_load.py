@@ -36,7 +36,6 @@ def test_profile_summary_counts_self_time():
 @pytest.mark.parametrize("kind", ["ours", "baseline"])
 def test_load_reaches_viewers_with_stamps(kind, tmp_path):
     """Two streams × two viewers: every viewer parses stamped frames; nothing errs."""
-    pytest.importorskip("flask") if kind == "baseline" else None
     load = Load(2, viewers=2, fps=20, seconds=1.5, warmup=0.3)
     with BenchServer(kind, tmp_path / kind) as server:
         result = asyncio.run(run_load(server, load, jpeg_for("640x480")))
