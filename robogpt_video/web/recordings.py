@@ -113,7 +113,8 @@ async def list_recordings(
     return {"count": len(entries), "recordings": entries}
 
 
-@router.api_route("/api/recordings/{stream}/{file}", methods=["GET", "HEAD"], responses=_ERRORS)
+@router.get("/api/recordings/{stream}/{file}", responses=_ERRORS)
+@router.head("/api/recordings/{stream}/{file}", include_in_schema=False)  # same, no body
 async def download_recording(request: Request, stream: str, file: str) -> FileResponse:
     """The video file (``Range`` requests get ``206``), or its ``.json`` sidecar."""
     rec = await asyncio.to_thread(_store(request).resolve, stream, file)
