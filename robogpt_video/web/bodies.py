@@ -107,64 +107,66 @@ def _single_frame_field(body: bytes, boundary: bytes) -> bytes | None:
     return body[head_end + 4 : end]
 
 
+class _FrameField:
+    """python-multipart callbacks that keep the ``frame`` part and every part's name."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.frame: bytes | None = None
+        self._header = [b"", b""]  # field, value of the header being read
+        self._name: str | None = None
+        self._data: list[bytes] = []
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda data, start, end: self._add(0, data[start:end]),
+            "on_header_value": lambda data, start, end: self._add(1, data[start:end]),
+            "on_header_end": self._header_end,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _add(self, which: int, chunk: bytes) -> None:
+        self._header[which] += chunk
+
+    def _part_begin(self) -> None:
+        self._name, self._data = None, []
+
+    def _header_end(self) -> None:
+        field, value = self._header
+        if field.lower() == b"content-disposition":
+            self._name = parse_options_header(value)[1].get(b"name", b"").decode("utf-8", "replace")
+            self.names.append(self._name)
+        self._header = [b"", b""]
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name == FIELD:
+            self._data.append(data[start:end])
+
+    def _part_end(self) -> None:
+        if self._name == FIELD and self.frame is None:
+            self.frame = b"".join(self._data)
+
+
 def _parse_frame_field(body: bytes, boundary: bytes) -> bytes:
     """The ``frame`` field found by python-multipart (any valid layout)."""
-    names: list[str] = []
-    found: list[bytes] = []
-    state = {"header": b"", "field": b"", "value": b"", "name": None, "data": []}
-
-    def on_part_begin() -> None:
-        state["name"] = None
-        state["data"] = []
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        if state["field"].lower() == b"content-disposition":
-            _, disposition = parse_options_header(state["value"])
-            name = disposition.get(b"name", b"").decode("utf-8", "replace")
-            state["name"] = name
-            names.append(name)
-        state["field"] = b""
-        state["value"] = b""
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        if state["name"] == FIELD:
-            state["data"].append(data[start:end])
-
-    def on_part_end() -> None:
-        if state["name"] == FIELD and not found:
-            found.append(b"".join(state["data"]))
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    collector = _FrameField()
+    parser = MultipartParser(boundary, collector.callbacks())
     try:
         parser.write(body)
         parser.finalize()
     except Exception as exc:  # python-multipart raises its own error types
         raise InvalidFrame(f"malformed multipart body: {exc}", code="bad_multipart") from None
-    if not found and FIELD in names:
+    if collector.frame is not None:
+        return collector.frame
+    if FIELD in collector.names:
         raise InvalidFrame(
             f"multipart body ended inside the '{FIELD}' field (truncated upload)",
             code="truncated_upload",
         )
-    if not found:
-        listed = ", ".join(repr(n) for n in names) or "none"
-        raise InvalidFrame(
-            f"multipart body has no '{FIELD}' field (fields sent: {listed})",
-            code="missing_frame_field",
-        )
-    return found[0]
+    listed = ", ".join(repr(n) for n in collector.names) or "none"
+    raise InvalidFrame(
+        f"multipart body has no '{FIELD}' field (fields sent: {listed})",
+        code="missing_frame_field",
+    )
