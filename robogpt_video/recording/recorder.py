@@ -2,11 +2,13 @@
 
 On the event loop, :meth:`Recorder.frame_published` only appends the frame to the
 stream's bounded queue (dropping and counting the oldest when full) and, if the
-stream is not already waiting for a writer, hands it to the pool. A few writer
-threads serve every stream: a thread takes a stream, drains what it has queued,
-and moves on, so one slow stream never holds the others up and 500 streams do not
-need 500 threads. A disk error stops that stream's recording, is logged and shown
-by ``/health``, and is retried with back-off; live viewing never notices.
+stream is not already waiting for a writer, puts it on the ready list; it wakes no
+thread. The writer threads (one for passthrough) wake every ``TICK`` and serve the
+streams that were ready, draining what each has queued, so one slow stream never
+holds the others up, 500 streams do not need 500 threads, and writers wake ≈66 times
+a second instead of once per frame. A disk error stops that stream's recording, is
+logged and shown by ``/health``, and is retried with back-off; live viewing never
+notices.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import threading
 import time
 from collections import deque
@@ -30,7 +31,17 @@ from .store import RecordingFile, RecordingStore
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0
-_STOP = None  # tells a writer thread to exit
+# Writers write in batches this often. A per-frame wake-up cost the event loop more
+# than the muxing itself (see docs/recording.md); a frame waits at most this long
+# in memory, which is all that kill -9 can lose beyond the last frame's fragment.
+TICK = 0.015
+
+
+def _default_writers(codec: str) -> int:
+    """Writer threads for ``codec``: passthrough needs ≈40 µs of muxing a frame, so one
+    thread keeps up with thousands of frames a second and a second one only adds GIL
+    hand-offs (≈10 % more writer CPU at 50 streams × 30 fps); transcoding needs cores."""
+    return 1 if codec == "mjpeg" else min(4, max(2, os.cpu_count() or 2))
 
 
 class _Track:
@@ -92,10 +103,11 @@ class Recorder:
     def __init__(self, settings: RecordingSettings, writer_threads: int | None = None):
         self.settings = settings
         self.store = RecordingStore(settings.directory)
-        self.writer_threads = writer_threads or min(4, max(2, os.cpu_count() or 2))
+        self.writer_threads = writer_threads or _default_writers(settings.codec)
         self._tracks: dict[str, _Track] = {}
         self._retired: set[_Track] = set()  # closed streams whose segment is still closing
-        self._work: queue.SimpleQueue[_Track | None] = queue.SimpleQueue()
+        self._ready: deque[_Track] = deque()  # tracks with work, each at most once
+        self._exit = False  # writer threads return at their next tick
         self._threads: list[threading.Thread] = []
         self._paused: str | None = None
         self._running = False
@@ -128,8 +140,7 @@ class Recorder:
         deadline = time.monotonic() + timeout
         while any(t.scheduled for t in self._all()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for _ in self._threads:
-            self._work.put(_STOP)
+        self._exit = True
         await asyncio.to_thread(self._join, deadline)
 
     def _join(self, deadline: float) -> None:
@@ -177,11 +188,11 @@ class Recorder:
             self._request_close(track, reason)
 
     def _schedule(self, track: _Track) -> None:
-        # Caller holds track.lock. A track is in the work queue at most once, so one
+        # Caller holds track.lock. A track is on the ready list at most once, so one
         # thread at a time owns its segment and frames stay in order.
         if not track.scheduled:
             track.scheduled = True
-            self._work.put(track)
+            self._ready.append(track)
 
     def _request_close(self, track: _Track, reason: str) -> None:
         with track.lock:
@@ -239,14 +250,19 @@ class Recorder:
     # -- writer threads -----------------------------------------------------------------
 
     def _writer(self) -> None:
-        while True:
-            track = self._work.get()
-            if track is _STOP:
-                return
-            try:
-                self._serve(track)
-            except Exception:  # never lose a writer thread; the track is retried later
-                log.exception("recorder failed on stream %s", track.name)
+        while not self._exit:
+            time.sleep(TICK)
+            # Only the tracks ready now: one that refills meanwhile waits for the next
+            # tick, so each wake-up writes a batch.
+            for _ in range(len(self._ready)):
+                try:
+                    track = self._ready.popleft()
+                except IndexError:  # another writer took the rest
+                    break
+                try:
+                    self._serve(track)
+                except Exception:  # never lose a writer thread; the track is retried later
+                    log.exception("recorder failed on stream %s", track.name)
 
     def _serve(self, track: _Track) -> None:
         with track.lock:
