@@ -11,7 +11,6 @@ import asyncio
 import subprocess
 import time
 
-import pytest
 import simplejpeg
 import websockets
 
