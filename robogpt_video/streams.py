@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
+from .aio import cancel_and_wait
 from .config import StreamsSettings
 from .errors import ApiError, InvalidStreamName, StreamLimitReached, ViewerLimitReached
 from .jpeg import JpegInfo
@@ -104,10 +105,7 @@ class StreamListener(Protocol):
 class Viewer:
     """One open ``GET /stream/<name>`` response."""
 
-    connected_at: float = field(default_factory=time.monotonic)
     last_seq: int = 0
-    frames_sent: int = 0
-    frames_skipped: int = 0
     closed: bool = False
     sending_since: float = 0.0  # monotonic time a write started; 0 when idle
     task: asyncio.Task | None = None
@@ -134,7 +132,6 @@ class Stream:
         self.name = name
         self.settings = settings
         self.created_at = clock()
-        self.created_monotonic = time.monotonic()
         self.buffer: deque[Frame] = deque(maxlen=settings.max_buffer_frames)
         self.viewers: set[Viewer] = set()
         self.latest: Frame | None = None
@@ -143,7 +140,6 @@ class Stream:
         self.frames_skipped = 0  # frames that slow viewers never got
         self.frames_sent = 0
         self.closed = False
-        self.close_reason: str | None = None
         self.last_wake = time.monotonic()
         self._clock = clock
         self._listeners = listeners
@@ -192,7 +188,6 @@ class Stream:
         if self.closed:
             return
         self.closed = True
-        self.close_reason = reason
         self._wake(_CLOSED)
         for viewer in list(self.viewers):
             viewer.close()
@@ -219,9 +214,7 @@ class Stream:
         if viewer in self.viewers:
             self.viewers.discard(viewer)
             if viewer.last_seq and self.latest is not None:
-                missed = self.latest.seq - viewer.last_seq
-                viewer.frames_skipped += missed
-                self.frames_skipped += missed
+                self.frames_skipped += self.latest.seq - viewer.last_seq
 
     async def next_frame(self, viewer: Viewer) -> Frame | None:
         """The next frame ``viewer`` should send; ``None`` once the viewer or stream ends.
@@ -237,9 +230,7 @@ class Stream:
             latest = self.latest
             if latest is not None and latest.seq > viewer.last_seq:
                 if viewer.last_seq:
-                    skipped = latest.seq - viewer.last_seq - 1
-                    viewer.frames_skipped += skipped
-                    self.frames_skipped += skipped
+                    self.frames_skipped += latest.seq - viewer.last_seq - 1
                 viewer.last_seq = latest.seq
                 return latest
             waiter = loop.create_future()
@@ -383,12 +374,7 @@ class StreamRegistry:
     async def stop(self) -> None:
         """Close every stream (ending viewer responses) and stop the ticker."""
         self.close_all("server shutdown")
-        if self._ticker is not None:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._ticker)
 
     async def _tick_forever(self) -> None:
         period = min(self.settings.resend_seconds, 1.0) / 4

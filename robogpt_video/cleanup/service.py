@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+from ..aio import cancel_and_wait
 from ..config import Settings
 from ..recording.store import RecordingStore
 from ..streams import StreamRegistry
@@ -66,13 +67,8 @@ class CleanupService:
 
     async def stop(self) -> None:
         """Cancel the loop and wait for it (a file operation in a thread finishes alone)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def problems(self) -> list[str]:
         """Why /health is degraded because of us: disk space short.

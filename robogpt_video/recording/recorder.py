@@ -22,6 +22,7 @@ from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..aio import cancel_and_wait
 from ..config import RecordingSettings
 from ..streams import Frame, Stream
 from .recovery import recover, repair
@@ -133,8 +134,7 @@ class Recorder:
         if not self._running:
             return
         self._running = False
-        if self._ticker is not None:
-            self._ticker.cancel()
+        await cancel_and_wait(self._ticker)
         for track in list(self._tracks.values()):
             self._request_close(track, "server shutdown")
         deadline = time.monotonic() + timeout

@@ -167,7 +167,6 @@ class MjpegView:
             viewer.sending_since = time.monotonic()
             await send({"type": "http.response.body", "body": frame.part, "more_body": True})
             viewer.sending_since = 0.0
-            viewer.frames_sent += 1
             stream.frames_sent += 1
 
     @staticmethod
@@ -188,7 +187,6 @@ class MjpegView:
             # No await between next_frame and chunk(): the frame is still the latest.
             if not direct.write(frame.chunk()):
                 return False
-            viewer.frames_sent += 1
             stream.frames_sent += 1
 
     @staticmethod
