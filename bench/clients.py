@@ -346,7 +346,7 @@ class CountingViewer(asyncio.BufferedProtocol):
 
     def __init__(self, c: Counters):
         self.c = c
-        self.buf = bytearray(256 * 1024)
+        self.buf = bytearray(1024 * 1024)
         self.first = True
         self.transport = None
         self.done = asyncio.get_running_loop().create_future()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections import deque
@@ -31,6 +32,8 @@ BOUNDARY = "frame"
 CONTENT_TYPE = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
 _TICK = object()  # wake-up value: nothing new was published, re-send the last frame
 _CLOSED = object()  # wake-up value: the stream or the viewer has ended
+_LAGGING = object()  # wake-up value: a frame was not pushed (full socket); catch up
+SENDFILE_VIEWERS = 8  # a frame's memfd pays off from about this many viewers (Frame.chunk_file)
 
 
 def validate_stream_name(name: str) -> str:
@@ -73,22 +76,80 @@ class Frame:
     size: int
     part: bytes
     offset: int
+    sendfile: bool = False  # viewers may send it from a memfd (enough of them to pay off)
     _chunk: bytes | None = field(default=None, repr=False)
+    _file: int | None = field(default=None, repr=False)
+    _released: bool = field(default=False, repr=False)
+
+    @property
+    def chunk_size(self) -> int:
+        """Bytes in :meth:`chunk`: the part framed as one HTTP/1.1 chunk."""
+        return len(b"%x" % len(self.part)) + len(self.part) + 4
 
     def chunk(self) -> bytes:
         """The part framed as one HTTP/1.1 chunk, built on first use and shared by viewers.
 
-        Only the latest frame keeps its chunk (:meth:`Stream.publish` drops the one
+        Only the latest frame keeps its chunk (:meth:`Stream.publish` releases the one
         before), so the ring buffer holds each frame once.
         """
         if self._chunk is None:
             self._chunk = b"".join((b"%x\r\n" % len(self.part), self.part, b"\r\n"))
         return self._chunk
 
+    def chunk_file(self) -> int | None:
+        """A memfd holding :meth:`chunk`, made on first use, for ``os.sendfile`` to viewers.
+
+        The kernel sends from the file's pages by reference instead of copying the chunk
+        into every viewer's socket buffer: on loopback that lifts the fan-out ceiling
+        from ≈4.3 to ≈6.7 GB/s (bench/REPORT.md). The file is written once and never
+        changed, so pages still queued in a socket stay valid after it is closed.
+        Making the file costs ≈25 µs (mostly the kernel's page allocation) against ≈4 µs
+        saved per 42 KB viewer write, so :meth:`Stream.publish` sets :attr:`sendfile`
+        only for streams with ``SENDFILE_VIEWERS`` viewers or more. ``None`` otherwise,
+        where memfd is unavailable, and after :meth:`release`.
+        """
+        if self._file is None and self.sendfile and not self._released:
+            self._released = True  # a failure is not retried: viewers take chunk()
+            try:
+                fd = os.memfd_create("robogpt-frame", os.MFD_CLOEXEC)
+            except (AttributeError, OSError):
+                return None
+            try:
+                head = b"%x\r\n" % len(self.part)
+                if os.writev(fd, (head, self.part, b"\r\n")) != self.chunk_size:
+                    raise OSError("short write to memfd")
+            except OSError:
+                os.close(fd)
+                return None
+            self._file, self._released = fd, False
+        return self._file
+
+    def release(self) -> None:
+        """Drop what only the latest frame needs (its chunk and its memfd)."""
+        self._chunk = None
+        self._released = True
+        if self._file is not None:
+            fd, self._file = self._file, None
+            os.close(fd)
+
     @property
     def jpeg(self) -> memoryview:
         """The JPEG bytes, without a copy."""
         return memoryview(self.part)[self.offset : self.offset + self.size]
+
+
+class FrameSink(Protocol):
+    """Where a viewer's frames go when the stream itself writes them (web/chunks.py)."""
+
+    @property
+    def paused(self) -> bool:
+        """Its socket buffer is full: wait with :meth:`drain` before the next frame."""
+
+    async def drain(self) -> None:
+        """Return once the socket takes writes again (or the client has gone)."""
+
+    def write_frame(self, frame: Frame) -> bool:
+        """Queue ``frame`` without blocking; ``False`` once the client has gone."""
 
 
 class StreamListener(Protocol):
@@ -143,7 +204,8 @@ class Stream:
         self.last_wake = time.monotonic()
         self._clock = clock
         self._listeners = listeners
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future] = []  # viewers woken per frame (ASGI send)
+        self._parked: dict[Viewer, FrameSink] = {}  # idle viewers publish writes to itself
         self._arrivals: deque[float] = deque(maxlen=256)
 
     # -- publishing ---------------------------------------------------------------------
@@ -157,12 +219,15 @@ class Stream:
         frame = Frame(
             self.total_frames, now, mono, info.width, info.height, len(jpeg), part, offset
         )
+        frame.sendfile = len(self.viewers) >= SENDFILE_VIEWERS
         if self.latest is not None:
-            self.latest._chunk = None  # writers still sending it hold their own reference
+            self.latest.release()  # viewers only ever send the latest frame
         self.latest = frame
         self.buffer.append(frame)
         self.bytes_in += len(jpeg)
         self._arrivals.append(mono)
+        if self._parked:
+            self._push(frame)
         self._wake(frame)
         for listener in self._listeners:
             try:
@@ -171,24 +236,55 @@ class Stream:
                 log.exception("listener %r failed on stream %s", listener, self.name)
         return frame
 
-    def _wake(self, value: object) -> None:
+    def _push(self, frame: Frame) -> None:
+        # Write the frame to every idle viewer from here: no task wakes up per viewer
+        # per frame. One whose socket is full, or gone, is handed back to its own task.
+        lagging = [
+            viewer
+            for viewer, sink in self._parked.items()
+            if viewer.closed or sink.paused or not self._send(viewer, sink, frame)
+        ]
+        for viewer in lagging:
+            self._unpark(viewer, _LAGGING)
+
+    def _send(self, viewer: Viewer, sink: FrameSink, frame: Frame) -> bool:
+        if not sink.write_frame(frame):
+            return False
+        if viewer.last_seq and frame.seq > viewer.last_seq + 1:
+            self.frames_skipped += frame.seq - viewer.last_seq - 1
+        viewer.last_seq = max(viewer.last_seq, frame.seq)
+        self.frames_sent += 1
+        return True
+
+    def _unpark(self, viewer: Viewer, value: object) -> None:
+        del self._parked[viewer]
+        if viewer.waiter is not None and not viewer.waiter.done():
+            viewer.waiter.set_result(value)
+
+    def _wake(self, value: object, parked: bool = False) -> None:
         self.last_wake = time.monotonic()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(value)
+        if parked:
+            for viewer in list(self._parked):
+                self._unpark(viewer, value)
 
     def tick(self, now: float) -> None:
         """Wake viewers of a quiet stream so they re-send the last frame."""
-        if self._waiters and now - self.last_wake >= self.settings.resend_seconds:
-            self._wake(_TICK)
+        waiting = self._waiters or self._parked
+        if waiting and now - self.last_wake >= self.settings.resend_seconds:
+            self._wake(_TICK, parked=True)
 
     def close(self, reason: str) -> None:
         """End the stream: every viewer's response finishes, listeners are told."""
         if self.closed:
             return
         self.closed = True
-        self._wake(_CLOSED)
+        self._wake(_CLOSED, parked=True)
+        if self.latest is not None:
+            self.latest.release()
         for viewer in list(self.viewers):
             viewer.close()
         for listener in self._listeners:
@@ -242,6 +338,40 @@ class Stream:
                 viewer.waiter = None
             if woke is _TICK and self.latest is not None and not viewer.closed:
                 return self.latest
+
+    async def serve(self, viewer: Viewer, sink: FrameSink) -> bool:
+        """Send ``viewer`` every frame through ``sink`` until it ends.
+
+        Returns ``True`` when the stream or the viewer ended (the response can finish),
+        ``False`` when the client has gone. While the viewer is idle it is *parked*:
+        :meth:`publish` writes each new frame to its sink directly, which saves a future,
+        a task wake-up and a coroutine switch per viewer per frame. The viewer's own task
+        only runs to wait out a full socket buffer (then it sends the newest frame, not
+        the one it was holding), to re-send on a quiet stream, and to end.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            if sink.paused:
+                viewer.sending_since = time.monotonic()  # the stall detector watches this
+                await sink.drain()
+                viewer.sending_since = 0.0
+            if viewer.closed or self.closed:
+                return True
+            latest = self.latest
+            if latest is not None and latest.seq > viewer.last_seq:
+                if not self._send(viewer, sink, latest):
+                    return False
+                continue
+            waiter = viewer.waiter = loop.create_future()
+            self._parked[viewer] = sink
+            try:
+                woke = await waiter
+            finally:
+                viewer.waiter = None
+                self._parked.pop(viewer, None)
+            if woke is _TICK and self.latest is not None and not viewer.closed:
+                if not self._send(viewer, sink, self.latest):
+                    return False
 
     # -- statistics ---------------------------------------------------------------------
 

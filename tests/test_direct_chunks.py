@@ -7,11 +7,14 @@ viewer whose ``send`` is wrapped (CORS requests) must fall back to ASGI ``send``
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
 
 import httpx
 
-from helpers import iter_parts, make_jpeg, publish
+from helpers import iter_parts, make_jpeg, publish, wait_for
+from robogpt_video.streams import SENDFILE_VIEWERS
 
 
 def stats(server, name="cam") -> dict:
@@ -111,3 +114,77 @@ def test_cors_viewer_falls_back_to_asgi_send(server):
                 got.append(next(parts)[1])
     assert during["viewer_count"] == 1 and during["direct_viewers"] == 0
     assert got == jpegs
+
+
+def memfds(server) -> list[str]:
+    """The frame memfds the server process has open right now."""
+    fd_dir = Path(f"/proc/{server.proc.pid}/fd")
+    found = []
+    for link in fd_dir.iterdir():
+        try:
+            target = os.readlink(link)
+        except OSError:  # closed while listing
+            continue
+        if "robogpt-frame" in target:
+            found.append(target)
+    return found
+
+
+def test_wide_fan_out_sends_from_one_memfd_per_stream_byte_for_byte(server):
+    # SENDFILE_VIEWERS or more viewers: chunks leave through os.sendfile from the
+    # frame's memfd. Each viewer must still get exactly one whole part per chunk.
+    jpegs = [make_jpeg(640, 480, seed=s) for s in range(20, 26)]
+    publish(server.url, "wide", jpegs[0])
+    viewers = [RawChunks(server.port, "/stream/wide") for _ in range(SENDFILE_VIEWERS + 2)]
+    try:
+        for viewer in viewers:
+            assert list(iter_parts([viewer.chunk()]))[0][1] == jpegs[0]
+        open_files = []
+        for jpeg in jpegs[1:]:
+            publish(server.url, "wide", jpeg)
+            open_files.append(len(memfds(server)))
+            got = {viewer.chunk() for viewer in viewers}
+            assert len(got) == 1 and list(iter_parts(got))[0][1] == jpeg
+        assert max(open_files) == 1  # only the latest frame keeps its file
+        assert stats(server, "wide")["direct_viewers"] == len(viewers)
+        httpx.delete(f"{server.url}/api/streams/wide", timeout=10).raise_for_status()
+        for viewer in viewers:
+            assert viewer.chunk() == b""
+    finally:
+        for viewer in viewers:
+            viewer.close()
+    wait_for(lambda: not memfds(server), what="the stream's memfd to be closed")
+
+
+def test_viewer_that_stops_reading_gets_whole_parts_when_it_reads_again(server):
+    # 1280x720 parts are larger than what the socket takes at once, so sendfile sends
+    # part of a chunk and the transport queues the rest; a reader that pauses must
+    # still see whole, valid parts, the newest ones, with no torn chunk between.
+    jpegs = [make_jpeg(1280, 720, seed=s, quality=95) for s in range(30, 42)]
+    assert len(jpegs[0]) > 128 * 1024
+    publish(server.url, "big", jpegs[0])
+    fast = [RawChunks(server.port, "/stream/big") for _ in range(SENDFILE_VIEWERS)]
+    slow = RawChunks(server.port, "/stream/big")
+    try:
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        for viewer in fast:
+            viewer.chunk()
+        with httpx.Client(timeout=10) as client:
+            for jpeg in jpegs[1:]:
+                publish(server.url, "big", jpeg, client)
+                for viewer in fast:
+                    assert list(iter_parts([viewer.chunk()]))[0][1] == jpeg
+        # The slow viewer read nothing so far; now it reads until the newest frame.
+        seen = []
+        while not seen or seen[-1] != jpegs[-1]:
+            parts = list(iter_parts([slow.chunk()]))
+            assert len(parts) == 1
+            assert parts[0][1] in jpegs
+            seen.append(parts[0][1])
+        assert seen[0] == jpegs[0]
+        indexes = [jpegs.index(jpeg) for jpeg in seen]
+        assert indexes == sorted(indexes) and len(seen) < len(jpegs)  # it skipped some
+        assert stats(server, "big")["frames_dropped_slow_viewers"] > 0
+    finally:
+        for viewer in [*fast, slow]:
+            viewer.close()

@@ -143,7 +143,7 @@ class MjpegView:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             if direct is not None and direct.chunked():
                 viewer.direct = True
-                finished = await self._send_direct(stream, viewer, direct)
+                finished = await stream.serve(viewer, direct)
             else:
                 finished = await self._send_asgi(stream, viewer, send)
         except asyncio.CancelledError:
@@ -167,26 +167,6 @@ class MjpegView:
             viewer.sending_since = time.monotonic()
             await send({"type": "http.response.body", "body": frame.part, "more_body": True})
             viewer.sending_since = 0.0
-            stream.frames_sent += 1
-
-    @staticmethod
-    async def _send_direct(stream: Stream, viewer: Viewer, direct: DirectChunks) -> bool:
-        """Each frame's shared chunk straight to the transport; ``False`` if the client left.
-
-        Waits for a full socket buffer to drain *before* taking the next frame, so a
-        slow viewer gets the newest frame rather than the one it was holding.
-        """
-        while True:
-            if direct.paused:
-                viewer.sending_since = time.monotonic()  # the stall detector watches this
-                await direct.drain()
-                viewer.sending_since = 0.0
-            frame = await stream.next_frame(viewer)
-            if frame is None:
-                return True
-            # No await between next_frame and chunk(): the frame is still the latest.
-            if not direct.write(frame.chunk()):
-                return False
             stream.frames_sent += 1
 
     @staticmethod
