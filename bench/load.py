@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import random
 import time
@@ -25,6 +26,8 @@ class Load:
     seconds: float = 5.0  # measured window
     warmup: float = 1.0
     count_only: bool = False  # viewers count bytes instead of parsing (fan-out ceiling)
+    # Server on core 0, load generator on the others (latency scenarios; see scenarios.py).
+    pinned: bool = False
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -71,6 +74,8 @@ async def run_load(server: BenchServer, load: Load, jpeg: bytes) -> dict:
             except OSError as exc:
                 c.error(f"viewer connect: {exc!r}")
     await asyncio.sleep(load.warmup)
+    gc.collect()
+    gc.freeze()  # a full collection of the load generator's objects would show as latency
     cpu = CpuWindow(server.proc.pid)
     before = await _server_frames(api, prefix)
     c.window.start = time.monotonic()

@@ -48,13 +48,13 @@ def run(selected: list[str], tmp: Path, quick: bool) -> dict:
     secs = 3.0 if quick else 5.0
     results: dict = {"meta": _meta()}
     if "s10x2" in selected:
-        _ab("s10x2", Load(10, 2, seconds=secs), tmp, results)
+        _ab("s10x2", Load(10, 2, seconds=secs, pinned=True), tmp, results)
     if "s50x1" in selected:
-        _ab("s50x1", Load(50, 1, seconds=secs + 1), tmp, results)
+        _ab("s50x1", Load(50, 1, seconds=secs + 1, pinned=True), tmp, results)
     if "s1x100" in selected:
-        _ab("s1x100", Load(1, 100, seconds=secs), tmp, results)
+        _ab("s1x100", Load(1, 100, seconds=secs, pinned=True), tmp, results)
     if "fanout500" in selected:
-        load = Load(1, 500, fps=60, size="1280x720", seconds=secs, warmup=1.5, count_only=True)
+        load = Load(1, 500, fps=120, size="1280x720", seconds=secs, warmup=1.5, count_only=True)
         _ab("fanout500", load, tmp, results)
     if "ceiling" in selected:
         results["ceiling"] = {

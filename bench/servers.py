@@ -26,10 +26,13 @@ def free_port() -> int:
 class BenchServer:
     """One server process in its own temp directory; use as a context manager."""
 
-    def __init__(self, kind: str, workdir: Path, record: bool = True):
+    def __init__(
+        self, kind: str, workdir: Path, record: bool = True, cpus: set[int] | None = None
+    ):
         self.kind = kind
         self.workdir = Path(workdir)
         self.record = record
+        self.cpus = cpus  # pin the server to these cores (None: wherever the kernel likes)
         self.host = "127.0.0.1"
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -60,7 +63,12 @@ class BenchServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOGPT_")}
         self._log = open(self.workdir / "server.out", "ab")
         self.proc = subprocess.Popen(
-            self.command(), cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            self.command(),
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=None if self.cpus is None else lambda: os.sched_setaffinity(0, self.cpus),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
