@@ -77,31 +77,35 @@ class Frame:
     part: bytes
     offset: int
     sendfile: bool = False  # viewers may send it from a memfd (enough of them to pay off)
-    _chunk: bytes | None = field(default=None, repr=False)
     _file: int | None = field(default=None, repr=False)
     _released: bool = field(default=False, repr=False)
 
+    def chunk_pieces(self, start: int = 0) -> tuple:
+        """The part framed as one HTTP/1.1 chunk, from byte ``start`` on, as pieces for
+        ``writelines``: the transport writes them with one ``writev``, nothing copied."""
+        pieces = (b"%x\r\n" % len(self.part), self.part, b"\r\n")
+        if not start:
+            return pieces
+        out = []
+        for piece in pieces:
+            if start >= len(piece):
+                start -= len(piece)
+            else:
+                out.append(memoryview(piece)[start:] if start else piece)
+                start = 0
+        return tuple(out)
+
     @property
     def chunk_size(self) -> int:
-        """Bytes in :meth:`chunk`: the part framed as one HTTP/1.1 chunk."""
+        """Bytes in the framed chunk."""
         return len(b"%x" % len(self.part)) + len(self.part) + 4
 
-    def chunk(self) -> bytes:
-        """The part framed as one HTTP/1.1 chunk, built on first use and shared by viewers.
-
-        Only the latest frame keeps its chunk (:meth:`Stream.publish` releases the one
-        before), so the ring buffer holds each frame once.
-        """
-        if self._chunk is None:
-            self._chunk = b"".join((b"%x\r\n" % len(self.part), self.part, b"\r\n"))
-        return self._chunk
-
     def chunk_file(self) -> int | None:
-        """A memfd holding :meth:`chunk`, made on first use, for ``os.sendfile`` to viewers.
+        """A memfd holding the framed chunk, made on first use, for ``os.sendfile``.
 
         The kernel sends from the file's pages by reference instead of copying the chunk
         into every viewer's socket buffer: on loopback that lifts the fan-out ceiling
-        from ≈4.3 to ≈6.7 GB/s (bench/REPORT.md). The file is written once and never
+        from ≈4.3 to ≈6.7 GB/s (docs/bench.md). The file is written once and never
         changed, so pages still queued in a socket stay valid after it is closed.
         Making the file costs ≈25 µs (mostly the kernel's page allocation) against ≈4 µs
         saved per 42 KB viewer write, so :meth:`Stream.publish` sets :attr:`sendfile`
@@ -109,14 +113,13 @@ class Frame:
         where memfd is unavailable, and after :meth:`release`.
         """
         if self._file is None and self.sendfile and not self._released:
-            self._released = True  # a failure is not retried: viewers take chunk()
+            self._released = True  # a failure is not retried: viewers use writelines
             try:
                 fd = os.memfd_create("robogpt-frame", os.MFD_CLOEXEC)
             except (AttributeError, OSError):
                 return None
             try:
-                head = b"%x\r\n" % len(self.part)
-                if os.writev(fd, (head, self.part, b"\r\n")) != self.chunk_size:
+                if os.writev(fd, self.chunk_pieces()) != self.chunk_size:
                     raise OSError("short write to memfd")
             except OSError:
                 os.close(fd)
@@ -125,8 +128,7 @@ class Frame:
         return self._file
 
     def release(self) -> None:
-        """Drop what only the latest frame needs (its chunk and its memfd)."""
-        self._chunk = None
+        """Close the memfd: only the latest frame is ever sent to viewers."""
         self._released = True
         if self._file is not None:
             fd, self._file = self._file, None

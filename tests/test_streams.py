@@ -1,4 +1,5 @@
 import asyncio
+import os
 
 import pytest
 
@@ -192,3 +193,30 @@ def test_inactive_seconds_uses_the_clock():
     now[0] = 1012.5
     assert stream.inactive_seconds() == 2.5
     assert stream.summary()["uptime_seconds"] == 12.5
+
+
+def test_chunk_pieces_from_any_offset_are_the_rest_of_the_chunk():
+    stream = StreamRegistry(StreamsSettings()).get_or_create("cam")
+    frame = stream.publish(JPEG, INFO)
+    whole = b"".join(frame.chunk_pieces())
+    assert len(whole) == frame.chunk_size
+    assert whole == b"%x\r\n" % len(frame.part) + frame.part + b"\r\n"
+    head = len(b"%x\r\n" % len(frame.part))
+    for start in (1, head - 1, head, head + 1, head + len(frame.part) - 1,
+                  head + len(frame.part), frame.chunk_size - 1):
+        assert b"".join(bytes(p) for p in frame.chunk_pieces(start)) == whole[start:]
+
+
+def test_chunk_file_holds_the_chunk_and_release_closes_it():
+    stream = StreamRegistry(StreamsSettings()).get_or_create("cam")
+    frame = stream.publish(JPEG, INFO)
+    assert frame.chunk_file() is None  # one viewer's worth: not worth a memfd
+    frame = stream.publish(JPEG, INFO)
+    frame.sendfile = True
+    fd = frame.chunk_file()
+    assert fd is not None and frame.chunk_file() == fd
+    assert os.pread(fd, frame.chunk_size + 10, 0) == b"".join(frame.chunk_pieces())
+    newer = stream.publish(JPEG, INFO)  # the previous latest is released
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert frame.chunk_file() is None and newer.chunk_file() is None

@@ -1,10 +1,10 @@
-"""Viewer writes straight to uvicorn's transport, each frame's chunk framed once.
+"""Viewer writes straight to uvicorn's transport, each frame's part as one chunk.
 
 uvicorn's ``RequestResponseCycle.send`` (httptools) frames every body message as an
-HTTP/1.1 chunk with ``b"".join([size, body, b"\\r\\n"])``: a full copy of the part
-per viewer per frame, plus a few µs of Python. Here the chunk is built once per frame
-(:meth:`~robogpt_video.streams.Frame.chunk`) and the same bytes object is written to
-every viewer's transport. The response still starts and ends through ASGI ``send``,
+HTTP/1.1 chunk with ``b"".join([size, body, b"\r\n"])``: a full copy of the part
+per viewer per frame, plus a few µs of Python. Here the chunk's size line, the
+frame's shared part and the trailing CRLF go to the transport with ``writelines``
+(one ``writev``, no copy). The response still starts and ends through ASGI ``send``,
 so uvicorn writes the head and the last chunk and keeps its own state right.
 
 When the transport has nothing buffered, the chunk goes out with ``os.sendfile``
@@ -85,7 +85,7 @@ class DirectChunks:
                 file = frame.chunk_file()
                 if file is not None:
                     return self._sendfile(file, frame)
-            self.transport.write(frame.chunk())
+            self.transport.writelines(frame.chunk_pieces())
         except RuntimeError:  # uvloop raises on a write to a handle that has closed
             return False
         return True
@@ -102,5 +102,5 @@ class DirectChunks:
         except OSError:  # reset or broken pipe: the client has gone
             return False
         if sent < size:
-            self.transport.write(frame.chunk()[sent:])
+            self.transport.writelines(frame.chunk_pieces(sent))
         return True
