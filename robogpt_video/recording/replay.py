@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import av
-import simplejpeg
 
 
 class Replay:
@@ -45,6 +44,9 @@ class Replay:
             if packet.size == 0 or packet.pts is None:
                 return []
             return [(float(packet.pts * packet.time_base), bytes(packet))]
+        # Imported here: simplejpeg needs NumPy (≈15 MB), and only this replay uses it.
+        import simplejpeg
+
         frames = []
         for frame in packet.decode():  # an empty packet flushes the decoder at the end
             rgb = frame.to_ndarray(format="rgb24")
