@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from .clients import PUBLISHERS, Counters, HttpConnection, open_viewer
 from .procstat import CpuWindow, memory_kb
+from .protocol import ProtocolError
 from .servers import BenchServer
 
 
@@ -50,6 +51,23 @@ async def _server_frames(conn: HttpConnection, prefix: str) -> int | None:
     return sum(s.get("total_frames", 0) for s in body.get("streams", []) if s["name"].startswith(prefix))
 
 
+async def _recorder_dropped(conn: HttpConnection, prefix: str) -> int | None:
+    """Frames our recorder dropped on this run's streams (``/metrics``; ``None`` elsewhere)."""
+    head = f"GET /metrics HTTP/1.1\r\nHost: {conn.host}\r\n\r\n".encode()
+    try:
+        response, body = await conn.request(head)
+    except (OSError, asyncio.IncompleteReadError, ProtocolError):
+        return None
+    if response.status != 200:
+        return None
+    marker = f'_recording_frames_dropped_total{{stream="{prefix}_'
+    total = None
+    for line in body.decode("utf-8", "replace").splitlines():
+        if marker in line:
+            total = (total or 0) + int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
 async def run_load(server: BenchServer, load: Load, jpeg: bytes) -> dict:
     """Drive ``load`` against ``server``; returns the measured numbers."""
     c = Counters()
@@ -84,13 +102,18 @@ async def run_load(server: BenchServer, load: Load, jpeg: bytes) -> dict:
     await asyncio.sleep(load.seconds)
     elapsed = cpu.end()
     after = await _server_frames(api, prefix)
+    dropped = await _recorder_dropped(api, prefix) if server.record else None
     c.stop_at = 0.0
     await asyncio.wait(tasks, timeout=10)
     for transport in transports:
         transport.close()
     api.close()
     await asyncio.sleep(0.1)
-    return _summarise(load, c, cpu, elapsed, before, after, server)
+    result = _summarise(load, c, cpu, elapsed, before, after, server)
+    # The recorder keeping up is part of "recording on": frames it dropped since the
+    # streams started, over every frame the server accepted since then.
+    result["recorder_dropped_pct"] = 100 * dropped / after if dropped is not None and after else None
+    return result
 
 
 async def _wait_for_streams(api: HttpConnection, prefix: str, count: int, timeout: float) -> None:

@@ -39,10 +39,10 @@ TICK = 0.015
 
 
 def _default_writers(codec: str) -> int:
-    """Writer threads for ``codec``: passthrough needs ≈40 µs of muxing a frame, so one
-    thread keeps up with thousands of frames a second and a second one only adds GIL
-    hand-offs (≈10 % more writer CPU at 50 streams × 30 fps); transcoding needs cores."""
-    return 1 if codec == "mjpeg" else min(4, max(2, os.cpu_count() or 2))
+    """Writer threads for ``codec``. Passthrough needs ≈35 µs of muxing a frame: one
+    thread does it, and a second one helps only while the first is behind (see
+    ``Recorder._writer``). Transcoding needs cores: every thread takes work."""
+    return 2 if codec == "mjpeg" else min(4, max(2, os.cpu_count() or 2))
 
 
 class _Track:
@@ -115,6 +115,12 @@ class Recorder:
         self._created: set[Path] = set()  # files this process made: recovery skips them
         self._ticker: asyncio.Task | None = None
         self._recovery: threading.Thread | None = None
+        # Passthrough: writer 0 serves every tick; the others only while it is behind.
+        # Two writers sharing light work cost ≈15 % more server CPU at 50 × 30 fps
+        # (GIL hand-offs); one alone fell behind at 300 × 30 fps and recorded a third
+        # of the frames, while two recorded them all (docs/recording.md).
+        self._helpers_wait = settings.codec == "mjpeg"
+        self._lead_busy_since = 0.0  # when writer 0 started its current batch, or 0
 
     # -- service ------------------------------------------------------------------------
 
@@ -122,7 +128,9 @@ class Recorder:
         """Start the writer threads, the idle ticker and (in a thread) crash recovery."""
         self._running = True
         for i in range(self.writer_threads):
-            thread = threading.Thread(target=self._writer, name=f"recorder-{i}", daemon=True)
+            thread = threading.Thread(
+                target=self._writer, args=(i,), name=f"recorder-{i}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
         self._recovery = threading.Thread(target=self._recover, name="recovery", daemon=True)
@@ -249,20 +257,36 @@ class Recorder:
 
     # -- writer threads -----------------------------------------------------------------
 
-    def _writer(self) -> None:
+    def _writer(self, index: int) -> None:
+        lead = index == 0 or not self._helpers_wait
         while not self._exit:
             time.sleep(TICK)
-            # Only the tracks ready now: one that refills meanwhile waits for the next
-            # tick, so each wake-up writes a batch.
-            for _ in range(len(self._ready)):
+            if lead:
+                self._lead_busy_since = time.monotonic()
                 try:
-                    track = self._ready.popleft()
-                except IndexError:  # another writer took the rest
-                    break
-                try:
-                    self._serve(track)
-                except Exception:  # never lose a writer thread; the track is retried later
-                    log.exception("recorder failed on stream %s", track.name)
+                    self._write_ready()
+                finally:
+                    self._lead_busy_since = 0.0
+            elif self._lead_behind():
+                self._write_ready()
+
+    def _lead_behind(self) -> bool:
+        """Writer 0 has spent more than a tick on its current batch."""
+        started = self._lead_busy_since
+        return started > 0 and time.monotonic() - started > TICK
+
+    def _write_ready(self) -> None:
+        # Only the tracks ready now: one that refills meanwhile waits for the next
+        # tick, so each wake-up writes a batch.
+        for _ in range(len(self._ready)):
+            try:
+                track = self._ready.popleft()
+            except IndexError:  # another writer took the rest
+                break
+            try:
+                self._serve(track)
+            except Exception:  # never lose a writer thread; the track is retried later
+                log.exception("recorder failed on stream %s", track.name)
 
     def _serve(self, track: _Track) -> None:
         with track.lock:
