@@ -41,7 +41,8 @@ async def read_limited(request: Request, limit: int) -> bytes:
 
 
 async def peek(request: Request, size: int = 4) -> tuple[Request, bytes]:
-    """The first ``size`` bytes of the body, and a request that still yields all of it.
+    """At least the first ``size`` bytes of the body (all that was read to get them),
+    and a request that still yields all of it.
 
     Lets a body without a Content-Type be recognised by its first bytes (ffmpeg's
     mpjpeg POST sends no Content-Type) before deciding how to read it.
@@ -61,7 +62,7 @@ async def peek(request: Request, size: int = 4) -> tuple[Request, bytes]:
     async def replay() -> dict:
         return seen.pop(0) if seen else await receive()
 
-    return Request(request.scope, replay), head[:size]
+    return Request(request.scope, replay), head
 
 
 def frame_from_multipart(body: bytes, content_type: str, limit: int) -> bytes:

@@ -24,6 +24,7 @@ from ..errors import ApiError, FrameTooLarge, InvalidFrame, StreamLimitReached
 from ..jpeg import inspect_jpeg
 from ..mpjpeg import MpjpegParser, boundary_from_content_type
 from ..streams import StreamRegistry, validate_stream_name
+from .chunks import SERVER_SEND, DirectBody
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,12 @@ class IngestCounter:
         return f"{self.frames} frame(s) before it were published"
 
 
-async def mpjpeg_ingest(request: Request, name: str) -> Response:
-    """Publish every part of a ``multipart/x-mixed-replace`` request body, as it arrives."""
+async def mpjpeg_ingest(request: Request, name: str, peeked: bytes = b"") -> Response:
+    """Publish every part of a ``multipart/x-mixed-replace`` request body, as it arrives.
+
+    ``peeked``: body bytes already read to recognise the body (the request replays them
+    through ``receive``; the direct path, which does not use ``receive``, takes them here).
+    """
     runtime = request.app.state.runtime
     try:
         counter = IngestCounter(runtime.registry, name)
@@ -78,7 +83,11 @@ async def mpjpeg_ingest(request: Request, name: str) -> Response:
     parser = MpjpegParser(runtime.settings.server.max_frame_bytes, hint)
     peer = request.client.host if request.client else "?"
     log.info("stream %s: multipart ingest from %s started", name, peer)
-    consume = asyncio.create_task(_consume(request, parser, counter))
+    direct = DirectBody.behind(request.scope.get(SERVER_SEND), request.scope)
+    if direct is not None:
+        consume = asyncio.create_task(_consume_direct(direct, parser, counter, peeked))
+    else:
+        consume = asyncio.create_task(_consume(request, parser, counter))
     draining = asyncio.create_task(request.app.state.draining.wait())
     try:
         await asyncio.wait({consume, draining}, return_when=asyncio.FIRST_COMPLETED)
@@ -95,6 +104,31 @@ async def _consume(request: Request, parser: MpjpegParser, counter: IngestCounte
     async for chunk in request.stream():
         for part in parser.feed(chunk):
             counter.publish(part)
+    parser.close()
+
+
+async def _consume_direct(
+    body: DirectBody, parser: MpjpegParser, counter: IngestCounter, first: bytes
+) -> None:
+    """As :func:`_consume`, each frame published from inside uvicorn's ``data_received``."""
+    failure: Exception | None = None
+
+    def feed(data: bytes) -> None:
+        nonlocal failure
+        if failure is None:
+            try:
+                for part in parser.feed(data):
+                    counter.publish(part)
+            except Exception as exc:  # raised below, in this task, like _consume would
+                failure = exc
+
+    if first:
+        feed(first)
+    connected = await body.divert(feed, stop=lambda: failure is not None)
+    if failure is not None:
+        raise failure
+    if not connected:
+        raise ClientDisconnect()
     parser.close()
 
 

@@ -20,7 +20,7 @@ from ..jpeg import inspect_jpeg
 from ..mpjpeg import looks_like_multipart
 from ..streams import CONTENT_TYPE, Stream, StreamRegistry, Viewer, validate_stream_name
 from .bodies import MULTIPART_SLACK, frame_from_multipart, peek, read_limited
-from .chunks import DirectChunks
+from .chunks import SERVER_SEND, DirectChunks
 from .errors import EXCEPTION_HANDLERS, error_response
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ async def _publish(request: Request, started: float) -> Response:
             # anything else (a raw JPEG starts \xff\xd8) is one frame.
             request, head = await peek(request)
             if looks_like_multipart(head):
-                return await long_lived(request, name)
+                return await long_lived(request, name, head)
         elif long_lived is not None:
             return await long_lived(request, name)
         jpeg = await read_limited(request, limit)
@@ -225,6 +225,7 @@ class FastLane:
 
     @staticmethod
     async def _publish(scope, receive, send) -> None:
+        scope[SERVER_SEND] = send  # long-lived ingest reads the body directly (DirectBody)
         try:
             response = await publish(Request(scope, receive))
         except ApiError as exc:
