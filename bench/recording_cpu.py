@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from robogpt_video.config import RecordingSettings  # noqa: E402
 from robogpt_video.recording.recorder import Recorder  # noqa: E402
-from robogpt_video.recording.segment import Segment  # noqa: E402
+from robogpt_video.recording.segment import open_segment  # noqa: E402
 from robogpt_video.streams import Frame, build_part  # noqa: E402
 
 
@@ -56,9 +56,11 @@ def codec_cost(codec: str, images: list[bytes], folder: Path) -> float:
     """CPU µs per frame to write ``images`` through one segment."""
     frames = [frame(i + 1, j, 640, 480, i / 30) for i, j in enumerate(images)]
     start = time.process_time()
-    segment = Segment(folder / f"{codec}.mp4", "bench", frames[0], codec, 30)
-    for f in frames:
+    segment = open_segment(folder / f"{codec}.mp4", "bench", frames[0], codec, 30)
+    for i, f in enumerate(frames, 1):
         segment.write(f)
+        if i % 4 == 0:  # the recorder flushes once per stream per batch
+            segment.flush()
     segment.close()
     return (time.process_time() - start) / len(frames) * 1e6
 

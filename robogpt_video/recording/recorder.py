@@ -26,7 +26,7 @@ from ..aio import cancel_and_wait
 from ..config import RecordingSettings
 from ..streams import Frame, Stream
 from .recovery import recover, repair
-from .segment import Segment
+from .segment import MAX_FRAGMENT_FRAMES, Segment, open_segment
 from .store import RecordingFile, RecordingStore
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,9 @@ class Recorder:
         try:
             for frame in frames:
                 self._write(track, frame)
+                if track.segment is not None and track.segment.unflushed >= MAX_FRAGMENT_FRAMES:
+                    self._flush(track)
+            self._flush(track)  # one fragment per stream per batch
             if reason is not None and track.segment is not None:
                 self._close(track, "complete", reason)
         finally:
@@ -325,24 +328,46 @@ class Recorder:
             track.bytes_written += segment.bytes_written - before
             track.frames_written += 1
         except Exception as exc:
-            self._fail(track, frame, exc)
+            self._fail(track, exc, frame)
             return
         if track.error is not None:
             log.info("recording of stream %s works again", track.name)
             track.error, track.backoff = None, 0.0
 
+    def _flush(self, track: _Track) -> bool:
+        """Put the segment's kept-back frames on disk; ``False`` if that failed."""
+        segment = track.segment
+        if segment is None or not segment.unflushed:
+            return True
+        before = segment.bytes_written
+        try:
+            segment.flush()
+        except Exception as exc:
+            self._fail(track, exc)
+            return False
+        track.bytes_written += segment.bytes_written - before
+        return True
+
     def _open(self, track: _Track, frame: Frame) -> Segment:
         start = datetime.fromtimestamp(frame.timestamp, timezone.utc)
         path = self.store.new_segment_path(track.name, start)
         self._created.add(path)
-        segment = Segment(path, track.name, frame, self.settings.codec, self.settings.fps)
+        segment = open_segment(path, track.name, frame, self.settings.codec, self.settings.fps)
+        try:
+            segment.write(frame)  # so the first sidecar describes a file that holds a frame
+            segment.flush()
+            segment.write_sidecar("recording")
+        except BaseException:
+            segment.abort()
+            self._describe_torn(segment)
+            raise
         track.segment, track.open_path = segment, path
-        segment.write(frame)  # so the first sidecar describes a file that holds a frame
-        segment.write_sidecar("recording")
         log.info("recording %s to %s", track.name, path)
         return segment
 
     def _close(self, track: _Track, status: str, reason: str) -> None:
+        if not self._flush(track):
+            return  # _fail has closed it and described what the file holds
         segment, track.segment, track.open_path = track.segment, None, None
         self._settle_drops(track, segment)
         try:
@@ -357,17 +382,22 @@ class Recorder:
             segment.path.name, reason, segment.frames, segment.age,
         )
 
-    def _fail(self, track: _Track, frame: Frame, exc: Exception) -> None:
+    def _fail(self, track: _Track, exc: Exception, frame: Frame | None = None) -> None:
+        # ``frame``: the frame being written when it failed (not counted as written yet).
         segment, track.segment, track.open_path = track.segment, None, None
+        lost = 1 if frame is not None else 0
         if segment is not None:
+            kept_back = segment.unflushed  # counted as written, never reached the file
+            track.frames_written -= kept_back
+            lost += kept_back
             segment.abort()
             self._settle_drops(track, segment)
             self._describe_torn(segment)
         track.errors += 1
         with track.lock:
-            track.frames_dropped += 1
+            track.frames_dropped += lost
         track.backoff = min(MAX_BACKOFF, max(1.0, track.backoff * 2))
-        track.retry_at = frame.monotonic + track.backoff
+        track.retry_at = (frame.monotonic if frame is not None else time.monotonic()) + track.backoff
         track.error = f"{exc} (retrying in {track.backoff:.0f} s)"
         log.error("recording of stream %s failed: %s", track.name, track.error)
 

@@ -1,15 +1,25 @@
-"""One recording file: frames muxed into fragmented MP4 with their arrival timing.
+"""One recording file: frames in fragmented MP4 with their arrival timing.
 
 Only the writer thread that owns a stream touches its segment, so nothing here locks.
-``mjpeg`` muxes each uploaded JPEG as one packet (no decode, no encode, ≈30 µs a
-frame); ``mp4v`` and ``h264`` decode the JPEG and encode it (≈3-7 ms a frame).
-Fragmented MP4 writes a fragment per frame, so ``kill -9`` loses at most the last
-frame instead of the whole file (a plain MP4's index is only written at the end).
+``mjpeg`` stores each uploaded JPEG as one sample (no decode, no encode);
+``mp4v`` and ``h264`` decode the JPEG and encode it with PyAV (≈3-7 ms a frame).
+Fragmented MP4 is playable while written and after a crash: ``kill -9`` loses at
+most the fragment being written (a plain MP4's index is only written at the end).
+
+Passthrough (:class:`PassthroughSegment`) takes PyAV's own ``ftyp``+``moov`` for the
+file's header and then writes each batch of frames as one ``moof``+``mdat`` fragment
+with a single ``os.writev`` of the JPEG bytes as they are. Muxing each frame through
+PyAV cost ≈16-20 µs of Python a frame plus a GIL hand-off around every write; at 300
+streams the writer threads could no longer get the GIL often enough and dropped
+frames. This costs ≈1.5 µs of Python a frame (docs/recording.md).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -32,7 +42,11 @@ _FRAG = {
 
 
 class Segment:
-    """An open ``.mp4`` of one stream plus the facts its sidecar reports."""
+    """An open ``.mp4`` of one stream plus the facts its sidecar reports.
+
+    Frames go in with :meth:`write`; they are on disk after :meth:`flush` (the
+    recorder flushes each stream once per batch) or :meth:`close`.
+    """
 
     def __init__(self, path: Path, stream: str, first: Frame, codec: str, target_fps: float):
         self.path = path
@@ -98,6 +112,14 @@ class Segment:
         if self._last_pts >= 0:
             self._last_duration = pts - self._last_pts
         return pts, self._last_duration
+
+    def flush(self) -> None:
+        """Write what :meth:`write` kept back (PyAV segments write at once)."""
+
+    @property
+    def unflushed(self) -> int:
+        """Frames counted in :attr:`frames` that are not on disk yet."""
+        return 0
 
     def write(self, frame: Frame) -> None:
         """Append one frame at its arrival time (raises ``OSError`` on disk errors)."""
@@ -196,3 +218,161 @@ def sidecar_dict(
         "size_bytes": size,
         "frames_dropped": dropped,
     }
+
+
+_BOX = struct.Struct(">I4s")
+_MFHD = struct.Struct(">I4sII")  # size, type, version+flags, sequence number
+_TFHD = struct.Struct(">I4sII")  # ..., track ID
+_TFDT = struct.Struct(">I4sIQ")  # version 1: 64-bit base media decode time
+_TRUN = struct.Struct(">I4sIIi")  # ..., sample count, data offset
+_SAMPLE = struct.Struct(">III")  # duration, size, flags
+_TFHD_BASE_IS_MOOF = 0x020000
+_TRUN_FLAGS = 0x000001 | 0x000100 | 0x000200 | 0x000400  # offset, duration, size, flags
+_SYNC_SAMPLE = 0x02000000  # depends on no other sample (every JPEG is a key frame)
+_TRACK = 1
+MAX_FRAGMENT_FRAMES = 256  # the recorder flushes at this; writev takes ≤ 1024 buffers
+
+
+class PassthroughSegment(Segment):
+    """``mjpeg``: PyAV writes the header once, then frames go out as raw fragments."""
+
+    _headers: dict[tuple[int, int], tuple[bytes, int]] = {}  # (w, h) -> (ftyp+moov, timescale)
+
+    def __init__(self, path: Path, stream: str, first: Frame, codec: str, target_fps: float):
+        self.path = path
+        self.stream = stream
+        self.codec = codec
+        self.target_fps = target_fps
+        self.width, self.height = first.width, first.height
+        self.start_ts = first.timestamp
+        self.start_mono = first.monotonic
+        self.frames = 0
+        self.frames_dropped = 0
+        self.bytes_written = 0
+        self._last_pts = -1
+        self._last_duration = max(1, round(1000 / target_fps))
+        self._pending: list[tuple[int, Frame]] = []  # (pts in ms, frame) not written yet
+        self._sequence = 0
+        header, self._scale = self._header(self.width, self.height)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            self._write_all([header])
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    @classmethod
+    def _header(cls, width: int, height: int) -> tuple[bytes, int]:
+        """The ``ftyp``+``moov`` PyAV writes for an MJPEG track of this size, and the
+        track's timescale (made once per size)."""
+        key = (width, height)
+        if key not in cls._headers:
+            out = io.BytesIO()
+            options = {"movflags": _FRAG["mjpeg"]}
+            with av.open(out, "w", format="mp4", options=options) as container:
+                stream = container.add_stream("mjpeg")
+                stream.pix_fmt = "yuvj420p"
+                stream.width, stream.height = width, height
+                stream.time_base = TIME_BASE
+                container.start_encoding()
+                header = out.getvalue()
+            cls._headers[key] = (header, _timescale(header))
+        return cls._headers[key]
+
+    @property
+    def unflushed(self) -> int:
+        return len(self._pending)  # including the newest, which flush() keeps back
+
+    def write(self, frame: Frame) -> None:
+        """Keep one frame for the next :meth:`flush`, at its arrival time."""
+        pts, _ = self._timing(frame)
+        self._pending.append((pts, frame))
+        self._last_pts = pts
+        self.frames += 1
+
+    def flush(self) -> None:
+        """Write the kept frames as one fragment, all but the newest (raises ``OSError``).
+
+        A sample lasts until the next frame arrived, so the newest frame waits for the
+        next one (or :meth:`close`) to learn its duration, as FFmpeg's own fragmenting
+        muxer does; ``kill -9`` can lose that one frame. The fragment's ``tfdt`` is its
+        first frame's arrival time.
+        """
+        self._write_fragment(self._pending[:-1])
+        del self._pending[:-1]
+
+    def _write_fragment(self, frames: list[tuple[int, Frame]]) -> None:
+        if not frames:
+            return
+        scale = self._scale
+        count = len(frames)
+        trun_size = _TRUN.size + _SAMPLE.size * count
+        traf_size = 8 + _TFHD.size + _TFDT.size + trun_size
+        moof_size = 8 + _MFHD.size + traf_size
+        self._sequence += 1
+        head = [
+            _BOX.pack(moof_size, b"moof"),
+            _MFHD.pack(_MFHD.size, b"mfhd", 0, self._sequence),
+            _BOX.pack(traf_size, b"traf"),
+            _TFHD.pack(_TFHD.size, b"tfhd", _TFHD_BASE_IS_MOOF, _TRACK),
+            _TFDT.pack(_TFDT.size, b"tfdt", 1 << 24, frames[0][0] * scale // 1000),
+            _TRUN.pack(trun_size, b"trun", _TRUN_FLAGS, count, moof_size + 8),
+        ]
+        after = [pts for pts, _ in self._pending[1:]]  # arrival of each one's successor
+        data = 0
+        for (pts, frame), following in zip(frames, after + [None] * count):
+            duration = (following - pts) if following is not None else self._last_duration
+            head.append(_SAMPLE.pack(duration * scale // 1000, frame.size, _SYNC_SAMPLE))
+            data += frame.size
+        head.append(_BOX.pack(data + 8, b"mdat"))
+        self._write_all([b"".join(head), *(frame.jpeg for _, frame in frames)])
+        self.bytes_written += data
+
+    def _write_all(self, pieces: list) -> None:
+        views = [memoryview(piece) for piece in pieces]
+        while views:
+            written = os.writev(self._fd, views)
+            if not written:
+                raise OSError(f"write to {self.path} wrote nothing")
+            while views and written >= len(views[0]):
+                written -= len(views.pop(0))
+            if views and written:
+                views[0] = views[0][written:]
+
+    def close(self) -> None:
+        """Write the last fragment and close the file."""
+        try:
+            self._write_fragment(self._pending)
+            self._pending = []
+        finally:
+            self._close_fd()
+
+    def abort(self) -> None:
+        """Close after an error; frames not written are lost (the file keeps the rest)."""
+        self.frames -= len(self._pending)
+        self._pending = []
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                log.debug("closing %s failed", self.path, exc_info=True)
+
+
+def open_segment(path: Path, stream: str, first: Frame, codec: str, target_fps: float) -> Segment:
+    """A new segment of ``codec`` at ``path`` (nothing written yet but the header)."""
+    kind = PassthroughSegment if codec == "mjpeg" else Segment
+    return kind(path, stream, first, codec, target_fps)
+
+
+def _timescale(header: bytes) -> int:
+    """The media timescale in the ``mdhd`` box of a one-track header."""
+    at = header.find(b"mdhd")
+    if at < 4:
+        raise ValueError("no mdhd box in the MP4 header")
+    version = header[at + 4]
+    offset = at + 8 + (16 if version == 1 else 8)
+    return struct.unpack_from(">I", header, offset)[0]
