@@ -40,15 +40,20 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[index]
 
 
-async def _server_frames(conn: HttpConnection, prefix: str) -> int | None:
-    """Frames the server counted on this run's streams (from ``/api/streams``)."""
+async def _server_frames(conn: HttpConnection, prefix: str) -> tuple[int, float] | None:
+    """Frames the server counted on this run's streams (from ``/api/streams``), and when:
+    the middle of the request, which takes a while on a busy server."""
+    sent = time.monotonic()
     try:
         status, body = await conn.get_json("/api/streams")
     except (OSError, asyncio.IncompleteReadError):
         return None
     if status != 200 or not isinstance(body, dict):
         return None
-    return sum(s.get("total_frames", 0) for s in body.get("streams", []) if s["name"].startswith(prefix))
+    frames = sum(
+        s.get("total_frames", 0) for s in body.get("streams", []) if s["name"].startswith(prefix)
+    )
+    return frames, (sent + time.monotonic()) / 2
 
 
 async def _recorder_dropped(conn: HttpConnection, prefix: str) -> int | None:
@@ -112,7 +117,8 @@ async def run_load(server: BenchServer, load: Load, jpeg: bytes) -> dict:
     result = _summarise(load, c, cpu, elapsed, before, after, server)
     # The recorder keeping up is part of "recording on": frames it dropped since the
     # streams started, over every frame the server accepted since then.
-    result["recorder_dropped_pct"] = 100 * dropped / after if dropped is not None and after else None
+    total = after[0] if after else None
+    result["recorder_dropped_pct"] = 100 * dropped / total if dropped is not None and total else None
     return result
 
 
@@ -135,7 +141,9 @@ def _summarise(load, c: Counters, cpu, elapsed, before, after, server) -> dict:
     if load.ingest == "post":
         accepted = c.accepted
     elif before is not None and after is not None:
-        accepted = after - before
+        # Server-counted, between the two reads: scaled to the measured window.
+        counted, span = after[0] - before[0], after[1] - before[1]
+        accepted = counted * elapsed / span if span > 0 else None
     else:
         accepted = None
     mem = memory_kb(server.proc.pid)

@@ -111,3 +111,38 @@ def test_disabled_recording_writes_nothing(start_server):
     publish_paced(server.url, "cam", [0.01] * 3)
     assert httpx.get(f"{server.url}/api/streams/cam/stats").json()["recording"] is None
     assert not server.recordings.exists() or not any(server.recordings.rglob("*.mp4"))
+
+
+def test_ffmpeg_reads_the_fragments_frame_for_frame_and_copies_them_to_a_plain_mp4(
+    start_server, tmp_path
+):
+    # The passthrough writer makes its own moof/mdat fragments after PyAV's header:
+    # the real ffprobe must count every frame with the arrival timing, and ffmpeg must
+    # remux the file (stream copy) into a plain MP4 that decodes to the same frames.
+    import json
+    import subprocess
+
+    server = start_server()
+    intervals = [0.05] * 10 + [0.3] + [0.02] * 10
+    jpegs, covered = publish_paced(server.url, "cam", intervals)
+    _close_stream(server, "cam")
+    wait_closed(server.recordings, "cam")
+    [video] = server.recordings.glob("cam/*.mp4")
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_packets", "-show_entries",
+         "stream=codec_name,nb_read_packets,width,height:format=duration", "-of", "json",
+         str(video)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    info = json.loads(probe.stdout)
+    assert info["streams"][0]["codec_name"] == "mjpeg"
+    assert int(info["streams"][0]["nb_read_packets"]) == len(jpegs)
+    assert float(info["format"]["duration"]) == pytest.approx(covered, rel=0.05)
+    plain = tmp_path / "copy.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(video), "-c", "copy", str(plain)],
+        check=True, timeout=60,
+    )
+    again = decode(plain)
+    assert again.packets == jpegs
+    assert again.pts == pytest.approx(decode(video).pts, abs=0.002)
