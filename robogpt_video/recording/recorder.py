@@ -339,13 +339,11 @@ class Recorder:
         segment = track.segment
         if segment is None or not segment.unflushed:
             return True
-        before = segment.bytes_written
         try:
             segment.flush()
         except Exception as exc:
             self._fail(track, exc)
             return False
-        track.bytes_written += segment.bytes_written - before
         return True
 
     def _open(self, track: _Track, frame: Frame) -> Segment:
@@ -388,9 +386,11 @@ class Recorder:
         lost = 1 if frame is not None else 0
         if segment is not None:
             kept_back = segment.unflushed  # counted as written, never reached the file
-            track.frames_written -= kept_back
-            lost += kept_back
+            before = segment.bytes_written
             segment.abort()
+            track.frames_written -= kept_back
+            track.bytes_written -= before - segment.bytes_written
+            lost += kept_back
             self._settle_drops(track, segment)
             self._describe_torn(segment)
         track.errors += 1

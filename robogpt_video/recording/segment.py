@@ -289,6 +289,7 @@ class PassthroughSegment(Segment):
         self._pending.append((pts, frame))
         self._last_pts = pts
         self.frames += 1
+        self.bytes_written += frame.size  # as for PyAV: counted when handed to the muxer
 
     def flush(self) -> None:
         """Write the kept frames as one fragment, all but the newest (raises ``OSError``).
@@ -326,7 +327,6 @@ class PassthroughSegment(Segment):
             data += frame.size
         head.append(_BOX.pack(data + 8, b"mdat"))
         self._write_all([b"".join(head), *(frame.jpeg for _, frame in frames)])
-        self.bytes_written += data
 
     def _write_all(self, pieces: list) -> None:
         views = [memoryview(piece) for piece in pieces]
@@ -350,6 +350,7 @@ class PassthroughSegment(Segment):
     def abort(self) -> None:
         """Close after an error; frames not written are lost (the file keeps the rest)."""
         self.frames -= len(self._pending)
+        self.bytes_written -= sum(frame.size for _, frame in self._pending)
         self._pending = []
         self._close_fd()
 
