@@ -12,7 +12,7 @@ import logging
 import time
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import ApiError, StreamNotFound
@@ -85,16 +85,13 @@ async def _publish(request: Request, started: float) -> Response:
     info = inspect_jpeg(jpeg)
     frame = _registry(request).get_or_create(name).publish(jpeg, info)
     request.app.state.metrics.publish_seconds.observe(time.perf_counter() - started)
-    return JSONResponse(
-        {
-            "status": "success",
-            "stream": name,
-            "frame_size": frame.size,
-            "sequence": frame.seq,
-            "width": frame.width,
-            "height": frame.height,
-        }
+    # Formatted by hand: json.dumps and JSONResponse were ≈4 % of the server's time at
+    # 50 × 30 fps. ``name`` is [A-Za-z0-9_-] (validated above), so it needs no escaping.
+    body = (
+        f'{{"status":"success","stream":"{name}","frame_size":{frame.size},'
+        f'"sequence":{frame.seq},"width":{frame.width},"height":{frame.height}}}'
     )
+    return Response(body.encode(), media_type="application/json")
 
 
 async def snapshot(request: Request) -> Response:
