@@ -223,16 +223,17 @@ def _missed(missed: list) -> list[str]:
         out.append(f"| {text} | {num(run['server_cores'] * 100, 0)} | {num(run['loadgen_cores'] * 100, 0)} | "
                    f"{num(run.get('other_cores', 0) * 100, 0)} | {num(busy, 0)} |")
     out += ["", "When the machine is close to 200 % busy the run was short of CPU, not the server of "
-            "work to do: the server, the load generator and other engineers' jobs share 2 cores. Where the "
-            "time goes inside our server is in the profile below; in short: per request, uvicorn (HTTP parsing, "
-            "a task per request) and the event loop, ≈40 µs of Python per publish now that `FastLane` skips the "
-            "middleware stack (it was ≈61 µs); per viewer frame, one socket write of a chunk framed once per frame "
-            "(`web/chunks.py`: no copy and no ASGI layer per viewer; ≈8 µs of user CPU per 107 KB write, was ≈14). "
-            "The fan-out ceiling is mostly kernel time (≈75 % of the server's CPU there): loopback copies every "
-            "byte once in the server and once more in the load generator on the same 2 cores, and 1 × 500 "
-            "at 60 fps offers at most 3.2 GB/s. "
-            "Latency percentiles also include the load generator's own queueing: one Python process parses "
-            "every viewer's parts in turn, so with 100 viewers the last one is read after the other 99.", ""]
+            "work to do: the server, the load generator and other engineers' jobs share 2 cores. The "
+            "latency scenarios pin the server (ours and the baseline alike) to one core and the load "
+            "generator to the other, so its recorder threads share the event loop's core there; one "
+            "descheduled time slice on this shared machine is 10-50 ms, which a p99 over a few seconds "
+            "shows at once. Where the time goes inside our server is in the profile below; in short: per "
+            "publish, uvicorn's HTTP parsing and a task per request (≈40 µs of Python); per viewer frame, "
+            "one `writev` of the shared part, written by `publish` itself for idle viewers, or from 8 "
+            "viewers on a `sendfile` from the frame's memfd; per recorded frame, its share of one "
+            "`writev` per stream per batch. The fan-out ceiling is mostly kernel time: the server's "
+            "`sendfile` and the load generator's receive copies on the same 2 cores (a raw loopback "
+            "test here peaks at ≈4.3 GB/s with `send` and ≈6.7 GB/s with `sendfile`).", ""]
     return out
 
 
