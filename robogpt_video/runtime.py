@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import time
@@ -59,6 +60,12 @@ class Runtime:
                 await self.stop()
                 raise
             self._started.append(service)
+        # Everything alive now (modules, the app, settings) lives as long as the process:
+        # keep it out of the garbage collector's full passes, which otherwise scanned
+        # ≈64,000+ objects and stopped the event loop for ≈30 ms every few tens of
+        # seconds under load, the p99 of the headline benchmark (docs/bench.md).
+        gc.collect()
+        gc.freeze()
 
     async def begin_shutdown(self) -> None:
         """End every open-ended response so the server can drain; ``stop()`` follows."""
