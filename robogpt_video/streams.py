@@ -240,12 +240,17 @@ class Stream:
 
     def _push(self, frame: Frame) -> None:
         # Write the frame to every idle viewer from here: no task wakes up per viewer
-        # per frame. One whose socket is full, or gone, is handed back to its own task.
-        lagging = [
-            viewer
-            for viewer, sink in self._parked.items()
-            if viewer.closed or sink.paused or not self._send(viewer, sink, frame)
-        ]
+        # per frame. One whose socket is full, or gone, is handed back to its own task,
+        # which also meets any error of its own: the publisher never sees it.
+        lagging = []
+        for viewer, sink in self._parked.items():
+            try:
+                sent = not viewer.closed and not sink.paused and self._send(viewer, sink, frame)
+            except Exception:
+                log.debug("pushing a frame of %s to a viewer failed", self.name, exc_info=True)
+                sent = False
+            if not sent:
+                lagging.append(viewer)
         for viewer in lagging:
             self._unpark(viewer, _LAGGING)
 
