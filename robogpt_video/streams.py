@@ -85,7 +85,7 @@ class Frame:
     height: int
     size: int
     head: bytes  # the part's boundary line and headers
-    jpeg: bytes  # the JPEG as uploaded
+    jpeg: bytes | memoryview  # the JPEG as uploaded (a view into a multipart body)
     sendfile: bool = False  # viewers may send it from a memfd (enough of them to pay off)
     _file: int | None = field(default=None, repr=False)
     _released: bool = field(default=False, repr=False)

@@ -65,7 +65,7 @@ async def peek(request: Request, size: int = 4) -> tuple[Request, bytes]:
     return Request(request.scope, replay), head
 
 
-def frame_from_multipart(body: bytes, content_type: str, limit: int) -> bytes:
+def frame_from_multipart(body: bytes, content_type: str, limit: int) -> bytes | memoryview:
     """The ``frame`` field of a ``multipart/form-data`` body."""
     boundary = _boundary(content_type)
     if not boundary:
@@ -90,7 +90,7 @@ _FRAME_DISPOSITION = re.compile(
 )
 
 
-def _single_frame_field(body: bytes, boundary: bytes) -> bytes | None:
+def _single_frame_field(body: bytes, boundary: bytes) -> memoryview | None:
     """The frame of a body holding exactly one plain ``frame`` part, else ``None``.
 
     That is what publishers send; found with two ``bytes.find`` calls and a regex
@@ -105,7 +105,7 @@ def _single_frame_field(body: bytes, boundary: bytes) -> bytes | None:
     end = body.find(b"\r\n" + delim, head_end + 4)
     if end < 0 or body[end + 2 + len(delim) :].rstrip(b"\r\n") != b"--":
         return None  # truncated, more parts follow, or trailing junk
-    return body[head_end + 4 : end]
+    return memoryview(body)[head_end + 4 : end]  # no copy: the frame keeps the body
 
 
 class _FrameField:
