@@ -89,6 +89,7 @@ class Frame:
     sendfile: bool = False  # viewers may send it from a memfd (enough of them to pay off)
     _file: int | None = field(default=None, repr=False)
     _released: bool = field(default=False, repr=False)
+    _part: bytes | None = field(default=None, repr=False)
 
     def chunk_pieces(self, start: int = 0) -> tuple:
         """The part framed as one HTTP/1.1 chunk, from byte ``start`` on, as pieces for
@@ -117,8 +118,11 @@ class Frame:
 
     @property
     def part(self) -> bytes:
-        """The MJPEG part as one bytes object (a copy: for ASGI ``send`` only)."""
-        return b"".join((self.head, self.jpeg, b"\r\n"))
+        """The MJPEG part as one bytes object, for viewers on ASGI ``send``: joined on
+        first use and shared by them until :meth:`release`."""
+        if self._part is None:
+            self._part = b"".join((self.head, self.jpeg, b"\r\n"))
+        return self._part
 
     def chunk_file(self) -> int | None:
         """A memfd holding the framed chunk, made on first use, for ``os.sendfile``.
@@ -148,7 +152,9 @@ class Frame:
         return self._file
 
     def release(self) -> None:
-        """Close the memfd: only the latest frame is ever sent to viewers."""
+        """Drop the joined part and close the memfd: only the latest frame is ever sent
+        to viewers (one still sending the joined part holds its own reference)."""
+        self._part = None
         self._released = True
         if self._file is not None:
             fd, self._file = self._file, None

@@ -46,6 +46,25 @@ def test_chunked_multipart_post_publishes_every_part(server):
     assert httpx.get(f"{server.url}/snapshot/multi").content == FRAMES[4]
 
 
+@pytest.mark.parametrize("origin", [None, "http://example.test"], ids=["direct", "asgi"])
+def test_parts_split_anywhere_across_chunks_publish_the_same_frames(server, origin):
+    # Without Origin the body goes straight from uvicorn's parser to ours (DirectBody);
+    # a browser's CORS request takes ASGI receive. Both must cut parts the same way,
+    # whatever the chunk boundaries: here every piece is 1,000 bytes.
+    body = parts(*FRAMES[:5])
+    pieces = [body[i : i + 1000] for i in range(0, len(body), 1000)]
+    headers = {"Content-Type": "multipart/x-mixed-replace; boundary=frame"}
+    if origin:
+        headers["Origin"] = origin
+    response = requests.post(
+        f"{server.url}/publish/split", data=chunked(*pieces), headers=headers, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["frames"] == 5
+    assert httpx.get(f"{server.url}/snapshot/split").content == FRAMES[4]
+    assert stats(server, "split")["total_frames"] == 5
+
+
 def test_a_body_without_content_type_is_sniffed(server):
     # A raw JPEG (starts \xff\xd8) is one frame, answered like any single POST...
     single = httpx.post(f"{server.url}/publish/sniff", content=FRAMES[0])
