@@ -197,3 +197,85 @@ class DirectBody:
             cycle.body, cycle.message_event = bytearray(), event
             event.set()
         return not cycle.disconnected
+
+
+_WS_SANSIO = ("uvicorn.protocols.websockets.websockets_sansio_impl", "WebSocketsSansIOProtocol")
+#: Scope key under which FastLane leaves the server's own ``receive`` of a WebSocket.
+SERVER_RECEIVE = "robogpt_video.server_receive"
+
+
+class _MessageSink:
+    """Stands in for the WebSocket protocol's message queue while diverted."""
+
+    __slots__ = ("take",)
+
+    def __init__(self, take: Callable[[dict], None]) -> None:
+        self.take = take
+
+    def put_nowait(self, message: dict) -> None:
+        self.take(message)
+
+    def empty(self) -> bool:
+        return True
+
+
+class DirectMessages:
+    """The binary messages of uvicorn's WebSocket connection, handed to a callback.
+
+    uvicorn queues each message for ASGI ``receive``, pauses reading until the app has
+    taken it and resumes afterwards: a queue hand-off, a task switch and two changes
+    of the socket's polling per message. Diverted, each binary message goes from the
+    protocol's parser to ``on_bytes`` inside ``data_received``. Taken only when
+    ``receive`` is uvicorn's sans-I/O WebSocket protocol itself (its default with the
+    ``websockets`` package); anything else keeps ASGI ``receive``.
+    """
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol) -> None:
+        self.protocol = protocol
+
+    @classmethod
+    def behind(cls, receive) -> DirectMessages | None:
+        """The direct messages of the connection behind ``receive``, or ``None``."""
+        protocol = getattr(receive, "__self__", None)
+        kind = type(protocol)
+        if (kind.__module__, kind.__qualname__) != _WS_SANSIO:
+            return None
+        if getattr(receive, "__func__", None) is not getattr(kind, "receive", None):
+            return None
+        if not isinstance(getattr(protocol, "queue", None), asyncio.Queue):
+            return None
+        if not hasattr(protocol, "read_paused") or getattr(protocol, "transport", None) is None:
+            return None
+        return cls(protocol)
+
+    async def divert(self, on_bytes: Callable[[bytes], bool]) -> dict | None:
+        """Call ``on_bytes`` with each binary message until it returns ``False``
+        (then ``None``) or another message comes (text, disconnect: returned)."""
+        protocol = self.protocol
+        done = asyncio.get_running_loop().create_future()
+
+        def take(message: dict) -> None:
+            if done.done():
+                return
+            data = message.get("bytes") if message["type"] == "websocket.receive" else None
+            if data is None:
+                done.set_result(message)
+            elif not on_bytes(data):
+                done.set_result(None)
+
+        queue = protocol.queue
+        protocol.queue = _MessageSink(take)
+        try:
+            while not queue.empty():  # arrived before the diversion
+                take(queue.get_nowait())
+            # The protocol pauses reading after each queued message unless it believes
+            # it already has; nothing queues now, so reading stays on.
+            protocol.read_paused = True
+            if not protocol.transport.is_closing():
+                protocol.transport.resume_reading()
+            return await done
+        finally:
+            protocol.queue = queue
+            protocol.read_paused = False

@@ -24,7 +24,7 @@ from ..errors import ApiError, FrameTooLarge, InvalidFrame, StreamLimitReached
 from ..jpeg import inspect_jpeg
 from ..mpjpeg import MpjpegParser, boundary_from_content_type
 from ..streams import StreamRegistry, validate_stream_name
-from .chunks import SERVER_SEND, DirectBody
+from .chunks import SERVER_RECEIVE, SERVER_SEND, DirectBody, DirectMessages
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,12 @@ async def ws_publish(websocket: WebSocket) -> None:
     try:
         name = validate_stream_name(websocket.path_params["name"])
         counter = IngestCounter(runtime.registry, name)
+        direct = DirectMessages.behind(websocket.scope.get(SERVER_RECEIVE))
         while True:
-            message = await websocket.receive()
+            if direct is not None:  # binary messages are published inside; others return
+                message = await _direct_frames(direct, counter, limit)
+            else:
+                message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 log.info("stream %s: websocket ingest ended after %d frames", name, counter.frames)
                 return
@@ -196,17 +200,41 @@ async def ws_publish(websocket: WebSocket) -> None:
                     _reason("unsupported_data", "send frames as binary JPEG messages, not text"),
                 )
                 return
-            if len(data) > limit:
-                raise FrameTooLarge(
-                    f"frame {counter.frames + 1} exceeds server.max_frame_size_mb "
-                    f"({limit / 1048576:g} MB)"
-                )
-            counter.publish(data)
+            _publish_message(counter, data, limit)
     except ApiError as exc:
         log.warning("websocket ingest on %s refused: %s", websocket.url.path, exc.message)
         await websocket.close(_close_code(exc), _reason(exc.code, exc.message))
     except WebSocketDisconnect:
         return
+
+
+def _publish_message(counter: IngestCounter, data: bytes, limit: int) -> None:
+    if len(data) > limit:
+        raise FrameTooLarge(
+            f"frame {counter.frames + 1} exceeds server.max_frame_size_mb "
+            f"({limit / 1048576:g} MB)"
+        )
+    counter.publish(data)
+
+
+async def _direct_frames(direct: DirectMessages, counter: IngestCounter, limit: int) -> dict:
+    """Publish binary messages as uvicorn parses them (DirectMessages) until another kind
+    of message comes, which is returned; a refused frame raises as in the loop above."""
+    failure: ApiError | None = None
+
+    def on_bytes(data: bytes) -> bool:
+        nonlocal failure
+        try:
+            _publish_message(counter, data, limit)
+        except ApiError as exc:
+            failure = exc
+            return False
+        return True
+
+    message = await direct.divert(on_bytes)
+    if failure is not None:
+        raise failure
+    return message
 
 
 def routes() -> list[WebSocketRoute]:

@@ -20,7 +20,7 @@ from ..jpeg import inspect_jpeg
 from ..mpjpeg import looks_like_multipart
 from ..streams import CONTENT_TYPE, Stream, StreamRegistry, Viewer, validate_stream_name
 from .bodies import MULTIPART_SLACK, frame_from_multipart, peek, read_limited
-from .chunks import SERVER_SEND, DirectChunks
+from .chunks import SERVER_RECEIVE, SERVER_SEND, DirectChunks
 from .errors import EXCEPTION_HANDLERS, error_response
 
 log = logging.getLogger(__name__)
@@ -202,6 +202,8 @@ class FastLane:
             if handler is not None:
                 await handler(scope, receive, send)
                 return
+        elif scope["type"] == "websocket":
+            scope[SERVER_RECEIVE] = receive  # WebSocket ingest takes messages directly
         await self.app(scope, receive, send)
 
     def _handler(self, scope):
