@@ -309,7 +309,8 @@ def _method() -> list[str]:
             "each JPEG carries its send time and sequence number in a COM segment. Multipart POST is the brief's client; "
             "long-lived ingest is a chunked `multipart/x-mixed-replace` POST or binary WebSocket messages.",
             "- Viewers parse every MJPEG part; latency = receive time − send time (same clock); skipped = sequence gaps. "
-            "The fan-out ceiling's viewers only count bytes.",
+            "The fan-out ceiling's viewers only count bytes; it is the better of two runs for each server (other "
+            "work on the shared machine can only lower a ceiling), both listed in REPORT.json.",
             "- accepted % = frames the server accepted (200 answers, or its own counters for long-lived ingest) over "
             "S × F × window; viewer % = frames parsed by viewers over S × V × F × window.",
             "- Server CPU from /proc/<pid>/stat over the window; peak RSS = VmHWM; each scenario starts a fresh server.",

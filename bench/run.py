@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent
 STANDARD = ["s10x2", "s50x1", "s1x100", "fanout500", "ceiling", "ingest", "recording", "profile"]
 
 
-def _ab(name: str, load: Load, tmp: Path, results: dict) -> None:
-    pair = {kind: scenarios.measure(kind, load, tmp) for kind in ("ours", "baseline")}
+def _ab(name: str, load: Load, tmp: Path, results: dict, tries: int = 1) -> None:
+    pair = {kind: _best(kind, load, tmp, tries) for kind in ("ours", "baseline")}
     results[name] = pair
     o, b = pair["ours"], pair["baseline"]
     if load.count_only:
@@ -43,6 +43,16 @@ def _ab(name: str, load: Load, tmp: Path, results: dict) -> None:
     )
 
 
+def _best(kind: str, load: Load, tmp: Path, tries: int) -> dict:
+    """The best of ``tries`` runs of a throughput ceiling (other work on the machine can
+    only lower a ceiling); every try is kept under ``tries``."""
+    runs = [scenarios.measure(kind, load, tmp) for _ in range(tries)]
+    best = max(runs, key=lambda r: r.get("fanout_bytes_per_s") or 0)
+    if tries > 1:
+        best = {**best, "tries": [r.get("fanout_bytes_per_s") for r in runs]}
+    return best
+
+
 def run(selected: list[str], tmp: Path, quick: bool) -> dict:
     """Run the selected scenarios; returns every measured number."""
     secs = 3.0 if quick else 5.0
@@ -55,7 +65,7 @@ def run(selected: list[str], tmp: Path, quick: bool) -> dict:
         _ab("s1x100", Load(1, 100, seconds=secs, pinned=True), tmp, results)
     if "fanout500" in selected:
         load = Load(1, 500, fps=120, size="1280x720", seconds=secs, warmup=1.5, count_only=True)
-        _ab("fanout500", load, tmp, results)
+        _ab("fanout500", load, tmp, results, tries=2)
     if "ceiling" in selected:
         results["ceiling"] = {
             "ours": scenarios.ceiling("ours", "post", [75, 100, 125, 150, 200, 250, 300], tmp),
