@@ -3,7 +3,7 @@
 The header is read here, marker by marker up to the start of the image data, with
 no pixel decoded. DESIGN.md named ``simplejpeg.decode_jpeg_header`` (≈1.4 µs); it
 needs NumPy, whose import alone is ≈15 MB of every server's resident memory, while
-walking the header in Python takes ≈3 µs a frame (bench/REPORT.md "Memory").
+walking the header in Python takes ≈3.7 µs a frame (docs/bench.md, "Memory").
 """
 
 from __future__ import annotations

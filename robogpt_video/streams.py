@@ -1,8 +1,9 @@
 """Live streams: the latest frame, a small ring buffer, viewers and fan-out.
 
-A published frame is turned into its MJPEG part once; every viewer writes that same
-bytes object. Viewers always take the newest frame, so a slow one skips frames and
-never holds up the publisher or another viewer. Everything here runs on the event
+A published frame keeps the uploaded JPEG and the head of its MJPEG part, built
+once; ``publish`` writes those same pieces to every idle viewer itself (from 8
+viewers on, from one memfd with ``sendfile``). Viewers always take the newest frame,
+so a slow one skips frames and never holds up the publisher or another viewer. Everything here runs on the event
 loop and never blocks: listeners (the recorder, metrics) get each frame through
 :class:`StreamListener` and must hand it off without waiting.
 """

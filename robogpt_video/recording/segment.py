@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 TIME_BASE = Fraction(1, 1000)  # packet timestamps are milliseconds of arrival time
 ENCODERS = {"mp4v": "mpeg4", "h264": "libx264"}
-# Passthrough: every packet is a keyframe, so frag_keyframe already fragments each
-# frame. Encoded streams have inter frames: fragment at every frame instead.
+# Passthrough: PyAV writes only the header (PassthroughSegment writes the fragments).
+# Encoded streams have inter frames: fragment at every frame.
 _FRAG = {
     "mjpeg": "frag_keyframe+empty_moov+default_base_moof",
     "mp4v": "frag_every_frame+empty_moov+default_base_moof",
