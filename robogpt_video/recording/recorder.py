@@ -366,7 +366,9 @@ class Recorder:
     def _close(self, track: _Track, status: str, reason: str) -> None:
         if not self._flush(track):
             return  # _fail has closed it and described what the file holds
-        segment, track.segment, track.open_path = track.segment, None, None
+        # open_path stays set until the sidecar says how the file ended: until then the
+        # file is still being written, and cleanup and DELETE must leave it alone.
+        segment, track.segment = track.segment, None
         self._settle_drops(track, segment)
         try:
             segment.close()
@@ -375,6 +377,8 @@ class Recorder:
             log.error("closing recording %s failed: %s", segment.path, exc)
             track.errors += 1
             return
+        finally:
+            track.open_path = None
         log.info(
             "recording %s closed (%s): %d frames, %.1f s",
             segment.path.name, reason, segment.frames, segment.age,
@@ -382,7 +386,7 @@ class Recorder:
 
     def _fail(self, track: _Track, exc: Exception, frame: Frame | None = None) -> None:
         # ``frame``: the frame being written when it failed (not counted as written yet).
-        segment, track.segment, track.open_path = track.segment, None, None
+        segment, track.segment = track.segment, None
         lost = 1 if frame is not None else 0
         if segment is not None:
             kept_back = segment.unflushed  # counted as written, never reached the file
@@ -393,6 +397,7 @@ class Recorder:
             lost += kept_back
             self._settle_drops(track, segment)
             self._describe_torn(segment)
+        track.open_path = None  # after the sidecar describes what the file holds
         track.errors += 1
         with track.lock:
             track.frames_dropped += lost

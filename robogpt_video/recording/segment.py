@@ -61,6 +61,11 @@ class Segment:
         self.bytes_written = 0
         self._last_pts = -1
         self._last_duration = max(1, round(1000 / target_fps))
+        self._open()
+
+    def _open(self) -> None:
+        """Create the file and write its header (PyAV's muxer, for transcoding)."""
+        path, codec = self.path, self.codec
         self._decoder = None
         options = {"movflags": _FRAG[codec], "flush_packets": "1"}
         self._container = av.open(str(path), "w", format="mp4", options=options)
@@ -238,23 +243,13 @@ class PassthroughSegment(Segment):
 
     _headers: dict[tuple[int, int], tuple[bytes, int]] = {}  # (w, h) -> (ftyp+moov, timescale)
 
-    def __init__(self, path: Path, stream: str, first: Frame, codec: str, target_fps: float):
-        self.path = path
-        self.stream = stream
-        self.codec = codec
-        self.target_fps = target_fps
-        self.width, self.height = first.width, first.height
-        self.start_ts = first.timestamp
-        self.start_mono = first.monotonic
-        self.frames = 0
-        self.frames_dropped = 0
-        self.bytes_written = 0
-        self._last_pts = -1
-        self._last_duration = max(1, round(1000 / target_fps))
+    def _open(self) -> None:
+        """Create the file and write PyAV's ``ftyp``+``moov`` for this frame size."""
         self._pending: list[tuple[int, Frame]] = []  # (pts in ms, frame) not written yet
         self._sequence = 0
         header, self._scale = self._header(self.width, self.height)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, 0o644)
         try:
             self._write_all([header])
         except BaseException:
