@@ -103,7 +103,10 @@ def test_idle_stream_goes_and_old_recordings_are_deleted(start_server, tmp_path)
     assert "idlecam" not in stream_names(server.url)
     assert "stream idlecam removed (inactive for" in server.output()
 
-    wait_for(lambda: not (root / "oldcam").exists(), what="oldcam to be deleted")
+    wait_for(  # files go before the log lines that report them: wait for both
+        lambda: not (root / "oldcam").exists() and "deleted 3 recordings" in server.output(),
+        what="oldcam to be deleted",
+    )
     assert not mixed_old.exists() and not mixed_old.with_suffix(".json").exists()
     assert mixed_new.exists() and mixed_new.with_suffix(".json").exists()
     assert not (root / "emptycam").exists()
@@ -174,10 +177,13 @@ def test_disk_cap_deletes_the_oldest_first(start_server, tmp_path):
         },
         workdir=workdir,
     )
-    wait_for(lambda: not videos[1].exists(), what="the cap to be enforced")
-    assert not videos[0].exists() and videos[2].exists() and videos[3].exists()
+    lines = [f"deleted recording {v.parent.name}/{v.name}" for v in videos[:2]]
+    # The file goes first, then the log line: wait for the line.
+    wait_for(lambda: lines[1] in server.output(), what="the cap to be enforced")
+    assert not videos[0].exists() and not videos[1].exists()
+    assert videos[2].exists() and videos[3].exists()
     log = server.output()
-    first, second = (log.index(f"deleted recording {v.parent.name}/{v.name}") for v in videos[:2])
+    first, second = (log.index(line) for line in lines)
     assert first < second and "disk guard" in log
     assert httpx.get(f"{server.url}/health", timeout=5).json()["status"] == "healthy"
 
