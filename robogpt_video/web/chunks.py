@@ -257,7 +257,8 @@ class DirectMessages:
         done = asyncio.get_running_loop().create_future()
 
         def take(message: dict) -> None:
-            if done.done():
+            if done.done():  # after the end, in the same read: the app reads it as usual
+                queue.put_nowait(message)
                 return
             data = message.get("bytes") if message["type"] == "websocket.receive" else None
             if data is None:

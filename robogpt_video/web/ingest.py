@@ -220,13 +220,13 @@ def _publish_message(counter: IngestCounter, data: bytes, limit: int) -> None:
 async def _direct_frames(direct: DirectMessages, counter: IngestCounter, limit: int) -> dict:
     """Publish binary messages as uvicorn parses them (DirectMessages) until another kind
     of message comes, which is returned; a refused frame raises as in the loop above."""
-    failure: ApiError | None = None
+    failure: Exception | None = None
 
     def on_bytes(data: bytes) -> bool:
         nonlocal failure
         try:
             _publish_message(counter, data, limit)
-        except ApiError as exc:
+        except Exception as exc:  # raised below, in this task, as the loop above would
             failure = exc
             return False
         return True
