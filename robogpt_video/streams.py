@@ -3,8 +3,8 @@
 A published frame keeps the uploaded JPEG and the head of its MJPEG part, built
 once; ``publish`` writes those same pieces to every idle viewer itself (from 8
 viewers on, from one memfd with ``sendfile``). Viewers always take the newest frame,
-so a slow one skips frames and never holds up the publisher or another viewer. Everything here runs on the event
-loop and never blocks: listeners (the recorder, metrics) get each frame through
+so a slow one skips frames and never holds up the publisher or another viewer.
+Everything here runs on the event loop and never blocks: listeners (the recorder, metrics) get each frame through
 :class:`StreamListener` and must hand it off without waiting.
 """
 
@@ -87,9 +87,9 @@ class Frame:
     size: int
     head: bytes  # the part's boundary line and headers
     jpeg: bytes | memoryview  # the JPEG as uploaded (a view into a multipart body)
-    sendfile: bool = False  # viewers may send it from a memfd (enough of them to pay off)
+    # Viewers may send it from a memfd: enough of them to pay off, and not released.
+    sendfile: bool = False
     _file: int | None = field(default=None, repr=False)
-    _released: bool = field(default=False, repr=False)
     _part: bytes | None = field(default=None, repr=False)
 
     def chunk_pieces(self, start: int = 0) -> tuple:
@@ -137,8 +137,8 @@ class Frame:
         only for streams with ``SENDFILE_VIEWERS`` viewers or more. ``None`` otherwise,
         where memfd is unavailable, and after :meth:`release`.
         """
-        if self._file is None and self.sendfile and not self._released:
-            self._released = True  # a failure is not retried: viewers use writelines
+        if self._file is None and self.sendfile:
+            self.sendfile = False  # a failure is not retried: viewers use writelines
             try:
                 fd = os.memfd_create("robogpt-frame", os.MFD_CLOEXEC)
             except (AttributeError, OSError):
@@ -149,18 +149,17 @@ class Frame:
             except OSError:
                 os.close(fd)
                 return None
-            self._file, self._released = fd, False
+            self._file, self.sendfile = fd, True
         return self._file
 
     def release(self) -> None:
         """Drop the joined part and close the memfd: only the latest frame is ever sent
         to viewers (one still sending the joined part holds its own reference)."""
         self._part = None
-        self._released = True
+        self.sendfile = False
         if self._file is not None:
             fd, self._file = self._file, None
             os.close(fd)
-
 
 
 class FrameSink(Protocol):
@@ -240,9 +239,11 @@ class Stream:
         now = self._clock()
         mono = time.monotonic()
         self.total_frames += 1
-        head = part_head(len(jpeg), now)
-        frame = Frame(self.total_frames, now, mono, info.width, info.height, len(jpeg), head, jpeg)
-        frame.sendfile = len(self.viewers) >= SENDFILE_VIEWERS
+        frame = Frame(
+            self.total_frames, now, mono, info.width, info.height, len(jpeg),
+            head=part_head(len(jpeg), now), jpeg=jpeg,
+            sendfile=len(self.viewers) >= SENDFILE_VIEWERS,
+        )
         if self.latest is not None:
             self.latest.release()  # viewers only ever send the latest frame
         self.latest = frame
@@ -280,7 +281,7 @@ class Stream:
             return False
         if viewer.last_seq and frame.seq > viewer.last_seq + 1:
             self.frames_skipped += frame.seq - viewer.last_seq - 1
-        viewer.last_seq = max(viewer.last_seq, frame.seq)
+        viewer.last_seq = frame.seq  # never lower: a re-send is the same frame
         self.frames_sent += 1
         return True
 

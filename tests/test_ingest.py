@@ -179,6 +179,11 @@ def test_websocket_refusals_close_with_a_code_and_reason(start_server):
     assert stats(server, "wsbad")["total_frames"] == 2
     code, reason = _close_of(f"{base}/wsbad", "a text message")
     assert code == 1003 and "binary" in reason
+    # A text message among frames ends the connection: the frame before it stays, the
+    # frames after it are not published.
+    code, reason = _close_of(f"{base}/wstext", FRAMES[0], "text", FRAMES[1], FRAMES[2])
+    assert code == 1003 and "binary" in reason
+    assert stats(server, "wstext")["total_frames"] == 1
     code, reason = _close_of(f"{base}/wsbad", make_jpeg(640, 480, quality=95))
     assert code == 1009 and reason.startswith("frame_too_large")
     code, reason = _close_of(f"{base}/bad.name")

@@ -49,8 +49,10 @@ def _encoders(width: int, height: int) -> dict[str, bytes]:
         "simplejpeg 4:4:4": simplejpeg.encode_jpeg(rgb, quality=95, colorsubsampling="444"),
         "simplejpeg grey": simplejpeg.encode_jpeg(rgb[..., :1].copy(), colorspace="GRAY"),
         "opencv": cv2.imencode(".jpg", rgb)[1].tobytes(),
-        "opencv progressive": cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
-        "opencv restart markers": cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_RST_INTERVAL, 4])[1].tobytes(),
+        "opencv progressive": cv2.imencode(
+            ".jpg", rgb, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+        "opencv restart markers": cv2.imencode(
+            ".jpg", rgb, [cv2.IMWRITE_JPEG_RST_INTERVAL, 4])[1].tobytes(),
     }
     encoder = av.CodecContext.create("mjpeg", "w")  # ffmpeg's encoder, as in ffmpeg -f mpjpeg
     encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuvj420p"

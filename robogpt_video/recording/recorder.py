@@ -39,9 +39,10 @@ TICK = 0.015
 
 
 def _default_writers(codec: str) -> int:
-    """Writer threads for ``codec``. Passthrough needs ≈35 µs of muxing a frame: one
-    thread does it, and a second one helps only while the first is behind (see
-    ``Recorder._writer``). Transcoding needs cores: every thread takes work."""
+    """Writer threads for ``codec``. Passthrough is mostly the kernel copying a frame
+    into the page cache: one thread does it, and a second one helps only while the
+    first is behind (see ``Recorder._writer``). Transcoding needs cores: every thread
+    takes work."""
     return 2 if codec == "mjpeg" else min(4, max(2, os.cpu_count() or 2))
 
 
@@ -117,8 +118,8 @@ class Recorder:
         self._recovery: threading.Thread | None = None
         # Passthrough: writer 0 serves every tick; the others only while it is behind.
         # Two writers sharing light work cost ≈15 % more server CPU at 50 × 30 fps
-        # (GIL hand-offs); one alone fell behind at 300 × 30 fps and recorded a third
-        # of the frames, while two recorded them all (docs/recording.md).
+        # (GIL hand-offs); with PyAV's muxer one alone fell behind at 300 × 30 fps and
+        # recorded a third of the frames, while two recorded 88 % (docs/recording.md).
         self._helpers_wait = settings.codec == "mjpeg"
         self._lead_busy_since = 0.0  # when writer 0 started its current batch, or 0
 
@@ -402,7 +403,8 @@ class Recorder:
         with track.lock:
             track.frames_dropped += lost
         track.backoff = min(MAX_BACKOFF, max(1.0, track.backoff * 2))
-        track.retry_at = (frame.monotonic if frame is not None else time.monotonic()) + track.backoff
+        failed_at = frame.monotonic if frame is not None else time.monotonic()
+        track.retry_at = failed_at + track.backoff
         track.error = f"{exc} (retrying in {track.backoff:.0f} s)"
         log.error("recording of stream %s failed: %s", track.name, track.error)
 

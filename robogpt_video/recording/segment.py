@@ -3,15 +3,15 @@
 Only the writer thread that owns a stream touches its segment, so nothing here locks.
 ``mjpeg`` stores each uploaded JPEG as one sample (no decode, no encode);
 ``mp4v`` and ``h264`` decode the JPEG and encode it with PyAV (≈3-7 ms a frame).
-Fragmented MP4 is playable while written and after a crash: ``kill -9`` loses at
-most the fragment being written (a plain MP4's index is only written at the end).
+Fragmented MP4 is playable while written and after a crash: ``kill -9`` loses the
+frames not written yet (a plain MP4's index is only written at the end).
 
 Passthrough (:class:`PassthroughSegment`) takes PyAV's own ``ftyp``+``moov`` for the
 file's header and then writes each batch of frames as one ``moof``+``mdat`` fragment
 with a single ``os.writev`` of the JPEG bytes as they are. Muxing each frame through
 PyAV cost ≈16-20 µs of Python a frame plus a GIL hand-off around every write; at 300
 streams the writer threads could no longer get the GIL often enough and dropped
-frames. This costs ≈1.5 µs of Python a frame (docs/recording.md).
+frames. This costs a few µs of Python a frame (docs/recording.md).
 """
 
 from __future__ import annotations
