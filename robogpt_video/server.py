@@ -1,13 +1,13 @@
-"""Run the app under uvicorn on a listening socket whose send buffer is capped."""
+"""Run the application under aiohttp on a listening socket whose send buffer is capped."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
-from types import FrameType
 
-import uvicorn
+from aiohttp import web
 
 from .config import Settings
 from .logs import flush_repeats, setup_logging
@@ -15,14 +15,17 @@ from .runtime import Runtime
 from .web import create_app
 
 log = logging.getLogger(__name__)
-ABORT_AFTER = 0.5  # a closed connection may take 1-2 periods to flush at shutdown
+#: Ordinary requests still in flight at shutdown get this long; viewers and ingest are
+#: ended at once, leaving room for the recorder within a 10 s stop.
+SHUTDOWN_TIMEOUT = 5.0
+KEEPALIVE_TIMEOUT = 30.0
 
 
 def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket:
     """A bound, listening socket; accepted viewer sockets inherit its SO_SNDBUF.
 
     With the kernel's auto-tuned buffers (up to 4 MB) a slow viewer fell 7-14 s behind
-    live; capped at ≈128 KB it stays within a second (DESIGN.md).
+    live; capped at ≈128 KB it stays within a second (docs/bench.md).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -35,85 +38,60 @@ def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket
     return sock
 
 
-class GracefulServer(uvicorn.Server):
-    """uvicorn, but shutdown first ends the responses that never finish on their own.
-
-    uvicorn waits for open connections before the lifespan shutdown; MJPEG viewers and
-    long-lived ingest never finish, so without this it would wait out
-    ``timeout_graceful_shutdown`` and only then close the recordings.
-    """
-
-    def __init__(self, config: uvicorn.Config, runtime: Runtime):
-        super().__init__(config)
-        self.runtime = runtime
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Stop accepting, end viewers and ingest, then let uvicorn drain and stop the app."""
-        for server in getattr(self, "servers", []):
-            server.close()
+async def run(settings: Settings, sock: socket.socket) -> None:
+    """Serve on ``sock`` until SIGINT or SIGTERM, then stop gracefully."""
+    runtime = Runtime(settings)
+    debug = settings.server.debug
+    runner = web.AppRunner(
+        create_app(settings, runtime),
+        handle_signals=False,
+        # A viewer or publisher that leaves ends its handler at once (viewer counts
+        # stay true on an idle stream).
+        handler_cancellation=True,
+        access_log=logging.getLogger("aiohttp.access") if debug else None,  # debugging only
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    await runner.setup()  # starts the runtime (recorder, cleanup, ...)
+    try:
+        site = web.SockSite(runner, sock)
+        await site.start()
+        host, port = sock.getsockname()[:2]
+        log.info(
+            "robogpt-video listening on http://%s:%d (recordings in %s)",
+            host,
+            port,
+            settings.recording.directory,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
         log.info("shutting down: ending live responses")
-        await self.runtime.begin_shutdown()
-        aborter = asyncio.create_task(self._abort_unflushable(ABORT_AFTER))
-        try:
-            await super().shutdown(sockets)
-        finally:
-            aborter.cancel()
+    finally:
+        # Stops accepting, ends viewers and ingest (on_shutdown), lets other requests
+        # finish within SHUTDOWN_TIMEOUT, then stops the runtime.
+        await runner.cleanup()
 
-    async def _abort_unflushable(self, after: float) -> None:
-        """Drop connections that are closing but cannot flush to a client that reads nothing.
 
-        A closed transport first sends what it has buffered; a stuck viewer never takes
-        it, which would hold uvicorn's drain until its timeout.
-        """
-        closing: set = set()
-        while True:
-            await asyncio.sleep(after)
-            for connection in list(self.server_state.connections):
-                transport = getattr(connection, "transport", None)
-                if transport is None or not transport.is_closing():
-                    continue
-                if transport in closing:  # still unflushed one period later
-                    transport.abort()
-                closing.add(transport)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """Shut down on SIGINT/SIGTERM and then exit 0 (a second SIGINT forces it)."""
-        super().handle_exit(sig, frame)
-        # uvicorn re-raises the captured signal after a clean shutdown, so the process
-        # would end "killed by SIGTERM"; a graceful stop is a success for systemd/Docker.
-        self._captured_signals.clear()
+def _loop_factory():
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (not on every platform)
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM."""
+    """Serve until SIGINT/SIGTERM; a graceful stop returns normally (exit code 0)."""
     setup_logging(settings.logging, access_log=settings.server.debug)
     server_settings = settings.server
     sock = listening_socket(server_settings.host, server_settings.port, server_settings.send_buffer_kb)
-    host, port = sock.getsockname()[:2]
-    runtime = Runtime(settings)
-    config = uvicorn.Config(
-        create_app(settings, runtime),
-        log_config=None,
-        access_log=server_settings.debug,  # a line per request: debugging only
-        loop="auto",
-        http="auto",
-        ws="auto",
-        # uvicorn's 16 MiB default would refuse WebSocket frames the config allows.
-        ws_max_size=max(16 * 1024 * 1024, server_settings.max_frame_bytes + 1),
-        # Viewers and ingest are ended at once (GracefulServer); this bounds ordinary
-        # requests still in flight, leaving room for the recorder within a 10 s stop.
-        timeout_graceful_shutdown=5,
-        timeout_keep_alive=30,
-        server_header=False,
-    )
-    log.info(
-        "robogpt-video listening on http://%s:%d (recordings in %s)",
-        host,
-        port,
-        settings.recording.directory,
-    )
     try:
-        GracefulServer(config, runtime).run(sockets=[sock])
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(run(settings, sock))
     finally:
+        sock.close()
         flush_repeats()
         log.info("robogpt-video stopped")

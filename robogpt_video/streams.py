@@ -1,25 +1,25 @@
-"""Live streams: the latest frame, a small ring buffer, viewers and fan-out.
+"""Live streams: the latest frame, recent-frame records, viewers and fan-out.
 
-A published frame keeps the uploaded JPEG and the head of its MJPEG part, built
-once; ``publish`` writes those same pieces to every idle viewer itself (from 8
-viewers on, from one memfd with ``sendfile``). Viewers always take the newest frame,
-so a slow one skips frames and never holds up the publisher or another viewer.
-Everything here runs on the event loop and never blocks: listeners (the recorder, metrics) get each frame through
-:class:`StreamListener` and must hand it off without waiting.
+This module knows frames, viewers and where a viewer's frames go (a
+:class:`FrameSink`); it knows nothing of HTTP. ``publish`` hands each new frame to
+every idle viewer's sink itself; a viewer whose sink is full is handed back to its
+own task, which waits until the sink drains and then sends the newest frame. So a
+slow viewer skips frames and never holds up the publisher or another viewer.
+Everything here runs on the event loop and never blocks: listeners (the recorder)
+get each frame through :class:`StreamListener` and must hand it off without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .aio import cancel_and_wait
 from .config import StreamsSettings
@@ -29,12 +29,9 @@ from .jpeg import JpegInfo
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-BOUNDARY = "frame"
-CONTENT_TYPE = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
 _TICK = object()  # wake-up value: nothing new was published, re-send the last frame
 _CLOSED = object()  # wake-up value: the stream or the viewer has ended
-_LAGGING = object()  # wake-up value: a frame was not pushed (full socket); catch up
-SENDFILE_VIEWERS = 8  # a frame's memfd pays off from about this many viewers (Frame.chunk_file)
+_LAGGING = object()  # wake-up value: a frame was not handed over (full sink); catch up
 
 
 def validate_stream_name(name: str) -> str:
@@ -56,28 +53,9 @@ def iso(ts: float | None) -> str | None:
     )
 
 
-def part_head(size: int, timestamp: float) -> bytes:
-    """The boundary line and headers of a frame's MJPEG part (the JPEG and CRLF follow)."""
-    return (
-        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {size}\r\n"
-        f"X-Timestamp: {timestamp:.6f}\r\n\r\n"
-    ).encode("ascii")
-
-
-def build_part(jpeg: bytes, timestamp: float) -> tuple[bytes, int]:
-    """The MJPEG part for one frame as one bytes object, and the offset of the JPEG."""
-    head = part_head(len(jpeg), timestamp)
-    return b"".join((head, jpeg, b"\r\n")), len(head)
-
-
 @dataclass(slots=True, eq=False)
 class Frame:
-    """One accepted JPEG, as received, and the head of its MJPEG part.
-
-    The part is never joined into one bytes object on the hot paths: viewers write
-    (size line, head, JPEG, CRLF) with ``writelines``, so the uploaded bytes are the
-    only copy of the image (a join cost ≈5 % of the server's time in long-lived ingest).
-    """
+    """One accepted JPEG, as received (a view into a multipart body is not copied)."""
 
     seq: int
     timestamp: float  # wall clock at arrival (epoch seconds)
@@ -85,99 +63,35 @@ class Frame:
     width: int
     height: int
     size: int
-    head: bytes  # the part's boundary line and headers
-    jpeg: bytes | memoryview  # the JPEG as uploaded (a view into a multipart body)
-    # Viewers may send it from a memfd: enough of them to pay off, and not released.
-    sendfile: bool = False
-    _file: int | None = field(default=None, repr=False)
-    _part: bytes | None = field(default=None, repr=False)
+    jpeg: bytes | memoryview
 
-    def chunk_pieces(self, start: int = 0) -> tuple:
-        """The part framed as one HTTP/1.1 chunk, from byte ``start`` on, as pieces for
-        ``writelines``: the transport writes them with one ``writev``, nothing copied."""
-        pieces = (b"%x\r\n" % self.part_size, self.head, self.jpeg, b"\r\n\r\n")
-        if not start:
-            return pieces
-        out = []
-        for piece in pieces:
-            if start >= len(piece):
-                start -= len(piece)
-            else:
-                out.append(memoryview(piece)[start:] if start else piece)
-                start = 0
-        return tuple(out)
 
-    @property
-    def chunk_size(self) -> int:
-        """Bytes in the framed chunk."""
-        return len(b"%x" % self.part_size) + self.part_size + 4
+class FrameRecord(NamedTuple):
+    """What the stream remembers of a recent frame (the image itself is not kept)."""
 
-    @property
-    def part_size(self) -> int:
-        """Bytes in the MJPEG part: head, JPEG and the CRLF after it."""
-        return len(self.head) + self.size + 2
-
-    @property
-    def part(self) -> bytes:
-        """The MJPEG part as one bytes object, for viewers on ASGI ``send``: joined on
-        first use and shared by them until :meth:`release`."""
-        if self._part is None:
-            self._part = b"".join((self.head, self.jpeg, b"\r\n"))
-        return self._part
-
-    def chunk_file(self) -> int | None:
-        """A memfd holding the framed chunk, made on first use, for ``os.sendfile``.
-
-        The kernel sends from the file's pages by reference instead of copying the chunk
-        into every viewer's socket buffer: on loopback that lifts the fan-out ceiling
-        from ≈4.3 to ≈6.7 GB/s (docs/bench.md). The file is written once and never
-        changed, so pages still queued in a socket stay valid after it is closed.
-        Making the file costs ≈25 µs (mostly the kernel's page allocation) against ≈4 µs
-        saved per 42 KB viewer write, so :meth:`Stream.publish` sets :attr:`sendfile`
-        only for streams with ``SENDFILE_VIEWERS`` viewers or more. ``None`` otherwise,
-        where memfd is unavailable, and after :meth:`release`.
-        """
-        if self._file is None and self.sendfile:
-            self.sendfile = False  # a failure is not retried: viewers use writelines
-            try:
-                fd = os.memfd_create("robogpt-frame", os.MFD_CLOEXEC)
-            except (AttributeError, OSError):
-                return None
-            try:
-                if os.writev(fd, self.chunk_pieces()) != self.chunk_size:
-                    raise OSError("short write to memfd")
-            except OSError:
-                os.close(fd)
-                return None
-            self._file, self.sendfile = fd, True
-        return self._file
-
-    def release(self) -> None:
-        """Drop the joined part and close the memfd: only the latest frame is ever sent
-        to viewers (one still sending the joined part holds its own reference)."""
-        self._part = None
-        self.sendfile = False
-        if self._file is not None:
-            fd, self._file = self._file, None
-            os.close(fd)
+    seq: int
+    timestamp: float
+    size: int
+    width: int
+    height: int
 
 
 class FrameSink(Protocol):
-    """Where a viewer's frames go when the stream itself writes them (web/chunks.py)."""
+    """Where one viewer's frames go (an HTTP response, a WebSocket): the web layer's."""
 
     @property
     def paused(self) -> bool:
-        """Its socket buffer is full: wait with :meth:`drain` before the next frame."""
+        """The link is full: wait with :meth:`drain` before handing over the next frame."""
 
     async def drain(self) -> None:
-        """Return once the socket takes writes again (or the client has gone)."""
+        """Return once the link takes frames again (or the client has gone)."""
 
     def write_frame(self, frame: Frame) -> bool:
-        """Queue ``frame`` without blocking; ``False`` once the client has gone."""
+        """Hand ``frame`` over without blocking; ``False`` once the client has gone."""
 
 
 class StreamListener(Protocol):
-    """Something that follows every stream (the recorder, metrics). Must not block."""
+    """Something that follows every stream (the recorder). Must not block."""
 
     def stream_opened(self, stream: Stream) -> None: ...
 
@@ -188,24 +102,24 @@ class StreamListener(Protocol):
 
 @dataclass(slots=True, eq=False)
 class Viewer:
-    """One open ``GET /stream/<name>`` response."""
+    """One viewer of a stream and the sink its frames go to."""
 
+    sink: FrameSink
     last_seq: int = 0
     closed: bool = False
-    sending_since: float = 0.0  # monotonic time a write started; 0 when idle
+    sending_since: float = 0.0  # monotonic time it began waiting for a full sink; 0 if not
     task: asyncio.Task | None = None
-    direct: bool = False  # writes pre-framed chunks to the transport (web/chunks.py)
     waiter: asyncio.Future | None = None
 
     def close(self) -> None:
-        """End this viewer's response at its next wake-up."""
+        """End this viewer at its next wake-up."""
         self.closed = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(_CLOSED)
 
 
 class Stream:
-    """A named live stream: latest frame, ring buffer, viewers, counters."""
+    """A named live stream: latest frame, recent-frame records, viewers, counters."""
 
     def __init__(
         self,
@@ -217,42 +131,41 @@ class Stream:
         self.name = name
         self.settings = settings
         self.created_at = clock()
-        self.buffer: deque[Frame] = deque(maxlen=settings.max_buffer_frames)
+        # The brief's per-stream frame buffer: a record of each of the last
+        # max_buffer_frames frames (arrival time, size, resolution), served by
+        # GET /api/streams/<name>/frames. Images are not kept: the latest frame is all
+        # viewers ever get, and the recorder holds its own queue (docs/bench.md).
+        self.recent: deque[FrameRecord] = deque(maxlen=settings.max_buffer_frames)
         self.viewers: set[Viewer] = set()
         self.latest: Frame | None = None
         self.total_frames = 0
         self.bytes_in = 0
-        self.frames_skipped = 0  # frames that slow viewers never got
-        self.frames_sent = 0
+        self.frames_out = 0  # frames handed to viewers' sinks
+        self.frames_pushed = 0  # of those, by publish itself to an idle viewer
+        self.frames_dropped_slow_viewers = 0  # frames viewers never got (a full link)
         self.closed = False
         self.last_wake = time.monotonic()
         self._clock = clock
         self._listeners = listeners
-        self._waiters: list[asyncio.Future] = []  # viewers woken per frame (ASGI send)
-        self._parked: dict[Viewer, FrameSink] = {}  # idle viewers publish writes to itself
+        self._parked: dict[Viewer, FrameSink] = {}  # idle viewers publish hands frames to
         self._arrivals: deque[float] = deque(maxlen=256)
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, jpeg: bytes, info: JpegInfo) -> Frame:
-        """Accept one validated JPEG: build its part, wake viewers, tell listeners."""
+    def publish(self, jpeg: bytes | memoryview, info: JpegInfo) -> Frame:
+        """Accept one validated JPEG: hand it to idle viewers, tell listeners."""
         now = self._clock()
         mono = time.monotonic()
         self.total_frames += 1
-        frame = Frame(
-            self.total_frames, now, mono, info.width, info.height, len(jpeg),
-            head=part_head(len(jpeg), now), jpeg=jpeg,
-            sendfile=len(self.viewers) >= SENDFILE_VIEWERS,
-        )
-        if self.latest is not None:
-            self.latest.release()  # viewers only ever send the latest frame
+        size = len(jpeg)
+        frame = Frame(self.total_frames, now, mono, info.width, info.height, size, jpeg)
         self.latest = frame
-        self.buffer.append(frame)
-        self.bytes_in += len(jpeg)
+        self.recent.append(FrameRecord(frame.seq, now, size, info.width, info.height))
+        self.bytes_in += size
         self._arrivals.append(mono)
+        self.last_wake = mono
         if self._parked:
             self._push(frame)
-        self._wake(frame)
         for listener in self._listeners:
             try:
                 listener.frame_published(self, frame)
@@ -261,28 +174,30 @@ class Stream:
         return frame
 
     def _push(self, frame: Frame) -> None:
-        # Write the frame to every idle viewer from here: no task wakes up per viewer
-        # per frame. One whose socket is full, or gone, is handed back to its own task,
-        # which also meets any error of its own: the publisher never sees it.
+        # Hand the frame to every idle viewer from here: no task wakes up per viewer per
+        # frame. One whose sink is full, or gone, is handed back to its own task, which
+        # also meets any error of its own: the publisher never sees it.
         lagging = []
         for viewer, sink in self._parked.items():
             try:
-                sent = not viewer.closed and not sink.paused and self._send(viewer, sink, frame)
+                sent = not viewer.closed and not sink.paused and self._send(viewer, frame)
             except Exception:
-                log.debug("pushing a frame of %s to a viewer failed", self.name, exc_info=True)
+                log.debug("handing a frame of %s to a viewer failed", self.name, exc_info=True)
                 sent = False
-            if not sent:
+            if sent:
+                self.frames_pushed += 1
+            else:
                 lagging.append(viewer)
         for viewer in lagging:
             self._unpark(viewer, _LAGGING)
 
-    def _send(self, viewer: Viewer, sink: FrameSink, frame: Frame) -> bool:
-        if not sink.write_frame(frame):
+    def _send(self, viewer: Viewer, frame: Frame) -> bool:
+        if not viewer.sink.write_frame(frame):
             return False
         if viewer.last_seq and frame.seq > viewer.last_seq + 1:
-            self.frames_skipped += frame.seq - viewer.last_seq - 1
+            self.frames_dropped_slow_viewers += frame.seq - viewer.last_seq - 1
         viewer.last_seq = frame.seq  # never lower: a re-send is the same frame
-        self.frames_sent += 1
+        self.frames_out += 1
         return True
 
     def _unpark(self, viewer: Viewer, value: object) -> None:
@@ -290,30 +205,22 @@ class Stream:
         if viewer.waiter is not None and not viewer.waiter.done():
             viewer.waiter.set_result(value)
 
-    def _wake(self, value: object, parked: bool = False) -> None:
+    def _wake_all(self, value: object) -> None:
         self.last_wake = time.monotonic()
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(value)
-        if parked:
-            for viewer in list(self._parked):
-                self._unpark(viewer, value)
+        for viewer in list(self._parked):
+            self._unpark(viewer, value)
 
     def tick(self, now: float) -> None:
         """Wake viewers of a quiet stream so they re-send the last frame."""
-        waiting = self._waiters or self._parked
-        if waiting and now - self.last_wake >= self.settings.resend_seconds:
-            self._wake(_TICK, parked=True)
+        if self._parked and now - self.last_wake >= self.settings.resend_seconds:
+            self._wake_all(_TICK)
 
     def close(self, reason: str) -> None:
-        """End the stream: every viewer's response finishes, listeners are told."""
+        """End the stream: every viewer ends, listeners are told."""
         if self.closed:
             return
         self.closed = True
-        self._wake(_CLOSED, parked=True)
-        if self.latest is not None:
-            self.latest.release()
+        self._wake_all(_CLOSED)
         for viewer in list(self.viewers):
             viewer.close()
         for listener in self._listeners:
@@ -324,61 +231,40 @@ class Stream:
 
     # -- viewing ------------------------------------------------------------------------
 
-    def add_viewer(self) -> Viewer:
-        """Register a viewer, or raise :class:`ViewerLimitReached`."""
+    def check_viewer_room(self) -> None:
+        """Raise :class:`ViewerLimitReached` if the stream has ``max_viewers`` already."""
         if len(self.viewers) >= self.settings.max_viewers:
             raise ViewerLimitReached(
                 f"stream '{self.name}' already has {len(self.viewers)} viewers (max_viewers)"
             )
-        viewer = Viewer()
+
+    def add_viewer(self, sink: FrameSink) -> Viewer:
+        """Register a viewer whose frames go to ``sink``, or raise :class:`ViewerLimitReached`."""
+        self.check_viewer_room()
+        viewer = Viewer(sink)
         self.viewers.add(viewer)
         return viewer
 
     def remove_viewer(self, viewer: Viewer) -> None:
-        """Forget a viewer whose response has ended, counting the frames it never got."""
+        """Forget a viewer that has ended, counting the frames it never got."""
         if viewer in self.viewers:
             self.viewers.discard(viewer)
+            self._parked.pop(viewer, None)
             if viewer.last_seq and self.latest is not None:
-                self.frames_skipped += self.latest.seq - viewer.last_seq
+                self.frames_dropped_slow_viewers += self.latest.seq - viewer.last_seq
 
-    async def next_frame(self, viewer: Viewer) -> Frame | None:
-        """The next frame ``viewer`` should send; ``None`` once the viewer or stream ends.
-
-        Returns a newer frame as soon as one is published, or the latest frame again
-        when the stream has been quiet for ``resend_seconds`` (browsers show the
-        second-to-last part of a multipart response until the next one arrives).
-        """
-        loop = asyncio.get_running_loop()
-        while True:
-            if viewer.closed or self.closed:
-                return None
-            latest = self.latest
-            if latest is not None and latest.seq > viewer.last_seq:
-                if viewer.last_seq:
-                    self.frames_skipped += latest.seq - viewer.last_seq - 1
-                viewer.last_seq = latest.seq
-                return latest
-            waiter = loop.create_future()
-            viewer.waiter = waiter
-            self._waiters.append(waiter)
-            try:
-                woke = await waiter
-            finally:
-                viewer.waiter = None
-            if woke is _TICK and self.latest is not None and not viewer.closed:
-                return self.latest
-
-    async def serve(self, viewer: Viewer, sink: FrameSink) -> bool:
-        """Send ``viewer`` every frame through ``sink`` until it ends.
+    async def serve(self, viewer: Viewer) -> bool:
+        """Hand ``viewer`` every frame until it ends: the one viewer engine.
 
         Returns ``True`` when the stream or the viewer ended (the response can finish),
         ``False`` when the client has gone. While the viewer is idle it is *parked*:
-        :meth:`publish` writes each new frame to its sink directly, which saves a future,
-        a task wake-up and a coroutine switch per viewer per frame. The viewer's own task
-        only runs to wait out a full socket buffer (then it sends the newest frame, not
-        the one it was holding), to re-send on a quiet stream, and to end.
+        :meth:`publish` hands each new frame to its sink directly, which saves a future,
+        a task wake-up and a coroutine switch per viewer per frame. The viewer's own
+        task only runs to wait out a full sink (then it sends the newest frame, not the
+        one it was holding), to re-send on a quiet stream, and to end.
         """
         loop = asyncio.get_running_loop()
+        sink = viewer.sink
         while True:
             if sink.paused:
                 viewer.sending_since = time.monotonic()  # the stall detector watches this
@@ -388,7 +274,7 @@ class Stream:
                 return True
             latest = self.latest
             if latest is not None and latest.seq > viewer.last_seq:
-                if not self._send(viewer, sink, latest):
+                if not self._send(viewer, latest):
                     return False
                 continue
             waiter = viewer.waiter = loop.create_future()
@@ -399,7 +285,7 @@ class Stream:
                 viewer.waiter = None
                 self._parked.pop(viewer, None)
             if woke is _TICK and self.latest is not None and not viewer.closed:
-                if not self._send(viewer, sink, self.latest):
+                if not sink.paused and not self._send(viewer, self.latest):
                     return False
 
     # -- statistics ---------------------------------------------------------------------
@@ -442,14 +328,32 @@ class Stream:
         return {
             **self.summary(),
             "last_frame_time": iso(latest.timestamp) if latest else None,
-            "buffer_size": len(self.buffer),
-            "max_buffer_frames": self.buffer.maxlen,
+            "buffer_size": len(self.recent),
+            "max_buffer_frames": self.recent.maxlen,
             "has_current_frame": latest is not None,
             "bytes_in": self.bytes_in,
             "last_frame_size": latest.size if latest else None,
-            "frames_dropped_slow_viewers": self.frames_skipped,
-            "direct_viewers": sum(viewer.direct for viewer in self.viewers),
+            "frames_out": self.frames_out,
+            "frames_pushed": self.frames_pushed,
+            "frames_dropped_slow_viewers": self.frames_dropped_slow_viewers,
         }
+
+    def recent_frames(self) -> list[dict]:
+        """The recorded frames, oldest first, with the gap since the one before."""
+        out, previous = [], None
+        for record in self.recent:
+            gap = None if previous is None else round((record.timestamp - previous) * 1000, 3)
+            out.append({
+                "sequence": record.seq,
+                "time": iso(record.timestamp),
+                "timestamp": record.timestamp,
+                "size": record.size,
+                "width": record.width,
+                "height": record.height,
+                "interval_ms": gap,
+            })
+            previous = record.timestamp
+        return out
 
 
 class StreamRegistry:
@@ -516,8 +420,8 @@ class StreamRegistry:
     async def end_viewers(self, reason: str, grace: float = 1.0) -> None:
         """Close every stream, give viewers ``grace`` seconds to finish, then cancel them.
 
-        A viewer whose client reads nothing is stuck in a write and would otherwise hold
-        the server's shutdown until uvicorn's drain timeout.
+        A viewer whose client reads nothing waits on a full sink and would otherwise
+        hold the server's shutdown until its drain timeout.
         """
         self.accepting = False
         streams = list(self._streams.values())

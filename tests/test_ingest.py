@@ -46,11 +46,10 @@ def test_chunked_multipart_post_publishes_every_part(server):
     assert httpx.get(f"{server.url}/snapshot/multi").content == FRAMES[4]
 
 
-@pytest.mark.parametrize("origin", [None, "http://example.test"], ids=["direct", "asgi"])
+@pytest.mark.parametrize("origin", [None, "http://example.test"], ids=["plain", "cors"])
 def test_parts_split_anywhere_across_chunks_publish_the_same_frames(server, origin):
-    # Without Origin the body goes straight from uvicorn's parser to ours (DirectBody);
-    # a browser's CORS request takes ASGI receive. Both must cut parts the same way,
-    # whatever the chunk boundaries: here every piece is 1,000 bytes.
+    # Parts must be cut the same way whatever the chunk boundaries: here every piece
+    # is 1,000 bytes; a browser's CORS request takes the same path.
     body = parts(*FRAMES[:5])
     pieces = [body[i : i + 1000] for i in range(0, len(body), 1000)]
     headers = {"Content-Type": "multipart/x-mixed-replace; boundary=frame"}

@@ -1,4 +1,4 @@
-"""The ASGI application: live routes (publish, view, snapshot) and the JSON API."""
+"""The web application: live routes (publish, view, snapshot, ingest) and the JSON API."""
 
 from .app import create_app
 

@@ -44,10 +44,9 @@ async def list_streams(request: Request) -> dict:
 async def stream_stats(request: Request, name: str) -> dict:
     """Detailed statistics of one stream."""
     stream = _stream(request, name)
-    stats = stream.stats()
-    for extend in request.app.state.stats_extensions:
-        stats.update(extend(stream))
-    return stats
+    recorder = request.app.state.runtime.recorder
+    recording = recorder.stream_stats(stream.name) if recorder is not None else None
+    return {**stream.stats(), "recording": recording}
 
 
 @router.delete("/api/streams/{name}", response_model=Success, responses=_ERRORS, tags=["streams"])

@@ -1,10 +1,18 @@
-"""The ASGI app factory: routes, error handlers, CORS and the runtime's lifespan."""
+"""The application: hot routes on aiohttp, the JSON API on FastAPI behind them.
+
+aiohttp serves publish, live view, snapshot and WebSocket ingest itself (public API
+only: ``request.transport``, ``request.content``, ``WebSocketResponse``). Every other
+path goes to a FastAPI app mounted with ``aiohttp-asgi``: the JSON API, recordings,
+metrics, the dashboard and the OpenAPI documentation at ``/docs``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 
+from aiohttp import web
+from aiohttp_asgi import ASGIResource
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
@@ -13,54 +21,79 @@ from ..config import Settings
 from ..runtime import Runtime
 from . import api, cleanup, ingest, live, metrics, recordings, ui
 from .errors import EXCEPTION_HANDLERS
+from .metrics import Metrics
+from .state import DRAINING, METRICS, RUNTIME, SOCKETS
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
-    """Build the application around a runtime (made from ``settings`` if not given)."""
-    runtime = runtime or Runtime(settings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await runtime.start()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
-    app = FastAPI(
+def create_api(settings: Settings, runtime: Runtime, app_metrics: Metrics) -> FastAPI:
+    """The FastAPI app for everything but the hot routes."""
+    api_app = FastAPI(
         title="robogpt-video",
         version=__version__,
         description="Publish JPEG frames, watch them live as MJPEG, record them to disk.",
-        lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
     )
-    app.state.runtime = runtime
-    # Seams for later parts: a handler for long-lived multipart ingest, and functions
-    # that add fields to a stream's stats (e.g. its current recording segment).
-    app.state.mpjpeg_ingest = None
-    app.state.stats_extensions = []
-    # Set when the server begins to shut down, so long-lived requests end at once
-    # instead of holding shutdown for uvicorn's graceful timeout.
-    app.state.draining = asyncio.Event()
-    runtime.on_shutdown.append(app.state.draining.set)
-    for route in live.routes():
-        app.router.routes.append(route)
-    ingest.install(app)
-    app.include_router(api.router)
-    app.include_router(cleanup.router)
-    metrics.install(app, runtime)
-    app.include_router(recordings.router)
-    app.state.stats_extensions.append(recordings.stats_extension(runtime))
-    ui.install(app)
+    api_app.state.runtime = runtime
+    api_app.include_router(api.router)
+    api_app.include_router(cleanup.router)
+    metrics.install(api_app, app_metrics)
+    api_app.include_router(recordings.router)
+    ui.install(api_app)
     if settings.server.cors_enabled:
-        app.add_middleware(
+        api_app.add_middleware(
             CORSMiddleware,
             allow_origins=["*"],
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["X-Timestamp"],
         )
-    # Outermost of all: publish/view skip the stack and viewers get uvicorn's own send
-    # for direct chunk writes (web/live.py, web/chunks.py, docs/bench.md).
-    live.FastLane.install(app)
+    return api_app
+
+
+class _Asgi24:
+    """Tells the ASGI app that ``send`` raises once the client has gone (ASGI spec 2.4).
+
+    aiohttp-asgi's writes do raise (``ClientConnectionResetError``, an ``OSError``),
+    but its scope names no spec version, and under the default (2.0) Starlette's
+    streaming responses poll ``receive`` for a disconnect, which aiohttp-asgi answers
+    at once with an empty body for as long as the response lasts: a busy loop.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        scope["asgi"] = {"version": "3.0", "spec_version": "2.4"}
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Application:
+    """Build the application around a runtime (made from ``settings`` if not given)."""
+    runtime = runtime or Runtime(settings)
+    app_metrics = Metrics(runtime)
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app[METRICS] = app_metrics
+    app[DRAINING] = draining = asyncio.Event()
+    app[SOCKETS] = set()
+    runtime.on_shutdown.append(draining.set)
+    live.add_routes(app)
+    ingest.add_routes(app)
+    # Last: every path the routes above do not take (and their OPTIONS preflights).
+    api_app = create_api(settings, runtime, app_metrics)
+    app.router.register_resource(ASGIResource(_Asgi24(api_app), root_path="/"))
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    async def begin_shutdown(app: web.Application) -> None:
+        await ingest.close_sockets(app)
+        await runtime.begin_shutdown()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(begin_shutdown)
     return app

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 
+from aiohttp import web
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
 
 from ..errors import FrameTooLarge, InvalidFrame
 
@@ -18,21 +19,28 @@ def _too_large(limit: int) -> FrameTooLarge:
     return FrameTooLarge(f"frame exceeds server.max_frame_size_mb ({limit / 1048576:g} MB)")
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
+async def read_limited(request: web.Request, limit: int, first: bytes = b"") -> bytes:
     """The whole request body, refusing (413) as soon as it passes ``limit`` bytes.
 
     A declared Content-Length over the limit is refused before any byte is read.
+    ``first``: bytes of the body already read (see :func:`peek`).
     """
-    declared = request.headers.get("content-length")
-    if declared is not None:
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    content = request.content
+    if declared == 0 and not first:
+        return b""
+    if declared is not None and not first:
         try:
-            if int(declared) > limit:
-                raise _too_large(limit)
-        except ValueError:
-            raise InvalidFrame("Content-Length is not a number", code="bad_request") from None
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
+            return await content.readexactly(declared)
+        except asyncio.IncompleteReadError:
+            raise InvalidFrame(
+                f"the body ended after {declared} bytes were announced", code="truncated_upload"
+            ) from None
+    chunks = [first] if first else []
+    total = len(first)
+    while chunk := await content.readany():
         total += len(chunk)
         if total > limit:
             raise _too_large(limit)
@@ -40,29 +48,20 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def peek(request: Request, size: int = 4) -> tuple[Request, bytes]:
-    """At least the first ``size`` bytes of the body (all that was read to get them),
-    and a request that still yields all of it.
+async def peek(request: web.Request, size: int = 4) -> bytes:
+    """At least the first ``size`` bytes of the body (all that was read to get them;
+    fewer only if the body is shorter).
 
     Lets a body without a Content-Type be recognised by its first bytes (ffmpeg's
-    mpjpeg POST sends no Content-Type) before deciding how to read it.
+    mpjpeg POST sends no Content-Type) before deciding how to read the rest.
     """
-    seen: list[dict] = []
     head = b""
     while len(head) < size:
-        message = await request.receive()
-        seen.append(message)
-        if message["type"] != "http.request":
+        chunk = await request.content.readany()
+        if not chunk:
             break
-        head += message.get("body", b"")
-        if not message.get("more_body", False):
-            break
-    receive = request.receive
-
-    async def replay() -> dict:
-        return seen.pop(0) if seen else await receive()
-
-    return Request(request.scope, replay), head
+        head += chunk
+    return head
 
 
 def frame_from_multipart(body: bytes, content_type: str, limit: int) -> bytes | memoryview:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 
-from ..errors import ApiError
-from .schemas import ErrorBody, _Open
+from .schemas import _Open
 
 router = APIRouter()
 
@@ -48,7 +47,6 @@ class CleanupResult(_Open):
 @router.post(
     "/api/cleanup/run",
     response_model=CleanupResult,
-    responses={503: {"model": ErrorBody, "description": "Cleanup is not running"}},
     tags=["cleanup"],
 )
 async def run_cleanup(
@@ -56,7 +54,4 @@ async def run_cleanup(
     dry_run: bool = Query(False, description="Only report what would be removed"),
 ) -> dict:
     """Remove inactive streams, expired recordings and (if over a disk limit) the oldest."""
-    cleanup = getattr(request.app.state.runtime, "cleanup", None)
-    if cleanup is None:
-        raise ApiError("cleanup is not part of this server", code="unavailable", status_code=503)
-    return await cleanup.run_now(dry_run)
+    return await request.app.state.runtime.cleanup.run_now(dry_run)

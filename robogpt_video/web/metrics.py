@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..runtime import Runtime
+from .mjpeg import FrameWires
 
 PREFIX = "robogpt_video"
 #: Publish handling time: reading the body, checking the JPEG, fan-out.
@@ -47,8 +48,9 @@ RECORDER_GAUGES = (("queue_frames", "recording_queue_frames", "Frames waiting fo
 class RuntimeCollector(Collector):
     """Reads streams, viewers and recorder counters from the runtime when scraped."""
 
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: Runtime, metrics: Metrics):
         self.runtime = runtime
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         """One family per quantity, one sample per live stream."""
@@ -62,9 +64,11 @@ class RuntimeCollector(Collector):
         per_stream = (
             ("stream_frames_in", "Frames published", CounterMetricFamily, "total_frames"),
             ("stream_bytes_in", "JPEG bytes published", CounterMetricFamily, "bytes_in"),
-            ("stream_frames_out", "Frames written to viewers", CounterMetricFamily, "frames_sent"),
-            ("stream_frames_dropped", "Frames slow viewers skipped", CounterMetricFamily,
-             "frames_skipped"),
+            ("stream_frames_out", "Frames written to viewers", CounterMetricFamily, "frames_out"),
+            ("stream_frames_pushed", "Frames publish wrote to idle viewers itself (fast path)",
+             CounterMetricFamily, "frames_pushed"),
+            ("stream_frames_dropped_slow_viewers", "Frames viewers never got (a full link)",
+             CounterMetricFamily, "frames_dropped_slow_viewers"),
         )
         for suffix, text, family_type, attribute in per_stream:
             family = family_type(f"{PREFIX}_{suffix}", text, labels=["stream"])
@@ -75,7 +79,25 @@ class RuntimeCollector(Collector):
         for stream in streams:
             viewers.add_metric([stream.name], len(stream.viewers))
         yield viewers
+        yield from self._paths()
         yield from self._recorder()
+
+    def _paths(self) -> Iterator[Metric]:
+        frames_in = CounterMetricFamily(
+            f"{PREFIX}_frames_in", "Frames published, by ingest kind", labels=["via"]
+        )
+        for via, count in self.metrics.frames_in.items():
+            frames_in.add_metric([via], count)
+        yield frames_in
+        writes = CounterMetricFamily(
+            f"{PREFIX}_viewer_writes",
+            "Frames written to MJPEG viewers, by how (sendfile: from a shared memfd)",
+            labels=["method"],
+        )
+        counters = self.metrics.wires.counters
+        writes.add_metric(["writev"], counters.writev)
+        writes.add_metric(["sendfile"], counters.sendfile)
+        yield writes
 
     def _recorder(self) -> Iterator[Metric]:
         recorder = getattr(self.runtime, "recorder", None)
@@ -105,12 +127,16 @@ class Metrics:
     """The app's Prometheus registry and the few instruments updated per request."""
 
     def __init__(self, runtime: Runtime):
-        # A registry per app, not the global one: tests build many apps in one process.
+        #: Frames published by each kind of ingest (plain ints: counted per frame).
+        self.frames_in = {"post": 0, "mpjpeg": 0, "websocket": 0}
+        #: Each stream's frame framed once for its MJPEG viewers, and the write counters.
+        self.wires = FrameWires()
+        # A registry per app, not the global one.
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self.registry.register(RuntimeCollector(runtime))
+        self.registry.register(RuntimeCollector(runtime, self))
         self.publish_seconds = Histogram(
             f"{PREFIX}_publish_seconds",
             "Time to handle one POST /publish (read, check, fan out)",
@@ -134,9 +160,8 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def install(app, runtime: Runtime) -> Metrics:
-    """Create the app's metrics and add ``GET /metrics``."""
-    metrics = Metrics(runtime)
+def install(app, metrics: Metrics) -> Metrics:
+    """Add ``GET /metrics`` for ``metrics``."""
     app.state.metrics = metrics
     app.router.routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     return metrics

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Query, Request
@@ -16,8 +16,7 @@ from starlette.responses import FileResponse, StreamingResponse
 from ..errors import ApiError, NotFound
 from ..recording.replay import Replay
 from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore
-from ..runtime import Runtime
-from ..streams import CONTENT_TYPE, Stream, build_part
+from .mjpeg import CONTENT_TYPE, build_part
 from .schemas import ErrorBody
 
 router = APIRouter(tags=["recordings"])
@@ -170,18 +169,7 @@ async def _replay_parts(replay: Replay, start_ts: float) -> AsyncIterator[bytes]
                 delay = origin + seconds - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                yield build_part(jpeg, start_ts + seconds)[0]
+                yield build_part(jpeg, start_ts + seconds)
     finally:
         # Do not wait here (the client may be gone); a thread closes the file.
         loop.run_in_executor(None, replay.close)
-
-
-def stats_extension(runtime: Runtime) -> Callable[[Stream], dict]:
-    """A ``stats_extensions`` entry: a stream's recording numbers and current segment."""
-
-    def extend(stream: Stream) -> dict:
-        if runtime.recorder is None:
-            return {"recording": None}
-        return {"recording": runtime.recorder.stream_stats(stream.name)}
-
-    return extend

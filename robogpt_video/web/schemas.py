@@ -33,8 +33,9 @@ class StreamStats(StreamSummary):
     has_current_frame: bool
     bytes_in: int
     last_frame_size: int | None
+    frames_out: int
+    frames_pushed: int
     frames_dropped_slow_viewers: int
-    direct_viewers: int = 0  # viewers written to without the ASGI layer (web/chunks.py)
 
 
 class Success(_Open):

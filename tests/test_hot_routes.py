@@ -1,4 +1,4 @@
-"""Publish and view through the fast lane behave exactly as through the full stack."""
+"""The hot routes (aiohttp handlers) keep the JSON error shape, HEAD, 405 and CORS."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def test_publish_and_view_errors_keep_the_json_shape(server):
     assert bad_name.status_code == 400 and bad_name.json()["error"] == "invalid_stream_name"
     assert not_jpeg.status_code == 400 and not_jpeg.json()["status"] == "error"
     assert missing.status_code == 404 and missing.json()["error"] == "stream_not_found"
-    assert wrong_method.status_code == 405 and wrong_method.json()["status"] == "error"
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
+    assert wrong_method.headers["allow"] == "POST, PUT"
 
 
 def test_view_head_and_parts(server):

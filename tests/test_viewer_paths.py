@@ -1,8 +1,10 @@
-"""Viewers under uvicorn get pre-framed chunks written straight to the transport.
+"""Viewers get each frame written straight to their transport, by the paths we count.
 
-The direct path (web/chunks.py) must be what a plain viewer actually gets, must put
-exactly one whole MJPEG part in each HTTP/1.1 chunk and end with the last chunk; a
-viewer whose ``send`` is wrapped (CORS requests) must fall back to ASGI ``send``.
+Every MJPEG viewer is written to directly (web/mjpeg.py): exactly one whole part per
+HTTP/1.1 chunk, the last chunk at the end. The fast paths must be the ones taken, and
+each test here fails when its path is not: ``publish`` writing to an idle viewer itself
+(``frames_pushed``), ``writev`` of the shared pieces, ``sendfile`` from one memfd per
+frame for wide fan-out (``robogpt_video_viewer_writes_total{method=...}``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,21 @@ from pathlib import Path
 import httpx
 
 from helpers import iter_parts, make_jpeg, publish, wait_for
-from robogpt_video.streams import SENDFILE_VIEWERS
+from robogpt_video.web.mjpeg import SENDFILE_VIEWERS
 
 
 def stats(server, name="cam") -> dict:
     return httpx.get(f"{server.url}/api/streams/{name}/stats", timeout=10).json()
+
+
+def viewer_writes(server) -> dict[str, float]:
+    """``robogpt_video_viewer_writes_total`` by method, from /metrics."""
+    found = {}
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("robogpt_video_viewer_writes_total{"):
+            method = line.split('method="', 1)[1].split('"', 1)[0]
+            found[method] = float(line.rsplit(" ", 1)[1])
+    return found
 
 
 class RawChunks:
@@ -67,18 +79,21 @@ def test_plain_viewer_gets_one_whole_part_per_chunk_written_directly(server):
         assert raw.status_line == "http/1.1 200 ok"
         assert raw.headers["transfer-encoding"] == "chunked"
         got = [raw.chunk()]
-        assert stats(server)["direct_viewers"] == 1
         for jpeg in jpegs[1:]:
             publish(server.url, "cam", jpeg)
             got.append(raw.chunk())
+        during = stats(server)
         httpx.delete(f"{server.url}/api/streams/cam", timeout=10).raise_for_status()
-        assert raw.chunk() == b""  # uvicorn's last chunk: the response completed properly
+        assert raw.chunk() == b""  # the last chunk: the response completed properly
     finally:
         raw.close()
     for chunk, jpeg in zip(got, jpegs):
         parts = list(iter_parts([chunk]))
         assert len(parts) == 1 and parts[0][1] == jpeg
         assert chunk.startswith(b"--frame\r\n") and chunk.endswith(jpeg + b"\r\n")
+    # The viewer was idle at each publish: publish wrote every new frame itself.
+    assert during["frames_out"] == 4 and during["frames_pushed"] == 3, during
+    assert viewer_writes(server)["writev"] >= 4
     assert "ERROR" not in server.output()
 
 
@@ -92,14 +107,14 @@ def test_many_viewers_share_frames_byte_for_byte(server):
             publish(server.url, "cam", jpeg)
             got = {viewer.chunk() for viewer in viewers}
             assert len(got) == 1 and list(iter_parts(got))[0][1] == jpeg
-        assert stats(server)["direct_viewers"] == 5
+        assert stats(server)["frames_pushed"] == 5 * 2
     finally:
         for viewer in viewers:
             viewer.close()
     assert len(set(firsts)) == 1 and list(iter_parts(firsts[:1]))[0][1] == jpegs[0]
 
 
-def test_cors_viewer_falls_back_to_asgi_send(server):
+def test_cors_and_http10_viewers_take_the_same_path(server):
     jpegs = [make_jpeg(seed=s) for s in range(10, 13)]
     publish(server.url, "cam", jpegs[0])
     origin = {"origin": "http://example.test"}
@@ -108,12 +123,30 @@ def test_cors_viewer_falls_back_to_asgi_send(server):
             assert response.headers["access-control-allow-origin"] == "*"
             parts = iter_parts(response.iter_bytes())
             got = [next(parts)[1]]
-            during = stats(server)
             for jpeg in jpegs[1:]:
                 publish(server.url, "cam", jpeg, client)
                 got.append(next(parts)[1])
-    assert during["viewer_count"] == 1 and during["direct_viewers"] == 0
     assert got == jpegs
+    # HTTP/1.0 has no chunks: the parts follow one another and the connection closes.
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        sock.sendall(b"GET /stream/cam HTTP/1.0\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, body = data.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.0 200") and b"transfer-encoding" not in head.lower()
+        before = stats(server)["frames_pushed"]
+        publish(server.url, "cam", jpegs[0])
+        while len(list(iter_parts([body]))) < 2:
+            body += sock.recv(65536)
+        assert [jpeg for _, jpeg in iter_parts([body])] == [jpegs[-1], jpegs[0]]
+        assert stats(server)["frames_pushed"] == before + 1
+        httpx.delete(f"{server.url}/api/streams/cam", timeout=10).raise_for_status()
+        while chunk := sock.recv(65536):  # the server closes the connection at the end
+            body += chunk
+    finally:
+        sock.close()
 
 
 def memfds(server) -> list[str]:
@@ -133,6 +166,7 @@ def memfds(server) -> list[str]:
 def test_wide_fan_out_sends_from_one_memfd_per_stream_byte_for_byte(server):
     # SENDFILE_VIEWERS or more viewers: chunks leave through os.sendfile from the
     # frame's memfd. Each viewer must still get exactly one whole part per chunk.
+    sent_before = viewer_writes(server)["sendfile"]
     jpegs = [make_jpeg(640, 480, seed=s) for s in range(20, 26)]
     publish(server.url, "wide", jpegs[0])
     viewers = [RawChunks(server.port, "/stream/wide") for _ in range(SENDFILE_VIEWERS + 2)]
@@ -146,7 +180,7 @@ def test_wide_fan_out_sends_from_one_memfd_per_stream_byte_for_byte(server):
             got = {viewer.chunk() for viewer in viewers}
             assert len(got) == 1 and list(iter_parts(got))[0][1] == jpeg
         assert max(open_files) == 1  # only the latest frame keeps its file
-        assert stats(server, "wide")["direct_viewers"] == len(viewers)
+        assert viewer_writes(server)["sendfile"] - sent_before >= 5 * len(viewers)
         httpx.delete(f"{server.url}/api/streams/wide", timeout=10).raise_for_status()
         for viewer in viewers:
             assert viewer.chunk() == b""

@@ -1,0 +1,48 @@
+"""What every hot route shares: CORS headers, preflights and 405s in the JSON shape."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .errors import json_error
+from .state import RUNTIME
+
+
+def cors_headers(request: web.Request) -> dict:
+    """CORS headers for a browser's request to a hot route (``server.cors_enabled``)."""
+    if "Origin" in request.headers and request.app[RUNTIME].settings.server.cors_enabled:
+        return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "X-Timestamp"}
+    return {}
+
+
+PREFLIGHT_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+
+
+async def _other_method(request: web.Request, allowed: str) -> web.Response:
+    """Any other method on a hot route: a CORS preflight's answer, else 405 in JSON."""
+    cors = cors_headers(request)
+    if request.method == "OPTIONS" and cors and "Access-Control-Request-Method" in request.headers:
+        cors.pop("Access-Control-Expose-Headers")
+        requested = request.headers.get("Access-Control-Request-Headers")
+        if requested:
+            cors["Access-Control-Allow-Headers"] = requested
+        cors.update({"Access-Control-Allow-Methods": PREFLIGHT_METHODS,
+                     "Access-Control-Max-Age": "600", "Vary": "Origin"})
+        return web.Response(text="OK", headers=cors)
+    return json_error(
+        405, "method_not_allowed", f"{request.method} is not allowed on {request.path} (use {allowed})",
+        headers={"Allow": allowed, **cors},
+    )
+
+
+def add_resource(app: web.Application, path: str, handlers: dict) -> None:
+    """A path with a handler per method; any other method gets a 405 (or a preflight)."""
+    allowed = ", ".join(handlers)
+
+    async def other_method(request: web.Request) -> web.Response:
+        return await _other_method(request, allowed)
+
+    resource = app.router.add_resource(path)
+    for method, handler in handlers.items():
+        resource.add_route(method, handler)
+    resource.add_route("*", other_method)
