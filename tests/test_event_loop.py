@@ -2,23 +2,57 @@
 
 blockbuster wraps blocking functions (file and socket I/O, sleeps, lock waits) so that
 calling one from a running event loop with our package on the stack raises. The app
-runs in-process on uvicorn with the standard asyncio loop (blockbuster watches asyncio
-loops), and a real HTTP client drives every kind of request from another thread.
+runs in-process on aiohttp with the standard asyncio loop (blockbuster watches asyncio
+loops), and real clients drive every kind of request from another thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import threading
-import time
 
 import httpx
-import uvicorn
+from aiohttp import web
 from blockbuster import BlockBuster
+from websockets.sync.client import connect
 
-from helpers import free_port, make_jpeg, publish, wait_for
+from helpers import make_jpeg, publish, wait_for
 from robogpt_video.config import load_settings
 from robogpt_video.web import create_app
+
+
+class InProcessServer:
+    """The real app on aiohttp in a thread of this process, on a port bound at once."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.started = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_event: asyncio.Event | None = None
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        runner = web.AppRunner(create_app(self.settings), handler_cancellation=True,
+                               shutdown_timeout=5)
+        await runner.setup()
+        await web.SockSite(runner, self.sock).start()
+        self.started.set()
+        try:
+            await self.stop_event.wait()
+        finally:
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(15)
+        self.sock.close()
 
 
 class Errors(logging.Handler):
@@ -33,35 +67,29 @@ class Errors(logging.Handler):
 
 
 def test_request_paths_never_block_the_event_loop(tmp_path):
-    port = free_port()
     settings = load_settings(None, {
-        "server": {"host": "127.0.0.1", "port": port},
+        "server": {"host": "127.0.0.1", "port": 0},
         "recording": {"directory": str(tmp_path / "recordings"), "idle_close_seconds": 0.5},
         "cleanup": {"interval_seconds": 0.2},
         "logging": {"file": None},
     })
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, loop="asyncio",
-                            http="httptools", log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = InProcessServer(settings)
     errors = Errors()
     logging.getLogger().addHandler(errors)
-    thread.start()
+    server.thread.start()
     buster = BlockBuster(scanned_modules=["robogpt_video"])
     # prometheus-client's process metrics read /proc, served from kernel memory: fine.
     for function in buster.functions.values():
         function.can_block_in("prometheus_client/process_collector.py", "collect")
     try:
-        wait_for(lambda: server.started, what="the in-process server")
+        wait_for(server.started.is_set, what="the in-process server")
         buster.activate()
-        url = f"http://127.0.0.1:{port}"
-        exercise(url)
+        exercise(f"http://127.0.0.1:{server.port}")
     finally:
         buster.deactivate()
-        server.should_exit = True
-        thread.join(15)
+        server.stop()
         logging.getLogger().removeHandler(errors)
-    assert not thread.is_alive()
+    assert not server.thread.is_alive()
     blocking = [r.getMessage() + str(r.exc_info) for r in errors.records
                 if "Blocking" in r.getMessage() + str(r.exc_info)]
     assert blocking == []
@@ -76,18 +104,25 @@ def exercise(url: str) -> None:
         with client.stream("GET", f"{url}/stream/cam") as view:
             assert view.status_code == 200
             next(view.iter_raw())
+        mixed = b"".join(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+                         % (len(j), j) for j in (make_jpeg(seed=7), make_jpeg(seed=8)))
+        assert client.post(f"{url}/publish/mixed", content=mixed, headers={
+            "Content-Type": "multipart/x-mixed-replace; boundary=frame"}).json()["frames"] == 2
+        with connect(url.replace("http", "ws") + "/ws/publish/ws") as ws:
+            ws.send(make_jpeg(seed=9))
+        wait_for(lambda: client.get(f"{url}/api/streams/ws/stats").json().get("total_frames") == 1)
         for path in ("/snapshot/cam", "/api/streams", "/api/streams/cam/stats", "/health",
                      "/metrics", "/", "/openapi.json"):
             assert client.get(url + path).status_code == 200, path
-        time.sleep(1.0)  # the idle segment closes; cleanup sweeps a few times
         listing = wait_for(lambda: [r for r in client.get(f"{url}/api/recordings").json()
                                     ["recordings"] if r.get("status") == "complete"],
                            what="a complete recording")
-        recording = f"{url}/api/recordings/cam/{listing[0]['file']}"
+        recording = f"{url}/api/recordings/{listing[0]['stream_name']}/{listing[0]['file']}"
         assert client.get(recording, headers={"Range": "bytes=0-99"}).status_code == 206
         with client.stream("GET", recording + "/play") as play:
             assert play.status_code == 200
             next(play.iter_raw())
         assert client.post(f"{url}/api/cleanup/run?dry_run=true").status_code == 200
         assert client.delete(recording).status_code == 200
-        assert client.delete(f"{url}/api/streams/cam").status_code == 200
+        for name in ("cam", "mixed", "ws"):
+            assert client.delete(f"{url}/api/streams/{name}").status_code == 200
