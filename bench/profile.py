@@ -69,9 +69,9 @@ def summarise(text: str, top: int = 15) -> dict:
 
 
 def _package(frame: str) -> str:
-    """``robogpt_video``, ``uvicorn``, ``starlette``, ... from ``func (path/file.py:12)``."""
+    """``robogpt_video``, ``aiohttp``, ``starlette``, ... from ``func (path/file.py:12)``."""
     path = frame.rpartition("(")[2]
-    for name in ("robogpt_video", "uvicorn", "starlette", "fastapi", "python_multipart",
+    for name in ("robogpt_video", "aiohttp", "aiohttp_asgi", "yarl", "multidict", "starlette", "fastapi", "python_multipart",
                  "multipart", "asyncio", "uvloop", "av", "simplejpeg", "logging", "threading"):
         if f"/{name}/" in path or f"{name}/" in path.split("site-packages/")[-1][: len(name) + 1]:
             return name

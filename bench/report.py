@@ -228,7 +228,7 @@ def _missed(missed: list) -> list[str]:
             "generator to the other, so its recorder threads share the event loop's core there; one "
             "descheduled time slice on this shared machine is 10-50 ms, which a p99 over a few seconds "
             "shows at once. Where the time goes inside our server is in the profile below; in short: per "
-            "publish, uvicorn's HTTP parsing and a task per request (≈40 µs of Python); per viewer frame, "
+            "publish, aiohttp's request handling and a task per request; per viewer frame, "
             "one `writev` of the shared part, written by `publish` itself for idle viewers, or from 8 "
             "viewers on a `sendfile` from the frame's memfd; per recorded frame, its share of one "
             "`writev` per stream per batch. The fan-out ceiling is mostly kernel time: the server's "

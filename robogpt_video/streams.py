@@ -105,7 +105,8 @@ class Viewer:
     """One viewer of a stream and the sink its frames go to."""
 
     sink: FrameSink
-    last_seq: int = 0
+    last_seq: int = 0  # the last frame handed to its sink (0: none yet)
+    counted_from: int = 0  # frames after this one count as dropped if it never gets them
     closed: bool = False
     sending_since: float = 0.0  # monotonic time it began waiting for a full sink; 0 if not
     task: asyncio.Task | None = None
@@ -194,8 +195,9 @@ class Stream:
     def _send(self, viewer: Viewer, frame: Frame) -> bool:
         if not viewer.sink.write_frame(frame):
             return False
-        if viewer.last_seq and frame.seq > viewer.last_seq + 1:
-            self.frames_dropped_slow_viewers += frame.seq - viewer.last_seq - 1
+        previous = viewer.last_seq or viewer.counted_from
+        if frame.seq > previous + 1:
+            self.frames_dropped_slow_viewers += frame.seq - previous - 1
         viewer.last_seq = frame.seq  # never lower: a re-send is the same frame
         self.frames_out += 1
         return True
@@ -241,7 +243,8 @@ class Stream:
     def add_viewer(self, sink: FrameSink) -> Viewer:
         """Register a viewer whose frames go to ``sink``, or raise :class:`ViewerLimitReached`."""
         self.check_viewer_room()
-        viewer = Viewer(sink)
+        # Frames published after it came count as dropped if it never gets them.
+        viewer = Viewer(sink, counted_from=self.latest.seq if self.latest else 0)
         self.viewers.add(viewer)
         return viewer
 
@@ -250,8 +253,9 @@ class Stream:
         if viewer in self.viewers:
             self.viewers.discard(viewer)
             self._parked.pop(viewer, None)
-            if viewer.last_seq and self.latest is not None:
-                self.frames_dropped_slow_viewers += self.latest.seq - viewer.last_seq
+            if self.latest is not None:
+                previous = viewer.last_seq or viewer.counted_from
+                self.frames_dropped_slow_viewers += max(0, self.latest.seq - previous)
 
     async def serve(self, viewer: Viewer) -> bool:
         """Hand ``viewer`` every frame until it ends: the one viewer engine.

@@ -222,3 +222,33 @@ def test_viewer_that_stops_reading_gets_whole_parts_when_it_reads_again(server):
     finally:
         for viewer in [*fast, slow]:
             viewer.close()
+
+
+def frames_in(server) -> dict[str, float]:
+    """``robogpt_video_frames_in_total`` by ingest kind, from /metrics."""
+    found = {}
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("robogpt_video_frames_in_total{"):
+            via = line.split('via="', 1)[1].split('"', 1)[0]
+            found[via] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_every_ingest_kind_is_counted(server):
+    from websockets.sync.client import connect
+
+    jpegs = [make_jpeg(seed=s) for s in range(50, 55)]
+    assert frames_in(server) == {"post": 0, "mpjpeg": 0, "websocket": 0}
+    publish(server.url, "post_cam", jpegs[0])
+    mixed = b"".join(
+        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(j), j)
+        for j in jpegs[1:3]
+    )
+    answer = httpx.post(f"{server.url}/publish/mp_cam", content=mixed, timeout=10,
+                        headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame"})
+    assert answer.json()["frames"] == 2
+    with connect(f"ws://127.0.0.1:{server.port}/ws/publish/ws_cam") as ws:
+        for jpeg in jpegs[3:]:
+            ws.send(jpeg)
+    wait_for(lambda: frames_in(server)["websocket"] == 2, what="two WebSocket frames counted")
+    assert frames_in(server) == {"post": 1, "mpjpeg": 2, "websocket": 2}

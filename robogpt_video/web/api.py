@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from .. import __version__
 from ..errors import StreamNotFound
 from ..streams import validate_stream_name
-from .schemas import ErrorBody, Health, StreamList, StreamStats, Success
+from .schemas import ErrorBody, Health, RecentFrames, StreamList, StreamStats, Success
 
 router = APIRouter()
 _ERRORS = {
@@ -47,6 +47,17 @@ async def stream_stats(request: Request, name: str) -> dict:
     recorder = request.app.state.runtime.recorder
     recording = recorder.stream_stats(stream.name) if recorder is not None else None
     return {**stream.stats(), "recording": recording}
+
+
+@router.get(
+    "/api/streams/{name}/frames", response_model=RecentFrames, responses=_ERRORS, tags=["streams"]
+)
+async def recent_frames(request: Request, name: str) -> dict:
+    """The last ``max_buffer_frames`` frames of a stream: arrival time, size, resolution
+    and the interval since the one before (the images themselves are not kept)."""
+    stream = _stream(request, name)
+    frames = stream.recent_frames()
+    return {"stream": stream.name, "count": len(frames), "frames": frames}
 
 
 @router.delete("/api/streams/{name}", response_model=Success, responses=_ERRORS, tags=["streams"])

@@ -37,10 +37,14 @@ WS_TRY_AGAIN_LATER = 1013  # stream limit reached
 WS_MAX_REASON = 123  # bytes a close reason may take
 
 
-def _closing(response: web.Response) -> web.Response:
-    """After refusing a part, close: the rest of the body is not read, so the publisher
-    fails at once instead of blocking on a full socket."""
+async def _refuse(request: web.Request, response: web.Response) -> web.Response:
+    """Send a refusal and close the connection: the rest of the body is not read, so
+    the publisher fails at once instead of streaming into a server that discards it."""
     response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()  # after what is queued (the answer) has been sent
     return response
 
 
@@ -83,7 +87,7 @@ async def mpjpeg_ingest(request: web.Request, name: str, first: bytes = b"") -> 
     try:
         counter = IngestCounter(runtime.registry, name, request.app[METRICS].frames_in, "mpjpeg")
     except ApiError as exc:
-        return _closing(api_error(exc))
+        return await _refuse(request, api_error(exc))
     hint = boundary_from_content_type(request.headers.get("Content-Type", ""))
     parser = MpjpegParser(runtime.settings.server.max_frame_bytes, hint)
     peer = request.remote or "?"
@@ -103,7 +107,8 @@ async def mpjpeg_ingest(request: web.Request, name: str, first: bytes = b"") -> 
             consume.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await consume
-    return _ingest_result(consume, counter, name, peer)
+    response = _ingest_result(consume, counter, name, peer)
+    return await _refuse(request, response) if response.status != 200 else response
 
 
 async def _consume(content, parser: MpjpegParser, counter: IngestCounter, first: bytes) -> None:
@@ -120,15 +125,15 @@ def _ingest_result(consume: asyncio.Task, counter: IngestCounter, name: str, pee
     if consume.cancelled():
         log.info("stream %s: multipart ingest from %s ended by shutdown after %d frames",
                  name, peer, counter.frames)
-        return _closing(json_error(
+        return json_error(
             503, "shutting_down",
             f"the server is shutting down; {counter.frames} frame(s) were published",
-        ))
+        )
     exc = consume.exception()
     if isinstance(exc, ApiError):
         log.warning("stream %s: multipart ingest from %s refused: %s (%s)",
                     name, peer, exc.message, counter.kept())
-        return _closing(json_error(exc.status_code, exc.code, f"{exc.message}; {counter.kept()}"))
+        return json_error(exc.status_code, exc.code, f"{exc.message}; {counter.kept()}")
     if exc is not None:
         raise exc
     log.info("stream %s: multipart ingest from %s ended after %d frames", name, peer, counter.frames)

@@ -1,9 +1,10 @@
 """``GET /metrics``: Prometheus text, read from the live objects at scrape time.
 
 Per-stream counters already live on each :class:`~robogpt_video.streams.Stream`
-(frames and bytes in, frames out, frames slow viewers skipped), so a custom collector
-reads them when Prometheus scrapes: nothing extra runs per frame. Only the publish
-latency histogram and the rejection counter are updated on the request path (≈1 µs).
+(frames and bytes in, frames out and pushed, frames slow viewers never got), and the
+per-path counters on :class:`Metrics` are plain integers, so a custom collector reads
+them when Prometheus scrapes. Only the publish latency histogram and the rejection
+counter are prometheus-client instruments updated on the request path.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ LATENCY_BUCKETS = (
 RECORDER_COUNTERS = (
     ("bytes_written", "recording_bytes", "Bytes written to recording files"),
     ("frames_written", "recording_frames", "Frames written to recording files"),
-    ("frames_dropped", "recording_frames_dropped", "Frames the recorder queue dropped"),
+    ("frames_dropped", "recording_frames_dropped", "Frames the disk queue dropped (oldest first)"),
+    ("frames_skipped_fps", "recording_frames_skipped_fps", "Frames above recording.fps, not recorded"),
     ("errors", "recording_errors", "Recording errors (failed opens, writes, closes)"),
 )
 RECORDER_GAUGES = (("queue_frames", "recording_queue_frames", "Frames waiting for the disk"),)

@@ -38,6 +38,22 @@ class StreamStats(StreamSummary):
     frames_dropped_slow_viewers: int
 
 
+class FrameRecord(_Open):
+    sequence: int
+    time: str
+    timestamp: float
+    size: int
+    width: int
+    height: int
+    interval_ms: float | None
+
+
+class RecentFrames(_Open):
+    stream: str
+    count: int
+    frames: list[FrameRecord]
+
+
 class Success(_Open):
     status: str = "success"
     message: str
