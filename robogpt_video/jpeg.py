@@ -1,7 +1,7 @@
 """Frame validation: cheap checks that a body is one whole JPEG image.
 
 The header is read here, marker by marker up to the start of the image data, with
-no pixel decoded. DESIGN.md named ``simplejpeg.decode_jpeg_header`` (≈1.4 µs); it
+no pixel decoded. ``simplejpeg.decode_jpeg_header`` takes ≈1.4 µs, but simplejpeg
 needs NumPy, whose import alone is ≈15 MB of every server's resident memory, while
 walking the header in Python takes ≈3.7 µs a frame (docs/bench.md, "Memory").
 """

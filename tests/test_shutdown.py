@@ -113,8 +113,8 @@ def test_signal_ends_viewers_closes_recordings_and_exits_0(start_server, sig):
         assert viewer.error is None, repr(viewer.error)
         assert viewer.ended_cleanly and viewer.frames >= 1
     log = server.output()
-    assert "Traceback" not in log, log
-    assert "timeout graceful shutdown exceeded" not in log, log
+    assert "Traceback" not in log and " ERROR " not in log, log
+    assert log.index("shutting down: ending live responses") < log.index("robogpt-video stopped")
     assert check_recordings(server.recordings) >= 1
 
 
@@ -144,7 +144,8 @@ def test_sigterm_with_a_viewer_that_reads_nothing_still_exits_0_in_time(start_se
         stuck.close()
     assert code == 0, server.output()
     assert took < STOP_WITHIN, f"shutdown took {took:.1f} s"
-    assert "timeout graceful shutdown exceeded" not in server.output()  # not left to uvicorn
+    log = server.output()
+    assert "Traceback" not in log and " ERROR " not in log, log  # the stuck viewer was cut off
 
 
 def test_begin_shutdown_runs_callbacks_once_and_refuses_new_streams():

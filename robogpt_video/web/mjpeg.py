@@ -4,8 +4,9 @@ straight to a viewer's transport.
 A stream's :class:`FrameWire` frames its latest frame once for all its MJPEG viewers:
 the part's head (boundary and headers) and the HTTP/1.1 chunk-size line. Each
 viewer's :class:`MjpegSink` writes (size line, head, JPEG, CRLF) to
-``request.transport`` with ``writelines`` (one ``writev``: the uploaded JPEG is the only
-copy). From ``SENDFILE_VIEWERS`` viewers on, a frame is also written once to a memfd
+``request.transport`` with ``writelines``: on uvloop (the server's loop) that is one
+``writev`` and the uploaded JPEG is never copied; plain asyncio on Python 3.11 joins
+the pieces into one buffer first. From ``SENDFILE_VIEWERS`` viewers on, a frame is also written once to a memfd
 and sent with ``os.sendfile`` to every viewer whose transport has nothing queued: the
 kernel then queues the file's pages instead of copying the chunk into each socket
 (docs/bench.md). Only public interfaces are used: aiohttp's ``request.transport``
