@@ -1,6 +1,6 @@
 import pytest
 
-from helpers import ServerProcess
+from helpers import PortHold, ServerProcess
 
 
 @pytest.fixture
@@ -20,5 +20,19 @@ def start_server(tmp_path):
 
 @pytest.fixture
 def server(start_server):
-    """One real server with default settings on a free loopback port."""
+    """One real server with default settings, on the port it bound (port 0)."""
     return start_server()
+
+
+@pytest.fixture
+def hold_port():
+    """``hold_port(for_server=False) -> port``: loopback ports held until the test ends."""
+    holds: list[PortHold] = []
+
+    def hold(for_server: bool = False) -> int:
+        holds.append(PortHold(for_server))
+        return holds[-1].port
+
+    yield hold
+    for held in holds:
+        held.close()

@@ -1,8 +1,9 @@
-"""Shared test tools: real JPEGs, a real server process on a free loopback port, MJPEG parsing."""
+"""Shared test tools: real JPEGs, a real server process on a loopback port, MJPEG parsing."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,15 +47,45 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition", step: fl
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class PortHold:
+    """A loopback port kept bound, never listening, until ``close()``.
+
+    Connections to it are refused, and neither the kernel (for ``bind(0)`` or an
+    outgoing connection) nor anyone else can take it while it is held. With
+    ``for_server`` the socket sets SO_REUSEADDR, so a server that sets it too (ours and
+    nginx do) can bind and listen on the held port on Linux: that is how a server is
+    restarted on the same port, or given a port in its config, with no window in which
+    another process could take the port.
+    """
+
+    def __init__(self, for_server: bool = False):
+        self.sock = socket.socket()
+        if for_server:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "PortHold":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# What the server logs at INFO once its socket is bound (robogpt_video/server.py).
+LISTENING = re.compile(rb"robogpt-video listening on http://(\S+):(\d+)")
 
 
 class ServerProcess:
-    """``robogpt-video serve`` in a subprocess, in its own working directory."""
+    """``robogpt-video serve`` in a subprocess, in its own working directory.
+
+    It binds port 0 unless the config names a port, and ``port``/``url`` are the port it
+    reports once it listens. A port in the config should be held by a ``PortHold``
+    (``for_server=True``) for as long as the server may be restarted on it.
+    """
 
     preexec_fn = None  # set before start() to run code in the child (e.g. setrlimit)
 
@@ -63,7 +94,7 @@ class ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = merge(
             {
-                "server": {"host": "127.0.0.1", "port": free_port()},
+                "server": {"host": "127.0.0.1", "port": 0},
                 "recording": {"directory": str(self.workdir / "recordings")},
                 "logging": {"file": str(self.workdir / "logs" / "server.log")},
             },
@@ -74,10 +105,14 @@ class ServerProcess:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "stderr.log"
+        self._port: int | None = None
 
     @property
     def port(self) -> int:
-        return self.config["server"]["port"]
+        """The port the server reported when it last started."""
+        if self._port is None:
+            raise RuntimeError("the server has not reported its port: start() it first")
+        return self._port
 
     @property
     def url(self) -> str:
@@ -88,9 +123,14 @@ class ServerProcess:
         return Path(self.config["recording"]["directory"])
 
     def start(self, timeout: float = 20.0) -> "ServerProcess":
+        """Start the server, learn its port from its output, and wait for ``/health``."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOGPT_")}
         env.update(self.env)
+        # The log is appended to by every start on this workdir: only what this run
+        # prints, from here on, can say which port it has.
         self._log = open(self.log_path, "ab")
+        offset = os.fstat(self._log.fileno()).st_size
+        self._port = None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "robogpt_video", "serve", "--config", str(self.config_path)],
             cwd=self.workdir,
@@ -99,18 +139,38 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             preexec_fn=self.preexec_fn,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        reported: list[int] = []
+
+        def healthy() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            if not reported:
+                with open(self.log_path, "rb") as log:
+                    log.seek(offset)
+                    found = LISTENING.search(log.read())
+                if found is None:
+                    return False
+                reported.append(int(found[2]))
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
+                url = f"http://127.0.0.1:{reported[0]}/health"
+                return httpx.get(url, timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"server did not answer within {timeout}s:\n{self.output()}")
+                return False
+
+        try:
+            wait_for(healthy, timeout, "the server to report its port and answer /health")
+        except AssertionError as error:
+            self.stop()
+            raise RuntimeError(f"{error}:\n{self.output()}") from None
+        except BaseException:
+            self.stop()
+            raise
+        configured = self.config["server"]["port"]
+        if configured and reported[0] != configured:
+            self.stop()
+            raise RuntimeError(f"server reported port {reported[0]}, configured {configured}")
+        self._port = reported[0]
+        return self
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 import simplejpeg
-from helpers import REPO, free_port, make_jpeg, wait_for
+from helpers import REPO, make_jpeg, wait_for
 
 from robogpt_video.client import (
     ConfigurationError,
@@ -68,7 +68,10 @@ def test_frames_arrive_and_max_fps_holds(server, transport):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_publisher_resumes_by_itself_after_a_server_restart(server, transport):
+def test_publisher_resumes_by_itself_after_a_server_restart(start_server, hold_port, transport):
+    # The publisher keeps its URL, so the server comes back on the same port; the port
+    # stays held in between so that nothing else can take it.
+    server = start_server({"server": {"port": hold_port(for_server=True)}})
     name = f"restart_{transport}"
     with StreamPublisher(server.url, name, max_fps=30, transport=transport) as publisher:
         feed_until(publisher, lambda: total_frames(server, name) >= 3)
@@ -106,8 +109,9 @@ def test_a_refused_frame_is_counted_and_publishing_goes_on(server, transport):
     assert publisher.stats()["errors"] >= 1
 
 
-def test_an_unreachable_server_never_blocks_the_caller():
-    publisher = StreamPublisher(f"http://127.0.0.1:{free_port()}", "nobody", backoff_max=0.2)
+def test_an_unreachable_server_never_blocks_the_caller(hold_port):
+    # Bound and never listening: every connection is refused.
+    publisher = StreamPublisher(f"http://127.0.0.1:{hold_port()}", "nobody", backoff_max=0.2)
     with publisher:
         started = time.monotonic()
         for _ in range(200):

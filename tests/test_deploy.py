@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from helpers import REPO, free_port, iter_parts, make_jpeg, publish
+from helpers import REPO, iter_parts, make_jpeg, publish
 
 DOCKERFILE = REPO / "Dockerfile"
 UNIT = REPO / "deploy" / "robogpt-video.service"
@@ -93,11 +93,11 @@ def test_dockerignore_keeps_local_state_out_of_the_image():
     assert any(p.endswith("__pycache__") for p in ignored)
 
 
-def test_docker_healthcheck_passes_on_a_live_server_and_fails_on_a_dead_one(server):
+def test_docker_healthcheck_passes_on_a_live_server_and_fails_on_a_dead_one(server, hold_port):
     command = [sys.executable if word == "python" else word for word in healthcheck_command()]
     env = {**os.environ, "SERVER_PORT": str(server.port)}
     assert subprocess.run(command, env=env, timeout=30).returncode == 0
-    env["SERVER_PORT"] = str(free_port())
+    env["SERVER_PORT"] = str(hold_port())  # bound, never listening: refused
     assert subprocess.run(command, env=env, timeout=30, capture_output=True).returncode != 0
 
 
@@ -142,8 +142,13 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     assert "robogpt-video.service" not in result.stderr, result.stderr  # no warnings
 
 
-def nginx_setup(tmp_path, upstream_port: int) -> tuple[str, int, object]:
-    """The example config made runnable here: self-signed cert, loopback ports."""
+def nginx_setup(tmp_path, hold_port, upstream_port: int) -> tuple[str, int, object]:
+    """The example config made runnable here: self-signed cert, loopback ports.
+
+    nginx cannot bind port 0 and say which port it got, so its ports are held
+    (``hold_port(for_server=True)``) until the test ends; nginx sets SO_REUSEADDR and
+    binds them alongside the hold, and nothing else can take them in between.
+    """
     tool = shutil.which("nginx")
     if tool is None:
         pytest.skip("nginx is missing (apt-get install nginx-light; .ci/run does)")
@@ -153,7 +158,7 @@ def nginx_setup(tmp_path, upstream_port: int) -> tuple[str, int, object]:
          "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True, timeout=60,
     )
-    https_port, http_port = free_port(), free_port()
+    https_port, http_port = hold_port(for_server=True), hold_port(for_server=True)
     text = NGINX.read_text()
     for old, new in (
         ("/etc/letsencrypt/live/video.example.com/fullchain.pem", str(cert)),
@@ -191,8 +196,8 @@ def test_nginx_example_has_the_streaming_settings():
     assert "ssl_certificate " in text and "TLSv1.3" in text
 
 
-def test_nginx_accepts_the_example(tmp_path):
-    tool, _, main = nginx_setup(tmp_path, free_port())
+def test_nginx_accepts_the_example(tmp_path, hold_port):
+    tool, _, main = nginx_setup(tmp_path, hold_port, hold_port())  # no upstream needed
     result = subprocess.run(
         [tool, "-t", "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
         capture_output=True, text=True, timeout=60,
@@ -201,8 +206,8 @@ def test_nginx_accepts_the_example(tmp_path):
     assert "test is successful" in result.stderr
 
 
-def test_nginx_example_proxies_publish_and_live_mjpeg_over_tls(tmp_path, server):
-    tool, port, main = nginx_setup(tmp_path, server.port)
+def test_nginx_example_proxies_publish_and_live_mjpeg_over_tls(tmp_path, hold_port, server):
+    tool, port, main = nginx_setup(tmp_path, hold_port, server.port)
     proc = subprocess.Popen(
         [tool, "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
