@@ -24,6 +24,21 @@ def server(start_server):
     return start_server()
 
 
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One default server for every test of a module that takes it.
+
+    Only for tests that need no special config, use stream names no other test in the
+    module uses, and assert nothing about the server as a whole (stream or viewer
+    counts, global metrics, its log): those take ``server`` or ``start_server``.
+    """
+    server = ServerProcess(tmp_path_factory.mktemp("shared"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def hold_port():
     """``hold_port(for_server=False) -> port``: loopback ports held until the test ends."""

@@ -21,27 +21,36 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
     return body
 
 
-def test_publish_multipart_as_in_the_brief(server):
-    r = publish(server.url, "camera1", JPEG)
+def stream_names(url: str) -> set[str]:
+    return {s["name"] for s in httpx.get(f"{url}/api/streams", timeout=10).json()["streams"]}
+
+
+# Tests that take ``shared_server`` share one server: each uses its own stream names and
+# asserts nothing about the server as a whole. Tests that count streams or read the
+# log take their own ``server``.
+
+
+def test_publish_multipart_as_in_the_brief(shared_server):
+    r = publish(shared_server.url, "brief_cam", JPEG)
     assert r.status_code == 200
     body = r.json()
-    assert body["status"] == "success" and body["stream"] == "camera1"
+    assert body["status"] == "success" and body["stream"] == "brief_cam"
     assert body["frame_size"] == len(JPEG)
     assert (body["width"], body["height"]) == (320, 240)
 
 
-def test_publish_raw_jpeg_body(server):
+def test_publish_raw_jpeg_body(shared_server):
     r = httpx.post(
-        f"{server.url}/publish/raw", content=JPEG, headers={"Content-Type": "image/jpeg"}
+        f"{shared_server.url}/publish/raw", content=JPEG, headers={"Content-Type": "image/jpeg"}
     )
     assert r.status_code == 200 and r.json()["frame_size"] == len(JPEG)
 
 
-def test_brief_custom_publisher_with_requests(server):
+def test_brief_custom_publisher_with_requests(shared_server):
     import requests
 
     files = {"frame": ("frame.jpg", JPEG, "image/jpeg")}
-    response = requests.post(f"{server.url}/publish/req_cam", files=files, timeout=10)
+    response = requests.post(f"{shared_server.url}/publish/req_cam", files=files, timeout=10)
     assert response.status_code == 200
 
 
@@ -95,28 +104,29 @@ def test_health(server):
     assert body["config"] == {"timeout_seconds": 300, "max_buffer_frames": 30, "retention_days": 7}
 
 
-def test_snapshot(server):
-    assert_error(httpx.get(f"{server.url}/snapshot/cam"), 404, "stream_not_found")
-    publish(server.url, "cam", JPEG)
-    r = httpx.get(f"{server.url}/snapshot/cam")
+def test_snapshot(shared_server):
+    url = shared_server.url
+    assert_error(httpx.get(f"{url}/snapshot/snap_cam"), 404, "stream_not_found")
+    publish(url, "snap_cam", JPEG)
+    r = httpx.get(f"{url}/snapshot/snap_cam")
     assert r.status_code == 200 and r.content == JPEG
     assert r.headers["content-type"] == "image/jpeg"
     assert float(r.headers["x-timestamp"]) > 1.7e9
     assert "no-store" in r.headers["cache-control"]
 
 
-def test_openapi_docs(server):
-    assert httpx.get(f"{server.url}/docs").status_code == 200
-    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+def test_openapi_docs(shared_server):
+    assert httpx.get(f"{shared_server.url}/docs").status_code == 200
+    paths = httpx.get(f"{shared_server.url}/openapi.json").json()["paths"]
     assert {"/api/streams", "/api/streams/{name}/stats", "/health"} <= set(paths)
 
 
-def test_cors(server):
-    publish(server.url, "cam", JPEG)
-    r = httpx.get(f"{server.url}/api/streams", headers={"Origin": "http://dash.example"})
+def test_cors(shared_server):
+    publish(shared_server.url, "cors_cam", JPEG)
+    r = httpx.get(f"{shared_server.url}/api/streams", headers={"Origin": "http://dash.example"})
     assert r.headers["access-control-allow-origin"] == "*"
     pre = httpx.options(
-        f"{server.url}/publish/cam",
+        f"{shared_server.url}/publish/cors_cam",
         headers={"Origin": "http://dash.example", "Access-Control-Request-Method": "POST"},
     )
     assert pre.status_code == 200
@@ -132,17 +142,18 @@ def multipart(field="frame", data=JPEG):
     return {"files": {field: ("f.jpg", data, "image/jpeg")}}
 
 
+# No test publishes to "refused" or "nope" (the table runs on the shared server).
 BAD_INPUTS = [
     ("post", "/publish/bad%20name", multipart(), 400, "invalid_stream_name"),
     ("post", "/publish/" + "x" * 65, multipart(), 400, "invalid_stream_name"),
     ("post", "/publish/cam.jpg", multipart(), 400, "invalid_stream_name"),
-    ("post", "/publish/cam", multipart(data=b""), 400, "empty_frame"),
-    ("post", "/publish/cam", multipart(data=b"not a jpeg"), 400, "not_jpeg"),
-    ("post", "/publish/cam", multipart(data=JPEG[: len(JPEG) // 2]), 400, "truncated_jpeg"),
-    ("post", "/publish/cam", multipart(field="image"), 400, "missing_frame_field"),
-    ("post", "/publish/cam", {"content": b"", "headers": {"Content-Type": "image/jpeg"}}, 400, "empty_frame"),
-    ("post", "/publish/cam", {"content": b"{}", "headers": {"Content-Type": "application/json"}}, 415, "unsupported_media_type"),
-    ("post", "/publish/cam", {"content": b"--x\r\n", "headers": {"Content-Type": "multipart/form-data"}}, 400, "bad_multipart"),
+    ("post", "/publish/refused", multipart(data=b""), 400, "empty_frame"),
+    ("post", "/publish/refused", multipart(data=b"not a jpeg"), 400, "not_jpeg"),
+    ("post", "/publish/refused", multipart(data=JPEG[: len(JPEG) // 2]), 400, "truncated_jpeg"),
+    ("post", "/publish/refused", multipart(field="image"), 400, "missing_frame_field"),
+    ("post", "/publish/refused", {"content": b"", "headers": {"Content-Type": "image/jpeg"}}, 400, "empty_frame"),
+    ("post", "/publish/refused", {"content": b"{}", "headers": {"Content-Type": "application/json"}}, 415, "unsupported_media_type"),
+    ("post", "/publish/refused", {"content": b"--x\r\n", "headers": {"Content-Type": "multipart/form-data"}}, 400, "bad_multipart"),
     ("get", "/stream/nope", {}, 404, "stream_not_found"),
     ("get", "/stream/bad%20name", {}, 400, "invalid_stream_name"),
     ("get", "/snapshot/nope", {}, 404, "stream_not_found"),
@@ -155,19 +166,21 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("method, path, kwargs, status, code", BAD_INPUTS)
-def test_bad_inputs_table(server, method, path, kwargs, status, code):
-    r = httpx.request(method.upper(), server.url + path, timeout=10, **kwargs)
+def test_bad_inputs_table(shared_server, method, path, kwargs, status, code):
+    before = stream_names(shared_server.url)
+    r = httpx.request(method.upper(), shared_server.url + path, timeout=10, **kwargs)
     assert_error(r, status, code)
     # nothing was created by a refused frame
-    assert httpx.get(f"{server.url}/api/streams").json()["count"] == 0
+    assert stream_names(shared_server.url) - before == set()
 
 
-def test_bad_frame_does_not_disturb_an_existing_stream(server):
-    publish(server.url, "cam", JPEG)
-    assert_error(publish(server.url, "cam", b"garbage"), 400, "not_jpeg")
-    stats = httpx.get(f"{server.url}/api/streams/cam/stats").json()
+def test_bad_frame_does_not_disturb_an_existing_stream(shared_server):
+    url = shared_server.url
+    publish(url, "kept_cam", JPEG)
+    assert_error(publish(url, "kept_cam", b"garbage"), 400, "not_jpeg")
+    stats = httpx.get(f"{url}/api/streams/kept_cam/stats").json()
     assert stats["total_frames"] == 1
-    assert httpx.get(f"{server.url}/snapshot/cam").content == JPEG
+    assert httpx.get(f"{url}/snapshot/kept_cam").content == JPEG
 
 
 def test_too_large_is_refused_before_the_body_is_read(start_server):

@@ -45,7 +45,8 @@ def feed_until(publisher, condition, timeout: float = 15.0, interval: float = 0.
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_frames_arrive_and_max_fps_holds(server, transport):
+def test_frames_arrive_and_max_fps_holds(shared_server, transport):
+    server = shared_server
     name = f"pub_{transport}"
     publisher = StreamPublisher(server.url, name, quality=80, max_fps=10, transport=transport)
     publisher.start()
@@ -84,7 +85,8 @@ def test_publisher_resumes_by_itself_after_a_server_restart(start_server, hold_p
     assert stats["connected"]
 
 
-def test_context_manager_and_publish_jpeg_flush_the_last_frame(server):
+def test_context_manager_and_publish_jpeg_flush_the_last_frame(shared_server):
+    server = shared_server
     jpeg = make_jpeg(seed=5)
     with StreamPublisher(server.url, "jpegs", max_fps=5) as publisher:
         publisher.publish_jpeg(jpeg)
@@ -94,7 +96,8 @@ def test_context_manager_and_publish_jpeg_flush_the_last_frame(server):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_refused_frame_is_counted_and_publishing_goes_on(server, transport):
+def test_a_refused_frame_is_counted_and_publishing_goes_on(shared_server, transport):
+    server = shared_server
     name = f"refused_{transport}"
     with StreamPublisher(server.url, name, max_fps=50, transport=transport) as publisher:
         publisher.publish_jpeg(b"definitely not a jpeg")
