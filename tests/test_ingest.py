@@ -31,7 +31,8 @@ def stats(server, name: str) -> dict:
     return httpx.get(f"{server.url}/api/streams/{name}/stats", timeout=5).json()
 
 
-def test_chunked_multipart_post_publishes_every_part(server):
+def test_chunked_multipart_post_publishes_every_part(shared_server):
+    server = shared_server
     response = requests.post(
         f"{server.url}/publish/multi",
         data=chunked(*(parts(j) for j in FRAMES[:5])),
@@ -47,7 +48,8 @@ def test_chunked_multipart_post_publishes_every_part(server):
 
 
 @pytest.mark.parametrize("origin", [None, "http://example.test"], ids=["plain", "cors"])
-def test_parts_split_anywhere_across_chunks_publish_the_same_frames(server, origin):
+def test_parts_split_anywhere_across_chunks_publish_the_same_frames(shared_server, origin):
+    server = shared_server
     # Parts must be cut the same way whatever the chunk boundaries: here every piece
     # is 1,000 bytes; a browser's CORS request takes the same path.
     body = parts(*FRAMES[:5])
@@ -55,16 +57,18 @@ def test_parts_split_anywhere_across_chunks_publish_the_same_frames(server, orig
     headers = {"Content-Type": "multipart/x-mixed-replace; boundary=frame"}
     if origin:
         headers["Origin"] = origin
+    name = "split_cors" if origin else "split"
     response = requests.post(
-        f"{server.url}/publish/split", data=chunked(*pieces), headers=headers, timeout=10
+        f"{server.url}/publish/{name}", data=chunked(*pieces), headers=headers, timeout=10
     )
     assert response.status_code == 200, response.text
     assert response.json()["frames"] == 5
-    assert httpx.get(f"{server.url}/snapshot/split").content == FRAMES[4]
-    assert stats(server, "split")["total_frames"] == 5
+    assert httpx.get(f"{server.url}/snapshot/{name}").content == FRAMES[4]
+    assert stats(server, name)["total_frames"] == 5
 
 
-def test_a_body_without_content_type_is_sniffed(server):
+def test_a_body_without_content_type_is_sniffed(shared_server):
+    server = shared_server
     # A raw JPEG (starts \xff\xd8) is one frame, answered like any single POST...
     single = httpx.post(f"{server.url}/publish/sniff", content=FRAMES[0])
     assert single.status_code == 200
@@ -76,7 +80,8 @@ def test_a_body_without_content_type_is_sniffed(server):
     assert stats(server, "sniff")["total_frames"] == 4
 
 
-def test_a_corrupt_part_ends_the_connection_and_keeps_the_frames_before_it(server):
+def test_a_corrupt_part_ends_the_connection_and_keeps_the_frames_before_it(shared_server):
+    server = shared_server
     truncated = FRAMES[3][:-200]
     response = requests.post(
         f"{server.url}/publish/corrupt",
@@ -108,7 +113,8 @@ def test_multipart_parts_obey_the_frame_size_limit(start_server):
     assert stats(server, "limited")["total_frames"] == 1, (response.text, server.output())
 
 
-def test_a_malformed_multipart_body_is_refused_with_a_reason(server):
+def test_a_malformed_multipart_body_is_refused_with_a_reason(shared_server):
+    server = shared_server
     response = httpx.post(
         f"{server.url}/publish/garbage",
         content=b"not a multipart body at all",
@@ -119,7 +125,8 @@ def test_a_malformed_multipart_body_is_refused_with_a_reason(server):
     assert "--boundary" in response.json()["message"]
 
 
-def test_real_ffmpeg_publishes_and_a_viewer_receives_its_frames(server):
+def test_real_ffmpeg_publishes_and_a_viewer_receives_its_frames(shared_server):
+    server = shared_server
     name = "ffmpeg_cam"
     ffmpeg = subprocess.Popen(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
@@ -153,7 +160,8 @@ def test_real_ffmpeg_publishes_and_a_viewer_receives_its_frames(server):
     assert httpx.get(f"{server.url}/snapshot/{name}").status_code == 200
 
 
-def test_websocket_binary_messages_are_frames(server):
+def test_websocket_binary_messages_are_frames(shared_server):
+    server = shared_server
     with connect(f"ws://127.0.0.1:{server.port}/ws/publish/wscam") as ws:
         for jpeg in FRAMES:
             ws.send(jpeg)
@@ -209,8 +217,9 @@ def test_long_lived_ingest_obeys_the_stream_limit(start_server):
     wait_for(lambda: stats(server, "first")["total_frames"] == 2)
 
 
-def test_a_viewer_of_a_connected_publisher_waits_for_its_first_frame(server):
+def test_a_viewer_of_a_connected_publisher_waits_for_its_first_frame(shared_server):
     """The stream exists once a publisher connects; a viewer then waits instead of 404."""
+    server = shared_server
     with connect(f"ws://127.0.0.1:{server.port}/ws/publish/early") as ws:
         wait_for(lambda: httpx.get(f"{server.url}/api/streams/early/stats").status_code == 200)
         assert stats(server, "early")["has_current_frame"] is False

@@ -38,10 +38,11 @@ def viewer_count(url, name):
     return httpx.get(f"{url}/api/streams/{name}/stats").json()["viewer_count"]
 
 
-def test_parts_carry_headers_and_the_published_bytes(server):
+def test_parts_carry_headers_and_the_published_bytes(shared_server):
+    server = shared_server
     first = make_jpeg(seed=1)
-    publish(server.url, "cam", first)
-    with httpx.stream("GET", f"{server.url}/stream/cam", timeout=10) as r:
+    publish(server.url, "parts_cam", first)
+    with httpx.stream("GET", f"{server.url}/stream/parts_cam", timeout=10) as r:
         assert r.status_code == 200
         assert r.headers["content-type"] == "multipart/x-mixed-replace; boundary=frame"
         assert "no-cache" in r.headers["cache-control"]
@@ -54,15 +55,16 @@ def test_parts_carry_headers_and_the_published_bytes(server):
         sent = [make_jpeg(seed=s) for s in range(2, 6)]
         got = []
         for jpeg in sent:
-            publish(server.url, "cam", jpeg)
+            publish(server.url, "parts_cam", jpeg)
             got.append(next(parts)[1])
         assert got == sent
 
 
-def test_quiet_stream_resends_the_last_frame(server):
+def test_quiet_stream_resends_the_last_frame(shared_server):
+    server = shared_server
     jpeg = make_jpeg(seed=3)
-    publish(server.url, "cam", jpeg)
-    with httpx.stream("GET", f"{server.url}/stream/cam", timeout=10) as r:
+    publish(server.url, "quiet_cam", jpeg)
+    with httpx.stream("GET", f"{server.url}/stream/quiet_cam", timeout=10) as r:
         parts = iter_parts(r.iter_raw())
         t0 = time.monotonic()
         h1, b1 = next(parts)
@@ -72,24 +74,26 @@ def test_quiet_stream_resends_the_last_frame(server):
     assert 0.5 < elapsed < 3.0
 
 
-def test_viewer_count_drops_when_a_viewer_leaves_an_idle_stream(server):
-    publish(server.url, "cam", make_jpeg())
+def test_viewer_count_drops_when_a_viewer_leaves_an_idle_stream(shared_server):
+    server = shared_server
+    publish(server.url, "leave_cam", make_jpeg())
     sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.sendall(b"GET /stream/cam HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /stream/leave_cam HTTP/1.1\r\nHost: x\r\n\r\n")
     assert sock.recv(65536).startswith(b"HTTP/1.1 200")
-    wait_for(lambda: viewer_count(server.url, "cam") == 1)
+    wait_for(lambda: viewer_count(server.url, "leave_cam") == 1)
     sock.close()
     left = time.monotonic()
-    wait_for(lambda: viewer_count(server.url, "cam") == 0, timeout=3)
+    wait_for(lambda: viewer_count(server.url, "leave_cam") == 0, timeout=3)
     assert time.monotonic() - left < 1.5
 
 
-def test_deleting_a_stream_ends_its_viewers(server):
-    publish(server.url, "cam", make_jpeg())
-    with httpx.stream("GET", f"{server.url}/stream/cam", timeout=10) as r:
+def test_deleting_a_stream_ends_its_viewers(shared_server):
+    server = shared_server
+    publish(server.url, "deleted_cam", make_jpeg())
+    with httpx.stream("GET", f"{server.url}/stream/deleted_cam", timeout=10) as r:
         parts = iter_parts(r.iter_raw())
         next(parts)
-        httpx.delete(f"{server.url}/api/streams/cam").raise_for_status()
+        httpx.delete(f"{server.url}/api/streams/deleted_cam").raise_for_status()
         remaining = list(parts)  # the response ends instead of hanging
     assert len(remaining) <= 1
 
@@ -124,13 +128,15 @@ def test_slow_viewer_does_not_slow_a_fast_one(start_server):
     assert "ERROR" not in srv.output()
 
 
-def test_ffmpeg_decodes_the_live_stream(server, tmp_path):
-    pub = Publisher(server.url, "cam", fps=15)
+def test_ffmpeg_decodes_the_live_stream(shared_server, tmp_path):
+    server = shared_server
+    pub = Publisher(server.url, "ffmpeg_view", fps=15)
     pub.start()
     try:
         wait_for(lambda: pub.sent > 0)
         result = subprocess.run(
-            ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", f"{server.url}/stream/cam",
+            ["ffmpeg", "-nostdin", "-loglevel", "error",
+             "-i", f"{server.url}/stream/ffmpeg_view",
              "-frames:v", "8", str(tmp_path / "out%02d.png")],
             capture_output=True, text=True, timeout=60,
         )
@@ -140,13 +146,14 @@ def test_ffmpeg_decodes_the_live_stream(server, tmp_path):
     assert len(list(tmp_path.glob("out*.png"))) == 8
 
 
-def test_opencv_reads_the_live_stream(server):
+def test_opencv_reads_the_live_stream(shared_server):
     import cv2  # the client extra, installed by make test
-    pub = Publisher(server.url, "cam", fps=15)
+    server = shared_server
+    pub = Publisher(server.url, "opencv_view", fps=15)
     pub.start()
     try:
         wait_for(lambda: pub.sent > 0)
-        cap = cv2.VideoCapture(f"{server.url}/stream/cam")
+        cap = cv2.VideoCapture(f"{server.url}/stream/opencv_view")
         ok, image = cap.read()
         cap.release()
     finally:
