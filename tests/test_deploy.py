@@ -93,7 +93,10 @@ def test_dockerignore_keeps_local_state_out_of_the_image():
     assert any(p.endswith("__pycache__") for p in ignored)
 
 
-def test_docker_healthcheck_passes_on_a_live_server_and_fails_on_a_dead_one(server, hold_port):
+def test_docker_healthcheck_passes_on_a_live_server_and_fails_on_a_dead_one(
+    shared_server, hold_port
+):
+    server = shared_server
     command = [sys.executable if word == "python" else word for word in healthcheck_command()]
     env = {**os.environ, "SERVER_PORT": str(server.port)}
     assert subprocess.run(command, env=env, timeout=30).returncode == 0
@@ -206,7 +209,8 @@ def test_nginx_accepts_the_example(tmp_path, hold_port):
     assert "test is successful" in result.stderr
 
 
-def test_nginx_example_proxies_publish_and_live_mjpeg_over_tls(tmp_path, hold_port, server):
+def test_nginx_example_proxies_publish_and_live_mjpeg_over_tls(tmp_path, hold_port, shared_server):
+    server = shared_server
     tool, port, main = nginx_setup(tmp_path, hold_port, server.port)
     proc = subprocess.Popen(
         [tool, "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],

@@ -18,7 +18,8 @@ def stats(server, name: str) -> dict:
     return httpx.get(f"{server.url}/api/streams/{name}/stats", timeout=5).json()
 
 
-def test_webcam_example_publishes_a_test_pattern(server):
+def test_webcam_example_publishes_a_test_pattern(shared_server):
+    server = shared_server
     result = run([sys.executable, str(EXAMPLE), "--server", server.url, "--stream", "example",
                   "--camera", "test", "--quality", "70", "--fps", "10", "--duration", "3"])
     assert result.returncode == 0, result.stderr
@@ -31,7 +32,8 @@ def test_webcam_example_publishes_a_test_pattern(server):
     assert (published["width"], published["height"]) == (640, 480)
 
 
-def test_publish_command_streams_a_video_file(server, tmp_path):
+def test_publish_command_streams_a_video_file(shared_server, tmp_path):
+    server = shared_server
     video = tmp_path / "clip.mp4"
     subprocess.run(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi",
@@ -48,7 +50,8 @@ def test_publish_command_streams_a_video_file(server, tmp_path):
     assert simplejpeg.decode_jpeg_header(jpeg)[:2] == (240, 320)
 
 
-def test_a_missing_camera_fails_with_a_helpful_message(server, tmp_path):
+def test_a_missing_camera_fails_with_a_helpful_message(shared_server, tmp_path):
+    server = shared_server
     result = run([sys.executable, str(EXAMPLE), "--server", server.url,
                   "--camera", str(tmp_path / "nothing.mp4"), "--duration", "1"])
     assert result.returncode == 1
