@@ -1,10 +1,9 @@
-"""Start the server under test (ours or the Flask baseline) on a free loopback port."""
+"""Start the server under test (ours or the Flask baseline) on a loopback port it binds itself."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,11 +15,33 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def listening_port(pid: int) -> int | None:
+    """The IPv4 TCP port process ``pid`` listens on, read from /proc (Linux); None if none yet.
+
+    Both servers bind port 0, so the port is only known once they listen. Neither says
+    so at the log levels the benchmark runs them at (ours at WARNING; the baseline's
+    werkzeug at WARNING, to keep its per-request log quiet), so the socket is looked up
+    instead of the output.
+    """
+    sockets = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:  # closed since listed
+                continue
+            if target.startswith("socket:["):
+                sockets.add(target[len("socket:[") : -1])
+        with open(f"/proc/{pid}/net/tcp") as fh:
+            lines = fh.readlines()[1:]  # after the header
+    except FileNotFoundError:  # the process has exited
+        return None
+    for line in lines:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and inode in sockets:  # 0A: LISTEN
+            return int(local.rsplit(":", 1)[1], 16)
+    return None
 
 
 class BenchServer:
@@ -34,7 +55,7 @@ class BenchServer:
         self.record = record
         self.cpus = cpus  # pin the server to these cores (None: wherever the kernel likes)
         self.host = "127.0.0.1"
-        self.port = free_port()
+        self.port = 0  # the port the server bound, once start() has seen it listen
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -44,11 +65,11 @@ class BenchServer:
     def command(self) -> list[str]:
         """The command line that starts this server."""
         if self.kind == "baseline":
-            cmd = [sys.executable, "-m", "bench.baseline.app", "--port", str(self.port)]
+            cmd = [sys.executable, "-m", "bench.baseline.app", "--port", "0"]
             cmd += ["--recordings", str(self.recordings)]
             return cmd + ([] if self.record else ["--no-record"])
         config = {
-            "server": {"host": self.host, "port": self.port},
+            "server": {"host": self.host, "port": 0},
             "streams": {"max_concurrent": 5000, "max_viewers": 5000},
             "recording": {"enabled": self.record, "directory": str(self.recordings)},
             "logging": {"level": "WARNING", "file": str(self.workdir / "logs" / "server.log")},
@@ -58,7 +79,7 @@ class BenchServer:
         return [sys.executable, "-m", "robogpt_video", "serve", "--config", str(path)]
 
     def start(self, timeout: float = 30.0) -> "BenchServer":
-        """Start and wait for ``/health``."""
+        """Start, learn the port it bound, and wait for ``/health``."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ROBOGPT_")}
         self._log = open(self.workdir / "server.out", "ab")
@@ -70,10 +91,17 @@ class BenchServer:
             stderr=subprocess.STDOUT,
             preexec_fn=None if self.cpus is None else lambda: os.sched_setaffinity(0, self.cpus),
         )
+        self.port = 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"{self.kind} server exited: {self.output()[-2000:]}")
+            if not self.port:
+                self.port = listening_port(self.proc.pid) or 0
+                if not self.port:
+                    time.sleep(0.1)
+                    continue
             try:
                 with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=1):
                     return self
