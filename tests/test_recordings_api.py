@@ -4,12 +4,16 @@ import time
 
 import httpx
 
-from helpers import iter_parts
+from helpers import iter_parts, wait_for
 from recording_tools import decode, publish_paced, wait_closed
 
 
 def _close_stream(server, name):
     assert httpx.delete(f"{server.url}/api/streams/{name}").status_code == 200
+
+
+def _recording(server, name):
+    return httpx.get(f"{server.url}/api/streams/{name}/stats", timeout=10).json()["recording"]
 
 
 def test_list_filter_download_and_delete(server):
@@ -18,6 +22,10 @@ def test_list_filter_download_and_delete(server):
     wait_closed(server.recordings, "done")
     time.sleep(1.1)  # the open one starts a second later: a distinct, newer name
     publish_paced(server.url, "live", [0.05] * 4)
+    # The writer thread opens the segment some time after the frames were accepted (on a
+    # busy machine the listing could see the new file before it was marked open); once
+    # the frames are counted as written, the segment is open and has its sidecar.
+    wait_for(lambda: _recording(server, "live")["frames_written"] == 4, what="live recorded")
     api = f"{server.url}/api/recordings"
 
     listing = httpx.get(api).json()
