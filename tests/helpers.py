@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -75,6 +76,23 @@ class PortHold:
         self.close()
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """For ``preexec_fn``: the child gets SIGKILL when the test process ends (Linux).
+
+    Fixtures stop their servers, but a test run that is killed (a CI timeout's SIGTERM,
+    SIGKILL) runs no teardown; without this its servers would live on, holding ports.
+    The signal comes when the *thread* that started the child ends: start servers from
+    the main thread or one that outlives them.
+    """
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent ended before prctl took effect
+        os._exit(1)
+
+
 # What the server logs at INFO once its socket is bound (robogpt_video/server.py).
 LISTENING = re.compile(rb"robogpt-video listening on http://(\S+):(\d+)")
 
@@ -131,13 +149,20 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         offset = os.fstat(self._log.fileno()).st_size
         self._port = None
+        parent, extra = os.getpid(), self.preexec_fn
+
+        def preexec() -> None:
+            die_with_parent(parent)
+            if extra is not None:
+                extra()
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "robogpt_video", "serve", "--config", str(self.config_path)],
             cwd=self.workdir,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=self.preexec_fn,
+            preexec_fn=preexec,
         )
         reported: list[int] = []
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from helpers import REPO, iter_parts, make_jpeg, publish
+from helpers import REPO, die_with_parent, iter_parts, make_jpeg, publish
 
 DOCKERFILE = REPO / "Dockerfile"
 UNIT = REPO / "deploy" / "robogpt-video.service"
@@ -212,9 +212,11 @@ def test_nginx_accepts_the_example(tmp_path, hold_port):
 def test_nginx_example_proxies_publish_and_live_mjpeg_over_tls(tmp_path, hold_port, shared_server):
     server = shared_server
     tool, port, main = nginx_setup(tmp_path, hold_port, server.port)
+    parent = os.getpid()
     proc = subprocess.Popen(
         [tool, "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=lambda: die_with_parent(parent),
     )
     try:
         base = f"https://127.0.0.1:{port}"
