@@ -51,12 +51,12 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition", step: fl
 class PortHold:
     """A loopback port kept bound, never listening, until ``close()``.
 
-    Connections to it are refused, and neither the kernel (for ``bind(0)`` or an
-    outgoing connection) nor anyone else can take it while it is held. With
-    ``for_server`` the socket sets SO_REUSEADDR, so a server that sets it too (ours and
-    nginx do) can bind and listen on the held port on Linux: that is how a server is
-    restarted on the same port, or given a port in its config, with no window in which
-    another process could take the port.
+    Connections to it are refused, the kernel hands it to no ``bind(0)`` and no outgoing
+    connection, and no other socket can bind it while it is held. With ``for_server``
+    the hold sets SO_REUSEADDR, so a socket that sets it too and names this port (our
+    server, nginx) can bind and listen on it alongside the hold (Linux): that is how a
+    server is restarted on the same port, or given a port in its config, with no window
+    in which another process could take the port.
     """
 
     def __init__(self, for_server: bool = False):
