@@ -53,7 +53,9 @@ def test_metrics_parse_and_move_with_frames(server):
     assert stream_value(after, "robogpt_video_stream_frames_in_total") == 20
     assert stream_value(after, "robogpt_video_stream_bytes_in_total") == sum(map(len, frames))
     assert stream_value(after, "robogpt_video_stream_frames_out_total") >= 2
-    assert ("robogpt_video_stream_frames_dropped_total", (("stream", "cam"),)) in after
+    assert ("robogpt_video_stream_frames_dropped_slow_viewers_total", (("stream", "cam"),)) in after
+    assert stream_value(after, "robogpt_video_stream_frames_pushed_total") >= 1
+    assert after[("robogpt_video_frames_in_total", (("via", "post"),))] == 20
     assert after[("robogpt_video_publish_seconds_count", ())] == 20
     assert after[("robogpt_video_publish_seconds_sum", ())] > 0
     assert after[("robogpt_video_publish_rejected_total", (("error", "not_jpeg"),))] == 1
