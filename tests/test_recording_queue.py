@@ -1,8 +1,8 @@
 """recording.max_queue_mb: one cap on the JPEG bytes queued for the disk by all streams.
 
-The writers are held back with ``Recorder.writing`` (cleared before the recorder
-starts, so no writer ever takes a frame until the test sets it): what is queued, and
-therefore what is dropped, follows from the order of publishing alone.
+Where the writers are held back with ``Recorder.writing`` (cleared before the
+recorder starts, so no writer takes a frame until the test sets it), what is queued,
+and therefore what is dropped, follows from the order of publishing alone.
 """
 
 import asyncio
@@ -164,9 +164,9 @@ def test_max_queue_mb_is_read_from_the_environment_and_validated(tmp_path, monke
     monkeypatch.delenv("ROBOGPT_CONFIG", raising=False)
     assert load_settings().recording.max_queue_mb == 256
     monkeypatch.setenv("ROBOGPT_RECORDING__MAX_QUEUE_MB", "0.5")
-    settings = load_settings()
-    assert Recorder(settings.recording.model_copy(update={"directory": tmp_path})) \
-        .max_queue_bytes == MIB // 2
+    settings = load_settings().recording
+    assert settings.max_queue_mb == 0.5
+    assert Recorder(settings.model_copy(update={"directory": tmp_path})).max_queue_bytes == MIB // 2
     monkeypatch.setenv("ROBOGPT_RECORDING__MAX_QUEUE_MB", "0")
     with pytest.raises(ConfigError, match="recording.max_queue_mb"):
         load_settings()

@@ -253,20 +253,20 @@ class Recorder:
         """Drop the globally oldest queued frames until the queues fit under the cap."""
         arrivals = self._arrivals
         while arrivals:
-            track, number = arrivals.popleft()
+            track, number = arrivals[0]
             with track.lock:
-                if number != track.dequeued:
-                    # Left its queue already. (An older frame of this stream would have
-                    # come first in arrivals, so a queued one is at the front of pending.)
-                    continue
-                if self.queue_bytes <= self.max_queue_bytes:  # a writer took some
-                    arrivals.appendleft((track, number))
-                    return
-                size = track.pending.popleft().size
-                self._bytes_in -= size
-                track.pending_bytes -= size
-                track.dequeued += 1
-                track.frames_dropped += 1
+                # A frame still queued is at the front of its stream's queue: an older
+                # one of the same stream came first in arrivals.
+                if number == track.dequeued:
+                    self._bytes_out_seen = sum(self._bytes_out)  # a writer may have taken some
+                    if self._bytes_in - self._bytes_out_seen <= self.max_queue_bytes:
+                        return
+                    size = track.pending.popleft().size
+                    self._bytes_in -= size
+                    track.pending_bytes -= size
+                    track.dequeued += 1
+                    track.frames_dropped += 1
+            arrivals.popleft()
 
     def _compact(self) -> None:
         # An entry of a frame still queued keeps every later entry in arrivals, even
