@@ -68,6 +68,9 @@ class RecordingSettings(_Section):
     segment_seconds: float = Field(300, gt=0, description="Start a new file this often")
     idle_close_seconds: float = Field(10, gt=0, description="Close a segment after this idle time")
     queue_frames: int = Field(120, ge=1, description="Frames queued per recorder before drops")
+    max_queue_mb: float = Field(
+        256, gt=0, description="JPEG MiB queued for the disk by all streams together before drops"
+    )
     max_total_gb: float = Field(0, ge=0, description="Cap on all recordings (0 = off)")
     min_free_gb: float = Field(0, ge=0, description="Keep this much disk free (0 = off)")
 

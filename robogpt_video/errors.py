@@ -17,10 +17,6 @@ class ApiError(Exception):
         if status_code is not None:
             self.status_code = status_code
 
-    def to_dict(self) -> dict[str, str]:
-        """The brief's error body: ``{"status": "error", "error": code, "message": text}``."""
-        return {"status": "error", "error": self.code, "message": self.message}
-
 
 class InvalidStreamName(ApiError):
     status_code = 400

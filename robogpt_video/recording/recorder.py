@@ -1,14 +1,18 @@
 """The recorder: follows every stream and writes it to disk from a small thread pool.
 
 On the event loop, :meth:`Recorder.frame_published` only appends the frame to the
-stream's bounded queue (dropping and counting the oldest when full) and, if the
-stream is not already waiting for a writer, puts it on the ready list; it wakes no
-thread. The writer threads (one for passthrough) wake every ``TICK`` and serve the
-streams that were ready, draining what each has queued, so one slow stream never
-holds the others up, 500 streams do not need 500 threads, and writers wake ≈66 times
-a second instead of once per frame. A disk error stops that stream's recording, is
-logged and shown by ``/health``, and is retried with back-off; live viewing never
-notices.
+stream's bounded queue (dropping and counting the oldest when full), drops the
+oldest frames queued by any stream while all queues together hold more than
+``recording.max_queue_mb`` of JPEG bytes, and, if the stream is not already waiting
+for a writer, puts it on the ready list; it wakes no thread. The writer threads wake
+every ``TICK`` and serve the streams that were ready, writing what each has queued
+as one batch, so 500 streams do not need 500 threads and writers wake ≈66 times a
+second instead of once per frame. For passthrough, one writer serves every tick and
+a second joins only while the first has spent more than a tick on a batch; the
+transcoding codecs use 2-4 writers that all take work. While a write is slow, the
+streams behind it wait and their queues absorb it (``queue_frames`` per stream,
+``max_queue_mb`` in all). A disk error stops that stream's recording, is logged and
+shown by ``/health``, and is retried with back-off; live viewing never notices.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ MAX_BACKOFF = 30.0
 # than the muxing itself (see docs/recording.md); a frame waits at most this long
 # in memory, which is all that kill -9 can lose beyond the last frame's fragment.
 TICK = 0.015
+# Recorder._arrivals is rebuilt without its forgotten entries once it is this long
+# (and afterwards at twice what the rebuild kept).
+_COMPACT_MIN = 4096
 
 
 def _default_writers(codec: str) -> int:
@@ -48,12 +55,18 @@ def _default_writers(codec: str) -> int:
 
 class _Track:
     """One stream's recording state. The queue is shared with the event loop under
-    ``lock``; the segment belongs to whichever writer thread holds the track."""
+    ``lock``; the segment belongs to whichever writer thread holds the track.
+
+    Frames leave ``pending`` only from the left, so it always holds the frames
+    numbered ``dequeued`` to ``enqueued - 1`` in the order they were queued."""
 
     def __init__(self, name: str, queue_frames: int, fps: float):
         self.name = name
         self.lock = threading.Lock()
         self.pending: deque[Frame] = deque()
+        self.pending_bytes = 0  # JPEG bytes in pending
+        self.enqueued = 0  # frames ever appended to pending
+        self.dequeued = 0  # frames ever taken off pending (to be written, or dropped)
         self.limit = queue_frames
         self.scheduled = False
         self.close_reason: str | None = None
@@ -95,20 +108,41 @@ class _Track:
             "errors": self.errors,
             "error": self.error,
             "queue_frames": len(self.pending),
+            "queue_bytes": self.pending_bytes,
             "segment": str(self.open_path) if self.open_path else None,
         }
 
 
 class Recorder:
-    """Runtime service and :class:`~robogpt_video.streams.StreamListener` that records."""
+    """Runtime service and :class:`~robogpt_video.streams.StreamListener` that records.
+
+    ``writing`` is set from the start: while it is cleared, writer threads take no
+    frames, so frames stay queued as they do behind a frozen disk (tests use it to
+    fill the queues deterministically). :meth:`stop` sets it again.
+    """
 
     def __init__(self, settings: RecordingSettings, writer_threads: int | None = None):
         self.settings = settings
+        #: Cap on :attr:`queue_bytes` (``recording.max_queue_mb``).
+        self.max_queue_bytes = int(settings.max_queue_mb * 1024 * 1024)
+        self.writing = threading.Event()
+        self.writing.set()
         self.store = RecordingStore(settings.directory)
         self.writer_threads = writer_threads or _default_writers(settings.codec)
         self._tracks: dict[str, _Track] = {}
         self._retired: set[_Track] = set()  # closed streams whose segment is still closing
         self._ready: deque[_Track] = deque()  # tracks with work, each at most once
+        # JPEG bytes in every track's pending = _bytes_in - sum(_bytes_out), with no lock
+        # of their own: each number has one thread that changes it (the event loop adds
+        # and drops, writer i takes), always under the lock of the track concerned.
+        self._bytes_in = 0
+        self._bytes_out = [0] * self.writer_threads
+        self._bytes_out_seen = 0  # sum(_bytes_out) when the event loop last added it up
+        # (track, frame number) of queued frames in arrival order, for dropping the
+        # oldest across streams. Event loop only. Entries whose frame has left its
+        # queue are forgotten lazily: from the front, and by _compact.
+        self._arrivals: deque[tuple[_Track, int]] = deque()
+        self._compact_at = _COMPACT_MIN
         self._exit = False  # writer threads return at their next tick
         self._threads: list[threading.Thread] = []
         self._paused: str | None = None
@@ -143,6 +177,7 @@ class Recorder:
         if not self._running:
             return
         self._running = False
+        self.writing.set()  # whatever is queued gets written
         await cancel_and_wait(self._ticker)
         for track in list(self._tracks.values()):
             self._request_close(track, "server shutdown")
@@ -164,7 +199,14 @@ class Recorder:
         """Nothing to do until the first frame arrives."""
 
     def frame_published(self, stream: Stream, frame: Frame) -> None:
-        """Queue ``frame`` for its stream's writer; drop the oldest queued one if full."""
+        """Queue ``frame`` for its stream's writer; drop the oldest queued one if full.
+
+        Then, while all queues together hold more than :attr:`max_queue_bytes`, the
+        oldest queued frames of any stream are dropped (globally oldest first; the new
+        frame goes too if it alone is larger than the cap). Every drop is counted in
+        its stream's ``frames_dropped``. O(1) per frame on average; it never waits
+        for a write, only for locks that are held around a few deque operations.
+        """
         if not self._running:
             return
         track = self._tracks.get(stream.name)
@@ -181,11 +223,58 @@ class Recorder:
             track.frames_skipped += 1
             return
         with track.lock:
+            added = frame.size
             if len(track.pending) >= track.limit:
-                track.pending.popleft()
+                added -= track.pending.popleft().size
+                track.dequeued += 1
                 track.frames_dropped += 1
             track.pending.append(frame)
+            number = track.enqueued
+            track.enqueued = number + 1
+            track.pending_bytes += added
+            self._bytes_in += added
             self._schedule(track)
+        arrivals = self._arrivals
+        arrivals.append((track, number))
+        # Forget the oldest entries whose frame a writer took (or a drop removed). An
+        # unlocked read of ``dequeued`` can only be behind: an entry may stay a while.
+        while arrivals and arrivals[0][1] < arrivals[0][0].dequeued:
+            arrivals.popleft()
+        # _bytes_out only grows, so the sum last seen gives an upper bound without
+        # adding up the writers' numbers for every frame.
+        if self._bytes_in - self._bytes_out_seen > self.max_queue_bytes:
+            self._bytes_out_seen = sum(self._bytes_out)
+            if self._bytes_in - self._bytes_out_seen > self.max_queue_bytes:
+                self._drop_oldest()
+        elif len(arrivals) > self._compact_at:
+            self._compact()
+
+    def _drop_oldest(self) -> None:
+        """Drop the globally oldest queued frames until the queues fit under the cap."""
+        arrivals = self._arrivals
+        while arrivals:
+            track, number = arrivals[0]
+            with track.lock:
+                # A frame still queued is at the front of its stream's queue: an older
+                # one of the same stream came first in arrivals.
+                if number == track.dequeued:
+                    self._bytes_out_seen = sum(self._bytes_out)  # a writer may have taken some
+                    if self._bytes_in - self._bytes_out_seen <= self.max_queue_bytes:
+                        return
+                    size = track.pending.popleft().size
+                    self._bytes_in -= size
+                    track.pending_bytes -= size
+                    track.dequeued += 1
+                    track.frames_dropped += 1
+            arrivals.popleft()
+
+    def _compact(self) -> None:
+        # An entry of a frame still queued keeps every later entry in arrivals, even
+        # those whose frames were written long ago (one stream's writer stuck on its
+        # file while the others go on). Rebuilding at twice the kept length costs O(1)
+        # per frame on average and keeps arrivals within twice the queued frames.
+        self._arrivals = deque(e for e in self._arrivals if e[1] >= e[0].dequeued)
+        self._compact_at = max(_COMPACT_MIN, 2 * len(self._arrivals))
 
     def stream_closed(self, stream: Stream, reason: str) -> None:
         """Close the stream's segment after its queued frames are written."""
@@ -232,6 +321,15 @@ class Recorder:
         """Per-stream recording numbers."""
         return {name: track.stats() for name, track in list(self._tracks.items())}
 
+    @property
+    def queue_bytes(self) -> int:
+        """JPEG bytes queued for the disk by all streams (closed ones still draining
+        too). At most :attr:`max_queue_bytes` except while :meth:`frame_published`
+        runs; frames a writer has taken off a queue are no longer counted. Read from
+        another thread it may lag behind a writer's take, never behind a frame queued."""
+        out = sum(self._bytes_out)  # first: a take counted after this only makes it high
+        return self._bytes_in - out
+
     def stream_stats(self, name: str) -> dict | None:
         """One stream's recording numbers, or ``None`` if it has not recorded."""
         track = self._tracks.get(name)
@@ -262,21 +360,23 @@ class Recorder:
         lead = index == 0 or not self._helpers_wait
         while not self._exit:
             time.sleep(TICK)
+            if not self.writing.is_set():
+                continue
             if lead:
                 self._lead_busy_since = time.monotonic()
                 try:
-                    self._write_ready()
+                    self._write_ready(index)
                 finally:
                     self._lead_busy_since = 0.0
             elif self._lead_behind():
-                self._write_ready()
+                self._write_ready(index)
 
     def _lead_behind(self) -> bool:
         """Writer 0 has spent more than a tick on its current batch."""
         started = self._lead_busy_since
         return started > 0 and time.monotonic() - started > TICK
 
-    def _write_ready(self) -> None:
+    def _write_ready(self, writer: int) -> None:
         # Only the tracks ready now: one that refills meanwhile waits for the next
         # tick, so each wake-up writes a batch.
         for _ in range(len(self._ready)):
@@ -285,14 +385,17 @@ class Recorder:
             except IndexError:  # another writer took the rest
                 break
             try:
-                self._serve(track)
+                self._serve(track, writer)
             except Exception:  # never lose a writer thread; the track is retried later
                 log.exception("recorder failed on stream %s", track.name)
 
-    def _serve(self, track: _Track) -> None:
+    def _serve(self, track: _Track, writer: int) -> None:
         with track.lock:
             frames = list(track.pending)
             track.pending.clear()
+            track.dequeued += len(frames)
+            self._bytes_out[writer] += track.pending_bytes
+            track.pending_bytes = 0
             reason, track.close_reason = track.close_reason, None
         try:
             for frame in frames:

@@ -2,7 +2,7 @@
 
 Only the writer thread that owns a stream touches its segment, so nothing here locks.
 ``mjpeg`` stores each uploaded JPEG as one sample (no decode, no encode);
-``mp4v`` and ``h264`` decode the JPEG and encode it with PyAV (≈3-7 ms a frame).
+``mp4v`` and ``h264`` decode the JPEG and encode it with PyAV (≈5-9 ms a frame).
 Fragmented MP4 is playable while written and after a crash: ``kill -9`` loses the
 frames not written yet (a plain MP4's index is only written at the end).
 
@@ -32,20 +32,19 @@ log = logging.getLogger(__name__)
 
 TIME_BASE = Fraction(1, 1000)  # packet timestamps are milliseconds of arrival time
 ENCODERS = {"mp4v": "mpeg4", "h264": "libx264"}
+# Encoded streams have inter frames: PyAV's muxer writes a fragment at every frame.
+_TRANSCODE_MOVFLAGS = "frag_every_frame+empty_moov+default_base_moof"
 # Passthrough: PyAV writes only the header (PassthroughSegment writes the fragments).
-# Encoded streams have inter frames: fragment at every frame.
-_FRAG = {
-    "mjpeg": "frag_keyframe+empty_moov+default_base_moof",
-    "mp4v": "frag_every_frame+empty_moov+default_base_moof",
-    "h264": "frag_every_frame+empty_moov+default_base_moof",
-}
+_PASSTHROUGH_MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 
 
 class Segment:
     """An open ``.mp4`` of one stream plus the facts its sidecar reports.
 
-    Frames go in with :meth:`write`; they are on disk after :meth:`flush` (the
-    recorder flushes each stream once per batch) or :meth:`close`.
+    This class transcodes (``mp4v``, ``h264``) through PyAV's muxer;
+    :class:`PassthroughSegment` replaces the writing for ``mjpeg``. Frames go in with
+    :meth:`write`; they are on disk after :meth:`flush` (the recorder flushes each
+    stream once per batch) or :meth:`close`.
     """
 
     def __init__(self, path: Path, stream: str, first: Frame, codec: str, target_fps: float):
@@ -64,36 +63,30 @@ class Segment:
         self._open()
 
     def _open(self) -> None:
-        """Create the file and write its header (PyAV's muxer, for transcoding)."""
-        path, codec = self.path, self.codec
-        self._decoder = None
-        options = {"movflags": _FRAG[codec], "flush_packets": "1"}
-        self._container = av.open(str(path), "w", format="mp4", options=options)
+        """Create the file and write its header with PyAV's muxer."""
+        options = {"movflags": _TRANSCODE_MOVFLAGS, "flush_packets": "1"}
+        self._container = av.open(str(self.path), "w", format="mp4", options=options)
         try:
-            self._stream = self._add_stream(codec)
+            self._stream = self._add_stream(self.codec)
+            self._decoder = av.CodecContext.create("mjpeg", "r")
         except BaseException:
             self._container.close()
             raise
 
     def _add_stream(self, codec: str):
-        if codec == "mjpeg":
-            stream = self._container.add_stream("mjpeg")
-            stream.pix_fmt = "yuvj420p"
+        stream = self._container.add_stream(ENCODERS[codec])
+        stream.pix_fmt = "yuv420p"
+        context = stream.codec_context
+        context.time_base = TIME_BASE
+        context.gop_size = max(1, round(self.target_fps))
+        if codec == "h264":
+            # No B-frames or look-ahead: each frame leaves the encoder at once.
+            context.options = {"preset": "veryfast", "tune": "zerolatency"}
         else:
-            stream = self._container.add_stream(ENCODERS[codec])
-            stream.pix_fmt = "yuv420p"
-            context = stream.codec_context
-            context.time_base = TIME_BASE
-            context.gop_size = max(1, round(self.target_fps))
-            if codec == "h264":
-                # No B-frames or look-ahead: each frame leaves the encoder at once.
-                context.options = {"preset": "veryfast", "tune": "zerolatency"}
-            else:
-                context.bit_rate = 4_000_000
-            self._decoder = av.CodecContext.create("mjpeg", "r")
+            context.bit_rate = 4_000_000
         # 4:2:0 encoders need even sizes; a JPEG may be odd (one edge pixel is lost).
-        stream.width = self.width if codec == "mjpeg" else self.width & ~1
-        stream.height = self.height if codec == "mjpeg" else self.height & ~1
+        stream.width = self.width & ~1
+        stream.height = self.height & ~1
         stream.time_base = TIME_BASE
         return stream
 
@@ -128,17 +121,8 @@ class Segment:
 
     def write(self, frame: Frame) -> None:
         """Append one frame at its arrival time (raises ``OSError`` on disk errors)."""
-        pts, duration = self._timing(frame)
-        if self._decoder is None:
-            packet = av.Packet(frame.jpeg)
-            packet.stream = self._stream
-            packet.pts = packet.dts = pts
-            packet.duration = duration
-            packet.time_base = TIME_BASE
-            self._container.mux(packet)
-            self.bytes_written += frame.size
-        else:
-            self._encode(frame, pts)
+        pts, _ = self._timing(frame)
+        self._encode(frame, pts)
         self._last_pts = pts
         self.frames += 1
 
@@ -161,9 +145,8 @@ class Segment:
     def close(self) -> None:
         """Flush the encoder and write the trailer; the file is complete afterwards."""
         try:
-            if self._decoder is not None:
-                for packet in self._stream.encode(None):
-                    self._container.mux(packet)
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
         finally:
             self._container.close()
 
@@ -263,7 +246,7 @@ class PassthroughSegment(Segment):
         key = (width, height)
         if key not in cls._headers:
             out = io.BytesIO()
-            options = {"movflags": _FRAG["mjpeg"]}
+            options = {"movflags": _PASSTHROUGH_MOVFLAGS}
             with av.open(out, "w", format="mp4", options=options) as container:
                 stream = container.add_stream("mjpeg")
                 stream.pix_fmt = "yuvj420p"
