@@ -78,6 +78,8 @@ def test_recorder_counters_move_with_recorded_frames(server):
     assert stream_value(samples, "robogpt_video_recording_errors_total") == 0
     assert stream_value(samples, "robogpt_video_recording_frames_dropped_total") == 0
     assert ("robogpt_video_recording_queue_frames", (("stream", "cam"),)) in samples
+    assert samples[("robogpt_video_recording_queue_bytes", ())] >= 0
+    assert samples[("robogpt_video_recording_queue_bytes_max", ())] == 256 * 1024 * 1024
 
 
 def test_no_recording_metrics_when_recording_is_off(start_server):

@@ -102,9 +102,13 @@ class RuntimeCollector(Collector):
         yield writes
 
     def _recorder(self) -> Iterator[Metric]:
-        recorder = getattr(self.runtime, "recorder", None)
+        recorder = self.runtime.recorder
         if recorder is None:
             return
+        yield _gauge("recording_queue_bytes", "JPEG bytes queued for the disk, all streams",
+                     recorder.queue_bytes)
+        yield _gauge("recording_queue_bytes_max", "recording.max_queue_mb in bytes",
+                     recorder.max_queue_bytes)
         rows = _per_stream(recorder.stats())
         for specs, family_type in ((RECORDER_COUNTERS, CounterMetricFamily),
                                    (RECORDER_GAUGES, GaugeMetricFamily)):
