@@ -454,7 +454,13 @@ class Recorder:
         start = datetime.fromtimestamp(frame.timestamp, timezone.utc)
         path = self.store.new_segment_path(track.name, start)
         self._created.add(path)
-        segment = open_segment(path, track.name, frame, self.settings.codec, self.settings.fps)
+        # Open before the file exists: cleanup and DELETE leave it alone from the start.
+        track.open_path = path
+        try:
+            segment = open_segment(path, track.name, frame, self.settings.codec, self.settings.fps)
+        except BaseException:
+            track.open_path = None
+            raise
         try:
             segment.write(frame)  # so the first sidecar describes a file that holds a frame
             segment.flush()
@@ -462,8 +468,9 @@ class Recorder:
         except BaseException:
             segment.abort()
             self._describe_torn(segment)
+            track.open_path = None
             raise
-        track.segment, track.open_path = segment, path
+        track.segment = segment
         log.info("recording %s to %s", track.name, path)
         return segment
 
