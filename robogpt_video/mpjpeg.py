@@ -36,37 +36,59 @@ def looks_like_multipart(head: bytes) -> bool:
 
 
 class MpjpegParser:
-    """Turns a stream of byte chunks into part bodies; raises on the first malformed part."""
+    """Turns a stream of byte chunks into part bodies; raises on the first malformed part.
+
+    A part whose bytes all came in one chunk is handed out as a view of that chunk (no
+    copy) when it is at least half of it; otherwise it is copied once. Bytes left over
+    at the end of a chunk wait in a buffer that grows in place, so a part fed in many
+    small chunks costs linear, not quadratic, copying.
+    """
 
     def __init__(self, max_part_bytes: int, boundary: bytes | None = None):
         self.max_part_bytes = max_part_bytes
         self.boundary = boundary
         self.parts = 0  # complete parts returned so far
         self.finished = False  # the closing ``--boundary--`` line was seen
-        self._buf = bytearray()
+        self._carry = bytearray()  # bytes of earlier chunks not consumed yet
+        self._src: bytes | bytearray = b""  # what the states read: a chunk, or the carry
+        self._pos = 0  # where in ``_src`` the states have got to
         self._state = "start"  # start -> headers -> body -> delimiter -> headers ...
         self._length: int | None = None
         self._pending: ApiError | None = None
         self._scanned = 0  # bytes of a length-less part already searched for the boundary
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[bytes | memoryview]:
         """Add bytes; return the part bodies they completed (possibly none)."""
         self._raise_pending()
         if self.finished:
             return []
-        self._buf += data
-        out: list[bytes] = []
+        if self._carry:
+            self._carry += data
+            self._src = self._carry
+        else:
+            self._src = data
+        self._pos = 0
+        out: list[bytes | memoryview] = []
         try:
             while not self.finished:
-                step = getattr(self, f"_{self._state}")
-                if not step(out):
+                if not _STATES[self._state](self, out):
                     break
         except ApiError as exc:
             if not out:
                 raise
             # Hand out the good parts first; the error comes with the next call.
             self._pending = exc
+        finally:
+            self._keep_rest()
         return out
+
+    def _keep_rest(self) -> None:
+        src, pos = self._src, self._pos
+        if src is self._carry:
+            del self._carry[:pos]
+        elif pos < len(src):
+            self._carry = bytearray(memoryview(src)[pos:])
+        self._src, self._pos = b"", 0
 
     def _raise_pending(self) -> None:
         if self._pending is not None:
@@ -79,7 +101,7 @@ class MpjpegParser:
         self._raise_pending()
         if self.finished:
             return
-        rest = bytes(self._buf).strip(b"\r\n")
+        rest = bytes(self._carry).strip(b"\r\n")
         if self._state in ("body", "headers") and (rest or self._state == "body"):
             raise MultipartError(
                 f"body ended inside part {self.parts + 1} (truncated upload)",
@@ -88,17 +110,21 @@ class MpjpegParser:
 
     # -- states: each consumes what it can and says whether to go on ----------------------
 
-    def _start(self, out: list[bytes]) -> bool:
-        while self._buf.startswith(b"\r\n"):  # tolerate a preamble of blank lines
-            del self._buf[:2]
-        end = self._buf.find(b"\r\n")
+    def _skip_blank_lines(self) -> None:
+        src = self._src
+        while src.startswith(b"\r\n", self._pos):
+            self._pos += 2
+
+    def _start(self, out: list) -> bool:
+        self._skip_blank_lines()  # tolerate a preamble of blank lines
+        src, pos = self._src, self._pos
+        end = src.find(b"\r\n", pos)
         if end < 0:
-            if len(self._buf) > MAX_BOUNDARY + 2 or (
-                len(self._buf) >= 2 and not self._buf.startswith(b"--")
-            ):
+            left = len(src) - pos
+            if left > MAX_BOUNDARY + 2 or (left >= 2 and not src.startswith(b"--", pos)):
                 raise MultipartError("body does not start with a '--boundary' line")
             return False
-        line = bytes(self._buf[:end]).rstrip(b" \t")
+        line = bytes(src[pos:end]).rstrip(b" \t")
         if not line.startswith(b"--") or len(line) < 3 or len(line) > MAX_BOUNDARY + 2:
             raise MultipartError("body does not start with a '--boundary' line")
         found = line[2:]
@@ -107,23 +133,24 @@ class MpjpegParser:
                 f"first boundary {found!r} differs from the Content-Type's {self.boundary!r}"
             )
         self.boundary = found
-        del self._buf[: end + 2]
+        self._pos = end + 2
         self._state = "headers"
         return True
 
-    def _headers(self, out: list[bytes]) -> bool:
-        if self._buf.startswith(b"\r\n"):  # a part with no headers at all
-            end = 0
+    def _headers(self, out: list) -> bool:
+        src, pos = self._src, self._pos
+        if src.startswith(b"\r\n", pos):  # a part with no headers at all
+            end = pos
         else:
-            end = self._buf.find(b"\r\n\r\n")
+            end = src.find(b"\r\n\r\n", pos)
             if end < 0:
-                if len(self._buf) > MAX_HEADERS:
+                if len(src) - pos > MAX_HEADERS:
                     raise MultipartError(f"part {self.parts + 1} headers exceed {MAX_HEADERS} bytes")
                 return False
-            if end > MAX_HEADERS:
+            if end - pos > MAX_HEADERS:
                 raise MultipartError(f"part {self.parts + 1} headers exceed {MAX_HEADERS} bytes")
-        self._length = self._content_length(bytes(self._buf[:end]))
-        del self._buf[: end + (2 if end == 0 else 4)]
+        self._length = self._content_length(bytes(src[pos:end]))
+        self._pos = end + (2 if end == pos else 4)
         self._state = "body"
         return True
 
@@ -144,58 +171,70 @@ class MpjpegParser:
                 return length
         return None
 
-    def _body(self, out: list[bytes]) -> bool:
+    def _take(self, end: int) -> bytes | memoryview:
+        """``_src[_pos:end]``: a view of an incoming chunk, or a copy."""
+        src, pos = self._src, self._pos
+        if src is self._carry:  # it will change: copy (once)
+            with memoryview(src) as view:
+                body = bytes(view[pos:end])
+        elif 2 * (end - pos) >= len(src):
+            body = memoryview(src)[pos:end]
+        else:  # a view would keep a much larger chunk alive
+            body = src[pos:end]
+        self._pos = end
+        return body
+
+    def _body(self, out: list) -> bool:
+        src, pos = self._src, self._pos
         if self._length is not None:
-            if len(self._buf) < self._length:
+            if len(src) - pos < self._length:
                 return False
-            body = bytes(self._buf[: self._length])
-            del self._buf[: self._length]
+            body = self._take(pos + self._length)
         else:
             mark = b"\r\n--" + self.boundary
-            end = self._buf.find(mark, self._scanned)
+            end = src.find(mark, pos + self._scanned)
             if end < 0:
-                if len(self._buf) > self.max_part_bytes + len(mark):
+                if len(src) - pos > self.max_part_bytes + len(mark):
                     raise self._too_large()
                 # Next time search only the new bytes (and a mark's length before them).
-                self._scanned = max(0, len(self._buf) - len(mark) + 1)
+                self._scanned = max(0, len(src) - pos - len(mark) + 1)
                 return False
             self._scanned = 0
-            if end > self.max_part_bytes:
+            if end - pos > self.max_part_bytes:
                 raise self._too_large()
-            body = bytes(self._buf[:end])
-            del self._buf[:end]
+            body = self._take(end)
         self.parts += 1
         out.append(body)
         self._state = "delimiter"
         return True
 
-    def _delimiter(self, out: list[bytes]) -> bool:
+    def _delimiter(self, out: list) -> bool:
         # After a body: optional CRLFs, then "--boundary" and either CRLF or "--" (the end).
-        while self._buf.startswith(b"\r\n"):
-            del self._buf[:2]
-        if self._buf == b"\r":  # half a line break: wait for the rest
+        self._skip_blank_lines()
+        src, pos = self._src, self._pos
+        if len(src) - pos == 1 and src[pos] == 13:  # half a line break: wait for the rest
             return False
         marker = b"--" + self.boundary
         need = len(marker) + 2
-        if len(self._buf) < need:
-            if not marker.startswith(bytes(self._buf[: len(marker)])):
+        if len(src) - pos < need:
+            if not marker.startswith(bytes(src[pos : pos + len(marker)])):
                 raise self._no_boundary()
             return False
-        if not self._buf.startswith(marker):
+        if not src.startswith(marker, pos):
             raise self._no_boundary()
-        tail = bytes(self._buf[len(marker) : need])
+        tail = bytes(src[pos + len(marker) : pos + need])
         if tail == b"--":
             self.finished = True
-            self._buf.clear()
+            self._pos = len(src)
             return False
-        end = self._buf.find(b"\r\n", len(marker))
+        end = src.find(b"\r\n", pos + len(marker))
         if end < 0:
-            if len(self._buf) > MAX_BOUNDARY + 4:
+            if len(src) - pos > MAX_BOUNDARY + 4:
                 raise self._no_boundary()
             return False
-        if self._buf[len(marker) : end].strip(b" \t"):
+        if src[pos + len(marker) : end].strip(b" \t"):
             raise self._no_boundary()
-        del self._buf[: end + 2]
+        self._pos = end + 2
         self._state = "headers"
         return True
 
@@ -210,3 +249,11 @@ class MpjpegParser:
             f"part {self.parts} is not followed by the boundary '--{self.boundary.decode('latin-1')}'"
             " (wrong Content-Length?)"
         )
+
+
+_STATES = {
+    "start": MpjpegParser._start,
+    "headers": MpjpegParser._headers,
+    "body": MpjpegParser._body,
+    "delimiter": MpjpegParser._delimiter,
+}
