@@ -192,8 +192,12 @@ class CleanupService:
         # If the recorder cannot say what is open, this raises and nothing is deleted.
         recorder = self._recorder()
         open_paths = recorder.open_paths() if recorder is not None else ()
-        normalized = frozenset(disk.normalize(p) for p in open_paths)
-        return await asyncio.to_thread(disk.scan, self.store, self._cache, normalized)
+
+        def scan() -> list[Segment]:  # os.path.abspath may ask the OS (getcwd): off the loop
+            normalized = frozenset(disk.normalize(p) for p in open_paths)
+            return disk.scan(self.store, self._cache, normalized)
+
+        return await asyncio.to_thread(scan)
 
     def _delete(self, chosen: list[tuple[Segment, str]], live: set[str], prune: bool):
         removed = disk.delete_segments(self.store, chosen)
