@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The same suite on the oldest versions pyproject.toml allows (constraints/oldest.txt).
+OLDEST       ?= .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.installed
 
-.PHONY: run test bench install clean
+.PHONY: run test test-oldest bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,19 +15,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[client,test,bench]'
 	touch $(STAMP)
 
+$(OLDEST_STAMP): pyproject.toml constraints/oldest.txt
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/pip install --quiet --upgrade pip
+	$(OLDEST)/bin/pip install --quiet -c constraints/oldest.txt -e '.[client,test,bench]'
+	touch $(OLDEST_STAMP)
+
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/robogpt-video serve --config config.yaml
 
-test: $(STAMP)
+define check_tools
 	@command -v ffmpeg >/dev/null || { echo "ffmpeg is required by the tests: apt-get install ffmpeg"; exit 1; }
 	@command -v chromium >/dev/null || { echo "chromium is required by tests/test_browser.py: apt-get install chromium"; exit 1; }
+endef
+
+test: $(STAMP)
+	$(check_tools)
 	$(BIN)/python -m pytest -q
+
+test-oldest: $(OLDEST_STAMP)
+	$(check_tools)
+	$(OLDEST)/bin/python -m pytest -q
 
 # Standard benchmark set, ours vs the Flask baseline (~4 min): writes bench/REPORT.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) $(OLDEST) build dist *.egg-info .pytest_cache
