@@ -40,8 +40,9 @@ class MpjpegParser:
 
     A part whose bytes all came in one chunk is handed out as a view of that chunk (no
     copy) when it is at least half of it; otherwise it is copied once. Bytes left over
-    at the end of a chunk wait in a buffer that grows in place, so a part fed in many
-    small chunks costs linear, not quadratic, copying.
+    at the end of a chunk wait in a buffer that grows in place (a part fed in many small
+    chunks costs linear, not quadratic, copying); a body that began in earlier chunks is
+    completed with only the bytes it needs, and the rest of the chunk is read in place.
     """
 
     def __init__(self, max_part_bytes: int, boundary: bytes | None = None):
@@ -57,18 +58,16 @@ class MpjpegParser:
         self._pending: ApiError | None = None
         self._scanned = 0  # bytes of a length-less part already searched for the boundary
 
-    def feed(self, data: bytes) -> list[bytes | memoryview]:
+    def feed(self, data: bytes) -> list[bytes | bytearray | memoryview]:
         """Add bytes; return the part bodies they completed (possibly none)."""
         self._raise_pending()
         if self.finished:
             return []
-        if self._carry:
+        out: list[bytes | memoryview] = []
+        self._src, self._pos = data, 0
+        if self._carry and not self._complete_body(data, out):
             self._carry += data
             self._src = self._carry
-        else:
-            self._src = data
-        self._pos = 0
-        out: list[bytes | memoryview] = []
         try:
             while not self.finished:
                 if not _STATES[self._state](self, out):
@@ -81,6 +80,22 @@ class MpjpegParser:
         finally:
             self._keep_rest()
         return out
+
+    def _complete_body(self, data: bytes, out: list) -> bool:
+        """Finish a part whose body began in earlier chunks with the start of ``data``,
+        copying only what it needs; the rest of ``data`` is then read in place."""
+        if self._state != "body" or self._length is None:
+            return False
+        need = self._length - len(self._carry)
+        if not 0 <= need <= len(data):
+            return False
+        body, self._carry = self._carry, bytearray()
+        body += memoryview(data)[:need]
+        self.parts += 1
+        out.append(body)
+        self._state = "delimiter"
+        self._pos = need
+        return True
 
     def _keep_rest(self) -> None:
         src, pos = self._src, self._pos
