@@ -23,14 +23,19 @@ def stats(server, name="cam") -> dict:
     return httpx.get(f"{server.url}/api/streams/{name}/stats", timeout=10).json()
 
 
-def viewer_writes(server) -> dict[str, float]:
-    """``robogpt_video_viewer_writes_total`` by method, from /metrics."""
+def by_label(server, metric: str, label: str) -> dict[str, float]:
+    """The samples of a one-label counter from /metrics, by the label's value."""
     found = {}
     for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("robogpt_video_viewer_writes_total{"):
-            method = line.split('method="', 1)[1].split('"', 1)[0]
-            found[method] = float(line.rsplit(" ", 1)[1])
+        if line.startswith(metric + "{"):
+            value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+            found[value] = float(line.rsplit(" ", 1)[1])
     return found
+
+
+def viewer_writes(server) -> dict[str, float]:
+    """``robogpt_video_viewer_writes_total`` by method."""
+    return by_label(server, "robogpt_video_viewer_writes_total", "method")
 
 
 class RawChunks:
@@ -225,13 +230,8 @@ def test_viewer_that_stops_reading_gets_whole_parts_when_it_reads_again(server):
 
 
 def frames_in(server) -> dict[str, float]:
-    """``robogpt_video_frames_in_total`` by ingest kind, from /metrics."""
-    found = {}
-    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("robogpt_video_frames_in_total{"):
-            via = line.split('via="', 1)[1].split('"', 1)[0]
-            found[via] = float(line.rsplit(" ", 1)[1])
-    return found
+    """``robogpt_video_frames_in_total`` by ingest kind."""
+    return by_label(server, "robogpt_video_frames_in_total", "via")
 
 
 def test_every_ingest_kind_is_counted(server):
