@@ -176,7 +176,10 @@ async def ws_publish(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return json_error(400, "websocket_required",
                           "connect with a WebSocket client (Upgrade: websocket)")
-    await ws.prepare(request)
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:  # the client left during the handshake
+        return ws
     sockets = request.app[SOCKETS]
     sockets.add(ws)
     counter = None
