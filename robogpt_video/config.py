@@ -47,7 +47,9 @@ class StreamsSettings(_Section):
 
     timeout_seconds: float = Field(300, gt=0, description="Inactivity timeout")
     max_concurrent: int = Field(50, ge=1, description="Maximum concurrent streams")
-    max_buffer_frames: int = Field(30, ge=1, le=10_000, description="Frames kept per stream")
+    max_buffer_frames: int = Field(
+        30, ge=1, le=10_000, description="Recent frames recorded per stream (time, size, resolution)"
+    )
     max_viewers: int = Field(1000, ge=1, description="Viewers per stream")
     resend_seconds: float = Field(
         1.0, gt=0, description="Re-send the last frame this often to viewers of a quiet stream"
