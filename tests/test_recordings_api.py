@@ -97,3 +97,26 @@ def test_play_of_a_transcoded_recording_sends_jpegs(start_server):
         parts = list(iter_parts(response.iter_bytes()))
     assert len(parts) == 6
     assert all(body[:2] == b"\xff\xd8" and body[-2:] == b"\xff\xd9" for _, body in parts)
+
+
+def test_a_malformed_sidecar_never_breaks_the_listing(server):
+    publish_paced(server.url, "good", [0.05] * 3)
+    wait_for(lambda: _recording(server, "good")["frames_written"] == 3, what="good recorded")
+    folder = server.recordings / "odd"
+    folder.mkdir(parents=True)
+    (folder / "odd_20260101_000000.mp4").write_bytes(b"\0" * 64)
+    (folder / "odd_20260101_000000.json").write_text(
+        '{"start_time": 12345, "end_time": [], "status": 7, "total_frames": 1}'
+    )
+    (folder / "odd_20260102_000000.mp4").write_bytes(b"\0" * 64)
+    (folder / "odd_20260102_000000.json").write_text('["not", "an", "object"]')
+    response = httpx.get(f"{server.url}/api/recordings", timeout=10)
+    assert response.status_code == 200, response.text
+    by_file = {r["file"]: r for r in response.json()["recordings"]}
+    first = by_file["odd_20260101_000000.mp4"]
+    assert (first["start_time"], first["end_time"], first["status"]) == (
+        "2026-01-01T00:00:00Z", None, "unknown")
+    assert by_file["odd_20260102_000000.mp4"]["status"] == "unknown"
+    assert any(r["stream_name"] == "good" for r in by_file.values())
+    since = httpx.get(f"{server.url}/api/recordings", params={"since": "2025-12-31T00:00:00Z"})
+    assert since.status_code == 200

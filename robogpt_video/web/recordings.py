@@ -54,9 +54,11 @@ def _parse_time(value: str | None, field: str) -> float | None:
 
 
 def _parse_sidecar_time(value) -> float | None:
+    if not isinstance(value, str):
+        return None
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except (AttributeError, ValueError):
+    except ValueError:
         return None
 
 
@@ -67,12 +69,22 @@ def _entry(store: RecordingStore, rec: RecordingFile, open_paths: set) -> dict:
     except OSError:
         size = None
     base = f"/api/recordings/{rec.stream}/{rec.name}"
+    # A sidecar is trusted for nothing: times that do not parse give way to the file's
+    # name (start) or to "unknown" (end), a status that is not text to "unknown".
+    start = meta.get("start_time")
+    if _parse_sidecar_time(start) is None:
+        start = rec.start.isoformat().replace("+00:00", "Z")
+    end = meta.get("end_time")
+    if _parse_sidecar_time(end) is None:
+        end = None
+    status = meta.get("status")
     return {
         **meta,
         "stream_name": rec.stream,
         "file": rec.name,
-        "start_time": meta.get("start_time") or rec.start.isoformat().replace("+00:00", "Z"),
-        "status": meta.get("status", "unknown"),
+        "start_time": start,
+        "end_time": end,
+        "status": status if isinstance(status, str) else "unknown",
         "size_bytes": size,
         "open": rec.path in open_paths,
         "download_url": base,
