@@ -8,6 +8,7 @@ class ApiError(Exception):
 
     status_code = 400
     code = "bad_request"
+    retry_after: int | None = None  # seconds, sent as Retry-After: worth trying again later
 
     def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None):
         super().__init__(message)
@@ -46,8 +47,10 @@ class NotFound(ApiError):
 class StreamLimitReached(ApiError):
     status_code = 503
     code = "stream_limit_reached"
+    retry_after = 10  # a slot frees when a stream is deleted or times out
 
 
 class ViewerLimitReached(ApiError):
     status_code = 503
     code = "viewer_limit_reached"
+    retry_after = 10

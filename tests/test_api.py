@@ -206,7 +206,9 @@ def test_stream_limit_is_503(start_server):
     srv = start_server({"streams": {"max_concurrent": 2}})
     assert publish(srv.url, "a", JPEG).status_code == 200
     assert publish(srv.url, "b", JPEG).status_code == 200
-    assert_error(publish(srv.url, "c", JPEG), 503, "stream_limit_reached")
+    refused = publish(srv.url, "c", JPEG)
+    assert_error(refused, 503, "stream_limit_reached")
+    assert refused.headers["retry-after"] == "10"
     assert publish(srv.url, "a", JPEG).status_code == 200  # existing streams still take frames
     httpx.delete(f"{srv.url}/api/streams/a")
     assert publish(srv.url, "c", JPEG).status_code == 200

@@ -209,6 +209,7 @@ def test_long_lived_ingest_obeys_the_stream_limit(start_server):
     )
     assert response.status_code == 503
     assert response.json()["error"] == "stream_limit_reached"
+    assert response.headers["retry-after"] == "10"
     # refused as soon as it connects, before any frame is sent
     code, reason = _close_of(f"ws://127.0.0.1:{server.port}/ws/publish/second")
     assert code == 1013 and reason.startswith("stream_limit_reached")

@@ -39,13 +39,19 @@ def json_error(status_code: int, code: str, message: str, headers=None) -> web.R
     )
 
 
+def _headers(exc: ApiError, headers=None) -> dict | None:
+    if exc.retry_after is None:
+        return headers
+    return {**(headers or {}), "Retry-After": str(exc.retry_after)}
+
+
 def api_error(exc: ApiError, headers=None) -> web.Response:
     """An :class:`ApiError` as an aiohttp response."""
-    return json_error(exc.status_code, exc.code, exc.message, headers)
+    return json_error(exc.status_code, exc.code, exc.message, _headers(exc, headers))
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status_code, exc.code, exc.message)
+    return error_response(exc.status_code, exc.code, exc.message, headers=_headers(exc))
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
