@@ -222,8 +222,7 @@ class Stream:
         if self.closed:
             return
         self.closed = True
-        self._wake_all(_CLOSED)
-        for viewer in list(self.viewers):
+        for viewer in list(self.viewers):  # wakes the parked ones too
             viewer.close()
         for listener in self._listeners:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -93,3 +94,27 @@ def decode(path: Path) -> Decoded:
         context = stream.codec_context
         return Decoded(frames, end - (pts[0] if pts else 0), pts, packets, context.name,
                        context.width, context.height)
+
+
+def run_recorder(tmp_path, body, hold: bool = False, **settings) -> None:
+    """Run ``await body(recorder, registry)`` with a real Recorder following a registry.
+
+    ``hold``: the writers take no frame until the test sets ``recorder.writing``.
+    """
+    from robogpt_video.config import RecordingSettings, StreamsSettings
+    from robogpt_video.recording.recorder import Recorder
+    from robogpt_video.streams import StreamRegistry
+
+    async def main():
+        recorder = Recorder(RecordingSettings(directory=tmp_path, **settings))
+        registry = StreamRegistry(StreamsSettings())
+        registry.listeners.append(recorder)
+        if hold:
+            recorder.writing.clear()
+        await recorder.start()
+        try:
+            await body(recorder, registry)
+        finally:
+            await recorder.stop()
+
+    asyncio.run(main())

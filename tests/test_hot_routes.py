@@ -46,3 +46,16 @@ def test_browser_requests_still_get_cors_headers(server):
     assert posted.status_code == 200 and posted.headers["access-control-allow-origin"] == "*"
     assert viewed["access-control-allow-origin"] == "*"
     assert preflight.status_code == 200 and "POST" in preflight.headers["access-control-allow-methods"]
+
+
+def test_a_refused_long_lived_ingest_still_gets_cors_headers(server):
+    refused = httpx.post(
+        f"{server.url}/publish/cors_refused",
+        content=b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: 5\r\n\r\nhello\r\n",
+        headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame",
+                 "Origin": "http://example.test"},
+        timeout=10,
+    )
+    assert refused.status_code == 400 and refused.json()["error"] == "not_jpeg"
+    assert refused.headers["access-control-allow-origin"] == "*"
+    assert refused.headers["connection"] == "close"

@@ -5,11 +5,8 @@ import time
 from pathlib import Path
 
 from helpers import make_jpeg
-from recording_tools import decode, sidecars
-from robogpt_video.config import RecordingSettings, StreamsSettings
+from recording_tools import decode, run_recorder, sidecars
 from robogpt_video.jpeg import inspect_jpeg
-from robogpt_video.recording.recorder import Recorder
-from robogpt_video.streams import StreamRegistry
 
 
 async def _until(predicate, timeout=10.0):
@@ -20,17 +17,7 @@ async def _until(predicate, timeout=10.0):
 
 
 def _run(tmp_path, body, **settings):
-    async def main():
-        recorder = Recorder(RecordingSettings(directory=tmp_path, **settings))
-        registry = StreamRegistry(StreamsSettings())
-        registry.listeners.append(recorder)
-        await recorder.start()
-        try:
-            await body(recorder, registry)
-        finally:
-            await recorder.stop()
-
-    asyncio.run(main())
+    run_recorder(tmp_path, body, **settings)
 
 
 async def _publish(stream, seed):

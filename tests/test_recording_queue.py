@@ -12,12 +12,11 @@ import time
 import pytest
 
 from helpers import make_jpeg
-from recording_tools import sidecars
-from robogpt_video.config import ConfigError, RecordingSettings, StreamsSettings, load_settings
+from recording_tools import run_recorder, sidecars
+from robogpt_video.config import ConfigError, load_settings
 from robogpt_video.jpeg import inspect_jpeg
 from robogpt_video.recording import recorder as recorder_module
 from robogpt_video.recording.recorder import Recorder
-from robogpt_video.streams import StreamRegistry
 
 MIB = 1024 * 1024
 
@@ -30,19 +29,7 @@ async def _until(predicate, timeout=15.0):
 
 
 def _run(tmp_path, body, hold=True, **settings):
-    async def main():
-        recorder = Recorder(RecordingSettings(directory=tmp_path, **settings))
-        registry = StreamRegistry(StreamsSettings())
-        registry.listeners.append(recorder)
-        if hold:
-            recorder.writing.clear()
-        await recorder.start()
-        try:
-            await body(recorder, registry)
-        finally:
-            await recorder.stop()
-
-    asyncio.run(main())
+    run_recorder(tmp_path, body, hold=hold, **settings)
 
 
 def _queued(recorder):

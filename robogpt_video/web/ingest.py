@@ -23,7 +23,7 @@ from ..jpeg import inspect_jpeg
 from ..mpjpeg import MpjpegParser, boundary_from_content_type
 from ..streams import StreamRegistry, validate_stream_name
 from .errors import api_error, json_error
-from .routes import add_resource
+from .routes import add_resource, cors_headers
 from .state import DRAINING, METRICS, RUNTIME, SOCKETS
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ async def _refuse(request: web.Request, response: web.Response) -> web.Response:
     """Send a refusal and close the connection: the rest of the body is not read, so
     the publisher fails at once instead of streaming into a server that discards it."""
     response.force_close()
+    response.headers.update(cors_headers(request))  # publish() cannot add them once sent
     await response.prepare(request)
     await response.write_eof()
     if request.transport is not None:
