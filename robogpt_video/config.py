@@ -7,13 +7,22 @@ and bad values refuse to start with a message that names the key path.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -99,6 +108,9 @@ class ServerSettings(_Section):
     port: int = Field(5000, ge=0, le=65535)
     debug: bool = False
     cors_enabled: bool = True
+    cors_origins: list[str] = Field(
+        ["*"], description="Origins whose pages may use the API ('*': any; docs/security.md)"
+    )
     max_frame_size_mb: float = Field(10, gt=0, le=1024)
     send_buffer_kb: int = Field(
         128, ge=0, description="SO_SNDBUF of viewer sockets; 0 leaves the kernel's auto-tuning"
@@ -130,6 +142,84 @@ class LoggingSettings(_Section):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value in ("", None) else value
+
+
+_SHA256_HEX = r"^[0-9a-fA-F]{64}$"
+#: Config keys whose values are secrets: never echoed in a configuration error.
+SECRET_KEYS = frozenset({"token", "token_sha256", "password", "password_sha256", "users"})
+
+
+class PermissionSettings(_Section):
+    """One action on the streams whose names match a glob."""
+
+    action: Literal["publish", "view", "playback", "admin", "metrics"]
+    streams: str = Field("*", min_length=1, description="Glob of stream names, e.g. robot7_*")
+
+
+class UserSettings(_Section):
+    """A user: a name, its secrets (any of them proves it) and its permissions.
+
+    The user named ``any`` is the anonymous one: its permissions apply to requests
+    without credentials, and it has no secret.
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[^:\s]+$")
+    token: SecretStr | None = None
+    token_sha256: str | None = Field(None, pattern=_SHA256_HEX)
+    password: SecretStr | None = None
+    password_sha256: str | None = Field(None, pattern=_SHA256_HEX)
+    permissions: list[PermissionSettings] = []
+
+    @model_validator(mode="after")
+    def _secrets(self) -> "UserSettings":
+        has_secret = any(
+            v is not None for v in (self.token, self.token_sha256, self.password, self.password_sha256)
+        )
+        if self.name == "any" and has_secret:
+            raise ValueError("the anonymous user 'any' takes no token or password")
+        if self.name != "any" and not has_secret:
+            raise ValueError(
+                f"user '{self.name}' needs a token, token_sha256, password or password_sha256"
+            )
+        return self
+
+
+class AuthSettings(_Section):
+    """Access control: off while no user and no JWT is configured (docs/security.md)."""
+
+    users: list[UserSettings] = []
+    realm: str = Field("robogpt-video", pattern=r'^[^"\\]+$', description="Basic auth realm")
+    max_failures_per_minute: int = Field(
+        10, ge=0, description="Failed authentications per client address a minute (0 = no limit)"
+    )
+    max_refused_publishes_per_minute: int = Field(
+        600, ge=0, description="Refused publishes per client address a minute (0 = no limit)"
+    )
+    trusted_proxies: list[str] = Field(
+        [], description="Addresses or networks whose X-Forwarded-For is believed"
+    )
+    session_hours: float = Field(12, gt=0, description="Lifetime of a dashboard sign-in")
+
+    @field_validator("users")
+    @classmethod
+    def _unique(cls, users: list[UserSettings]) -> list[UserSettings]:
+        names = [user.name for user in users]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"user names must be unique: {', '.join(repeated)}")
+        return users
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            ipaddress.ip_network(value, strict=False)  # ValueError names the bad one
+        return values
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any credential is checked at all."""
+        return any(user.name != "any" for user in self.users)
 
 
 _yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_path", default=None)
@@ -188,6 +278,7 @@ class Settings(BaseSettings):
     cleanup: CleanupSettings = CleanupSettings()
     server: ServerSettings = ServerSettings()
     logging: LoggingSettings = LoggingSettings()
+    auth: AuthSettings = AuthSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -219,7 +310,10 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"  {key}: {message} (got {error.get('input')!r})")
+        if SECRET_KEYS & {str(part) for part in error["loc"]}:
+            lines.append(f"  {key}: {message}")  # the input may be or hold a secret
+        else:
+            lines.append(f"  {key}: {message} (got {error.get('input')!r})")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from .. import __version__
 from ..errors import StreamNotFound
 from ..streams import validate_stream_name
+from .access import current_principal
 from .schemas import ErrorBody, Health, RecentFrames, StreamList, StreamStats, Success
 
 router = APIRouter()
@@ -33,7 +34,13 @@ def _stream(request: Request, name: str):
 @router.get("/api/streams", response_model=StreamList, tags=["streams"])
 async def list_streams(request: Request) -> dict:
     """All live streams with their statistics."""
-    streams = [stream.summary() for stream in request.app.state.runtime.registry]
+    visible = current_principal.get().can_see("view")
+    authenticator = request.app.state.authenticator
+    streams = [
+        stream.summary()
+        for stream in request.app.state.runtime.registry
+        if not authenticator.enabled or visible(stream.name)
+    ]
     streams.sort(key=lambda s: s["name"])
     return {"count": len(streams), "streams": streams}
 
@@ -68,12 +75,16 @@ async def delete_stream(request: Request, name: str) -> dict:
     return {"status": "success", "message": f"Stream '{name}' deleted"}
 
 
-@router.get("/health", response_model=Health, tags=["server"])
+@router.get("/health", response_model=Health, response_model_exclude_unset=True, tags=["server"])
 async def health(request: Request) -> dict:
-    """Health and a summary of limits; ``degraded`` lists its reasons in ``problems``."""
+    """Health and a summary of limits; ``degraded`` lists its reasons in ``problems``.
+
+    With access control on, a request without credentials gets ``status`` only."""
     runtime = request.app.state.runtime
     settings = runtime.settings
     problems = runtime.problems()
+    if request.app.state.authenticator.enabled and not current_principal.get().authenticated:
+        return {"status": "degraded" if problems else "healthy"}
     return {
         "status": "degraded" if problems else "healthy",
         "active_streams": len(runtime.registry),

@@ -17,15 +17,20 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
+from ..auth import Authenticator
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, cleanup, ingest, live, metrics, recordings, ui
+from . import api, cleanup, ingest, live, metrics, recordings, session, ui
+from .access import Access
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
-from .state import DRAINING, METRICS, RUNTIME, SOCKETS
+from .routes import cors_headers
+from .state import ACCESS, DRAINING, METRICS, RUNTIME, SOCKETS
 
 
-def create_api(settings: Settings, runtime: Runtime, app_metrics: Metrics) -> FastAPI:
+def create_api(
+    settings: Settings, runtime: Runtime, app_metrics: Metrics, authenticator: Authenticator
+) -> FastAPI:
     """The FastAPI app for everything but the hot routes."""
     api_app = FastAPI(
         title="robogpt-video",
@@ -34,7 +39,9 @@ def create_api(settings: Settings, runtime: Runtime, app_metrics: Metrics) -> Fa
         exception_handlers=EXCEPTION_HANDLERS,
     )
     api_app.state.runtime = runtime
+    api_app.state.authenticator = authenticator
     api_app.include_router(api.router)
+    api_app.include_router(session.router)
     api_app.include_router(cleanup.router)
     metrics.install(api_app, app_metrics)
     api_app.include_router(recordings.router)
@@ -42,7 +49,7 @@ def create_api(settings: Settings, runtime: Runtime, app_metrics: Metrics) -> Fa
     if settings.server.cors_enabled:
         api_app.add_middleware(
             CORSMiddleware,
-            allow_origins=["*"],
+            allow_origins=settings.server.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["X-Timestamp"],
@@ -71,7 +78,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
     """Build the application around a runtime (made from ``settings`` if not given)."""
     runtime = runtime or Runtime(settings)
     app_metrics = Metrics(runtime)
-    app = web.Application()
+    access = Access(settings, Authenticator(settings.auth), cors_headers)
+    app_metrics.watch_access(access)
+    app = web.Application(middlewares=[access.middleware])
+    app[ACCESS] = access
+    app.on_startup.append(access.on_startup)
     app[RUNTIME] = runtime
     app[METRICS] = app_metrics
     app[DRAINING] = draining = asyncio.Event()
@@ -80,7 +91,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
     live.add_routes(app)
     ingest.add_routes(app)
     # Last: every path the routes above do not take (and their OPTIONS preflights).
-    api_app = create_api(settings, runtime, app_metrics)
+    api_app = create_api(settings, runtime, app_metrics, access.authenticator)
     app.router.register_resource(ASGIResource(_Asgi24(api_app), root_path="/"))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -100,6 +100,16 @@ class RuntimeCollector(Collector):
         writes.add_metric(["writev"], counters.writev)
         writes.add_metric(["sendfile"], counters.sendfile)
         yield writes
+        access = self.metrics.access
+        if access is not None:
+            yield CounterMetricFamily(
+                f"{PREFIX}_auth_failures", "Requests whose credentials were not right",
+                value=access.failed)
+            yield CounterMetricFamily(
+                f"{PREFIX}_requests_limited",
+                "Requests refused because their address used up a per-minute budget "
+                "(failed sign-ins, refused publishes)",
+                value=access.limited)
 
     def _recorder(self) -> Iterator[Metric]:
         recorder = self.runtime.recorder
@@ -137,6 +147,7 @@ class Metrics:
         self.frames_in = {"post": 0, "mpjpeg": 0, "websocket": 0}
         #: Each stream's frame framed once for its MJPEG viewers, and the write counters.
         self.wires = FrameWires()
+        self.access = None  # set by watch_access
         # A registry per app, not the global one.
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -155,6 +166,10 @@ class Metrics:
             ["error"],
             registry=self.registry,
         )
+
+    def watch_access(self, access) -> None:
+        """Report the counters of access control (``web/access.py``)."""
+        self.access = access
 
     def render(self) -> bytes:
         """The exposition text (reads /proc for process metrics: memory, no disk)."""

@@ -16,6 +16,7 @@ from starlette.responses import FileResponse, StreamingResponse
 from ..errors import ApiError, NotFound
 from ..recording.replay import Replay
 from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore
+from .access import current_principal
 from .mjpeg import CONTENT_TYPE, build_part
 from .schemas import ErrorBody
 
@@ -99,8 +100,12 @@ def _overlaps(entry: dict, since: float | None, until: float | None) -> bool:
     return (since is None or end >= since) and (until is None or start <= until)
 
 
-def _listing(store: RecordingStore, stream, since, until, open_paths) -> list[dict]:
-    entries = [_entry(store, rec, open_paths) for rec in store.list(stream)]
+def _everything(stream: str) -> bool:
+    return True
+
+
+def _listing(store: RecordingStore, stream, since, until, open_paths, visible) -> list[dict]:
+    entries = [_entry(store, rec, open_paths) for rec in store.list(stream) if visible(rec.stream)]
     entries = [e for e in entries if _overlaps(e, since, until)]
     entries.sort(key=lambda e: (e["start_time"], e["file"]), reverse=True)
     return entries
@@ -118,8 +123,12 @@ async def list_recordings(
     store = _store(request)
     if stream:
         store.stream_dir(stream)  # validates the name before it touches a path
+    if request.app.state.authenticator.enabled:
+        visible = current_principal.get().can_see("playback")
+    else:
+        visible = _everything
     entries = await asyncio.to_thread(
-        _listing, store, stream or None, since_ts, until_ts, _open_paths(request)
+        _listing, store, stream or None, since_ts, until_ts, _open_paths(request), visible
     )
     return {"count": len(entries), "recordings": entries}
 

@@ -5,13 +5,21 @@ from __future__ import annotations
 from aiohttp import web
 
 from .errors import json_error
-from .state import RUNTIME
+from .state import ACCESS, RUNTIME
 
 
 def cors_headers(request: web.Request) -> dict:
-    """CORS headers for a browser's request to a hot route (``server.cors_enabled``)."""
-    if "Origin" in request.headers and request.app[RUNTIME].settings.server.cors_enabled:
+    """CORS headers for a browser's request to a hot route (``server.cors_enabled``,
+    ``server.cors_origins``). Never ``Access-Control-Allow-Credentials``."""
+    origin = request.headers.get("Origin")
+    if origin is None or not request.app[RUNTIME].settings.server.cors_enabled:
+        return {}
+    origins = request.app[ACCESS].origins
+    if origins.any:
         return {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "X-Timestamp"}
+    if origins.allowed(origin):
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                "Access-Control-Expose-Headers": "X-Timestamp"}
     return {}
 
 

@@ -66,15 +66,17 @@ class HealthConfig(_Open):
 
 
 class Health(_Open):
+    """With access control on and no credentials, only ``status``."""
+
     status: str
-    active_streams: int
-    max_streams: int
-    recording_enabled: bool
-    config: HealthConfig
-    problems: list[str]
-    uptime_seconds: float
-    viewers: int
-    version: str
+    active_streams: int | None = None
+    max_streams: int | None = None
+    recording_enabled: bool | None = None
+    config: HealthConfig | None = None
+    problems: list[str] | None = None
+    uptime_seconds: float | None = None
+    viewers: int | None = None
+    version: str | None = None
 
 
 class ErrorBody(BaseModel):

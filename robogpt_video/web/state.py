@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from ..runtime import Runtime
+from .access import Access
 from .metrics import Metrics
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -15,3 +16,5 @@ METRICS = web.AppKey("metrics", Metrics)
 DRAINING = web.AppKey("draining", asyncio.Event)
 #: Open ingest WebSockets, closed with "going away" at shutdown.
 SOCKETS = web.AppKey("sockets", set)
+#: Access control: authentication, permissions, origins and per-address budgets.
+ACCESS = web.AppKey("access", Access)

@@ -1,0 +1,290 @@
+"""Access control for every route: one table, one middleware (docs/security.md).
+
+:data:`RULES` names the action each route needs. The middleware finds the rule for a
+request, authenticates it (``auth.py``), and refuses with 401 (no or wrong
+credentials), 403 (not permitted, or a state-changing request from a page of an origin
+that may not make it) or 429 (too many failed authentications from that address).
+A path no rule names needs an authenticated user, so a route added without a rule is
+closed, not open.
+
+With no user configured (the public default) it only checks origins and writes the
+audit line of each admin request.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from ..auth import NOBODY, Authenticator, Forbidden, Principal, TooManyFailures, Unauthorized
+from ..errors import ApiError
+from .errors import api_error
+
+log = logging.getLogger(__name__)
+
+#: ``public``: open to anyone; ``signed_in``: any valid credentials; else an action.
+PUBLIC, SIGNED_IN = "public", "signed_in"
+#: Actions that change state: refused from a page whose origin may not make them.
+STATE_CHANGING = frozenset({"publish", "admin"})
+
+#: The principal of the request being handled (for handlers that filter by it).
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar(
+    "current_principal", default=NOBODY
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What ``methods`` on paths matching ``path`` need: ``action`` on the stream named
+    by the path parameter ``stream`` (on some stream when ``stream`` is None: the
+    handler then shows only what the principal may see)."""
+
+    methods: frozenset[str]
+    path: str
+    action: str
+    stream: str | None = None
+
+    @property
+    def pattern(self) -> re.Pattern:
+        regex = re.sub(r"\{(\w+)(?::([^}]*))?\}", lambda m: f"(?P<{m[1]}>{m[2] or '[^/]+'})", self.path)
+        return re.compile(f"^{regex}$")
+
+
+def _rule(methods: str, path: str, action: str, stream: str | None = None) -> Rule:
+    return Rule(frozenset(methods.split()), path, action, stream)
+
+
+RULES = (
+    _rule("POST PUT", "/publish/{name}", "publish", "name"),
+    _rule("GET", "/ws/publish/{name}", "publish", "name"),
+    _rule("GET HEAD", "/stream/{name}", "view", "name"),
+    _rule("GET HEAD", "/snapshot/{name}", "view", "name"),
+    _rule("GET", "/api/streams", "view"),
+    _rule("GET", "/api/streams/{name}/stats", "view", "name"),
+    _rule("GET", "/api/streams/{name}/frames", "view", "name"),
+    _rule("DELETE", "/api/streams/{name}", "admin", "name"),
+    _rule("GET", "/api/recordings", "playback"),
+    _rule("GET HEAD", "/api/recordings/{stream}/{file}", "playback", "stream"),
+    _rule("DELETE", "/api/recordings/{stream}/{file}", "admin", "stream"),
+    _rule("GET", "/api/recordings/{stream}/{file}/play", "playback", "stream"),
+    _rule("POST", "/api/cleanup/run", "admin"),
+    _rule("GET", "/metrics", "metrics"),
+    _rule("POST", "/api/session", SIGNED_IN),
+    # Open: health for load balancers (details only with credentials), the dashboard's
+    # files (it asks for credentials itself) and the API's documentation.
+    _rule("GET", "/health", PUBLIC),
+    _rule("GET HEAD", "/", PUBLIC),
+    _rule("GET HEAD", "/ui/{path:.+}", PUBLIC),
+    _rule("GET", "/docs", PUBLIC),
+    _rule("GET", "/docs/oauth2-redirect", PUBLIC),
+    _rule("GET", "/redoc", PUBLIC),
+    _rule("GET", "/openapi.json", PUBLIC),
+)
+_COMPILED = [(rule, rule.pattern) for rule in RULES]
+
+
+def find_rule(method: str, path: str) -> tuple[Rule | None, dict[str, str]]:
+    """The rule for a request and the path parameters it matched (None: no rule)."""
+    for rule, pattern in _COMPILED:
+        if method in rule.methods:
+            match = pattern.match(path)
+            if match is not None:
+                return rule, match.groupdict()
+    return None, {}
+
+
+class ClientAddress:
+    """The client's address: the peer's, or from ``X-Forwarded-For`` when the peer is
+    a trusted proxy (the right-most address that is not itself a trusted proxy)."""
+
+    def __init__(self, trusted: list[str]):
+        self.trusted = [ipaddress.ip_network(net, strict=False) for net in trusted]
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def __call__(self, request: web.Request) -> str:
+        peer = request.remote or "?"
+        if not self.trusted or not self._is_trusted(peer):
+            return peer
+        hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", ())
+                for hop in value.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop
+        return peer
+
+
+class Budget:
+    """Events per client address a minute (failed sign-ins, refused publishes)."""
+
+    def __init__(self, per_minute: int):
+        self.item = RateLimitItemPerMinute(per_minute) if per_minute else None
+        self.limiter: MovingWindowRateLimiter | None = None
+
+    def start(self) -> None:
+        """Make the storage (it needs a running loop)."""
+        if self.item is not None:
+            self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def spent(self, address: str) -> int | None:
+        """Seconds until ``address`` may try again, or None if it has budget left."""
+        if self.limiter is None:
+            return None
+        if await self.limiter.test(self.item, address):
+            return None
+        stats = await self.limiter.get_window_stats(self.item, address)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+    async def spend(self, address: str) -> None:
+        if self.limiter is not None:
+            await self.limiter.hit(self.item, address)
+
+
+class Origins:
+    """Which pages may use the API (``server.cors_origins``)."""
+
+    def __init__(self, allowed: list[str]):
+        self.any = "*" in allowed
+        self.listed = frozenset(origin.rstrip("/") for origin in allowed if origin != "*")
+
+    @property
+    def restricted(self) -> bool:
+        return not self.any
+
+    def allowed(self, origin: str) -> bool:
+        """Whether a page of ``origin`` may read answers (CORS)."""
+        return self.any or origin.rstrip("/") in self.listed
+
+    def may_change(self, request: web.Request, origin: str, strict: bool) -> bool:
+        """Whether a page of ``origin`` may make a state-changing request. With access
+        control on (``strict``), ``*`` is not enough: the origin must be listed or be
+        this server's own (else any page could use a browser's saved credentials)."""
+        origin = origin.rstrip("/")
+        if origin in self.listed:
+            return True
+        if strict:
+            return origin.partition("://")[2] == request.host
+        return self.any
+
+
+def _challenge(realm: str) -> dict[str, str]:
+    # Basic first: ffmpeg sends the credentials of its URL only to a challenge that
+    # starts with "Basic ".
+    return {"WWW-Authenticate": f'Basic realm="{realm}", Bearer realm="{realm}"'}
+
+
+class Access:
+    """Everything the middleware needs, built once from the settings."""
+
+    def __init__(self, settings, authenticator: Authenticator, cors_headers: Callable):
+        auth = settings.auth
+        self.authenticator = authenticator
+        self.origins = Origins(settings.server.cors_origins)
+        self.address = ClientAddress(auth.trusted_proxies)
+        self.failures = Budget(auth.max_failures_per_minute)
+        self.refused_publishes = Budget(auth.max_refused_publishes_per_minute)
+        self.cors_headers = cors_headers
+        self.failed = 0  # authentications that failed (metrics)
+        self.limited = 0  # requests refused for an exhausted budget (metrics)
+
+    async def on_startup(self, app: web.Application) -> None:
+        self.failures.start()
+        self.refused_publishes.start()
+
+    def _refuse(self, request: web.Request, exc: ApiError, headers: dict | None = None):
+        return api_error(exc, {**(headers or {}), **self.cors_headers(request)})
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        rule, params = find_rule(request.method, request.path)
+        if request.method == "OPTIONS":  # CORS preflights carry no credentials
+            return await handler(request)
+        action = rule.action if rule is not None else SIGNED_IN
+        origin = request.headers.get("Origin")
+        if origin and action in STATE_CHANGING and not self.origins.may_change(
+            request, origin, self.authenticator.enabled
+        ):
+            return self._refuse(request, Forbidden(
+                f"pages of {origin} may not {action} here (server.cors_origins)",
+                code="origin_not_allowed"))
+        principal = NOBODY
+        if self.authenticator.enabled:
+            try:
+                principal = await self._authenticate(request, action, rule, params)
+            except ApiError as exc:
+                headers = _challenge(self.authenticator.realm) if exc.status_code == 401 else None
+                return self._refuse(request, exc, headers)
+        if action == "publish":
+            address = self.address(request)
+            wait = await self.refused_publishes.spent(address)
+            if wait is not None:
+                self.limited += 1
+                exc = TooManyFailures(
+                    f"too many refused publishes from {address}: try again in {wait} s",
+                    code="too_many_refused_publishes")
+                exc.retry_after = wait
+                return self._refuse(request, exc)
+        token = current_principal.set(principal)
+        try:
+            response = await handler(request)
+        finally:
+            current_principal.reset(token)
+        if action == "publish" and response.status >= 400:
+            await self.refused_publishes.spend(self.address(request))
+        elif action == "admin":
+            log.info("audit: %s %s by %s from %s: %d", request.method, request.path,
+                     principal.name if principal.authenticated else "anonymous",
+                     self.address(request), response.status)
+        return response
+
+    async def _authenticate(self, request, action, rule, params) -> Principal:
+        authorization = request.headers.get("Authorization")
+        query_token = request.query.get("token")
+        if authorization or query_token:
+            address = self.address(request)
+            wait = await self.failures.spent(address)
+            if wait is not None:
+                self.limited += 1
+                exc = TooManyFailures(
+                    f"too many failed sign-ins from {address}: try again in {wait} s")
+                exc.retry_after = wait
+                raise exc
+            try:
+                principal = self.authenticator.authenticate(authorization, query_token)
+            except Unauthorized:
+                self.failed += 1
+                await self.failures.spend(address)
+                log.warning("authentication failed from %s for %s %s",
+                            address, request.method, request.path)
+                raise
+        else:
+            principal = self.authenticator.anonymous
+        if action == PUBLIC:
+            return principal
+        if action == SIGNED_IN:
+            if not principal.authenticated:
+                raise Unauthorized("sign in: this needs credentials")
+            return principal
+        stream = params.get(rule.stream) if rule.stream else None
+        if principal.may(action, stream):
+            return principal
+        if not principal.authenticated:
+            raise Unauthorized(f"sign in: {action} needs credentials")
+        what = f"{action} on stream '{stream}'" if stream else action
+        raise Forbidden(f"user '{principal.name}' may not {what}")
