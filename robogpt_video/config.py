@@ -112,6 +112,12 @@ class ServerSettings(_Section):
         ["*"], description="Origins whose pages may use the API ('*': any; docs/security.md)"
     )
     max_frame_size_mb: float = Field(10, gt=0, le=1024)
+    max_connections: int = Field(
+        10_000, ge=1, description="Open connections in all; more are refused with 503"
+    )
+    max_connections_per_address: int = Field(
+        1_000, ge=1, description="Open connections from one client address (proxies excepted)"
+    )
     send_buffer_kb: int = Field(
         128, ge=0, description="SO_SNDBUF of viewer sockets; 0 leaves the kernel's auto-tuning"
     )
