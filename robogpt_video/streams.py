@@ -385,14 +385,7 @@ class StreamRegistry:
         stream = self._streams.get(name)
         if stream is not None:
             return stream
-        validate_stream_name(name)
-        if not self.accepting:
-            raise ApiError("the server is shutting down", code="shutting_down", status_code=503)
-        if len(self._streams) >= self.settings.max_concurrent:
-            raise StreamLimitReached(
-                f"cannot create stream '{name}': {len(self._streams)} streams are live "
-                f"(streams.max_concurrent = {self.settings.max_concurrent})"
-            )
+        self.check_room(name)
         stream = Stream(name, self.settings, self.listeners, self._clock)
         self._streams[name] = stream
         log.info("stream %s created (%d live)", name, len(self._streams))
@@ -402,6 +395,19 @@ class StreamRegistry:
             except Exception:
                 log.exception("listener %r failed opening stream %s", listener, name)
         return stream
+
+    def check_room(self, name: str) -> None:
+        """Raise what :meth:`get_or_create` would if ``name`` cannot be created now."""
+        if name in self._streams:
+            return
+        validate_stream_name(name)
+        if not self.accepting:
+            raise ApiError("the server is shutting down", code="shutting_down", status_code=503)
+        if len(self._streams) >= self.settings.max_concurrent:
+            raise StreamLimitReached(
+                f"cannot create stream '{name}': {len(self._streams)} streams are live "
+                f"(streams.max_concurrent = {self.settings.max_concurrent})"
+            )
 
     def remove(self, name: str, reason: str) -> Stream | None:
         """Close and forget a stream; returns it, or ``None`` if there was none."""

@@ -219,14 +219,17 @@ def test_long_lived_ingest_obeys_the_stream_limit(start_server):
     wait_for(lambda: stats(server, "first")["total_frames"] == 2)
 
 
-def test_a_viewer_of_a_connected_publisher_waits_for_its_first_frame(shared_server):
-    """The stream exists once a publisher connects; a viewer then waits instead of 404."""
-    server = shared_server
-    with connect(f"ws://127.0.0.1:{server.port}/ws/publish/early") as ws:
-        wait_for(lambda: httpx.get(f"{server.url}/api/streams/early/stats").status_code == 200)
-        assert stats(server, "early")["has_current_frame"] is False
-        with httpx.stream("GET", f"{server.url}/stream/early", timeout=10) as r:
-            assert r.status_code == 200
-            ws.send(FRAMES[0])
-            _, body = next(iter_parts(r.iter_raw()))
-    assert body == FRAMES[0]
+def test_a_connected_publisher_holds_no_stream_until_its_first_frame(start_server):
+    """A WebSocket that connects and sends nothing used to create a stream that lived
+    streams.timeout_seconds, taking a slot: the stream exists from its first frame."""
+    server = start_server({"streams": {"max_concurrent": 1}})
+    with connect(f"ws://127.0.0.1:{server.port}/ws/publish/squatter"):
+        # Another publisher still gets the only slot while the first sends nothing.
+        assert httpx.post(f"{server.url}/publish/real", content=FRAMES[0]).status_code == 200
+        assert httpx.get(f"{server.url}/api/streams/squatter/stats").status_code == 404
+        assert httpx.get(f"{server.url}/stream/squatter").status_code == 404
+    with connect(f"ws://127.0.0.1:{server.port}/ws/publish/real") as ws:
+        ws.send(FRAMES[1])
+        wait_for(lambda: stats(server, "real")["total_frames"] == 2)
+    names = [s["name"] for s in httpx.get(f"{server.url}/api/streams").json()["streams"]]
+    assert names == ["real"]

@@ -59,9 +59,9 @@ class IngestCounter:
         self.bytes = 0
         self._counts = counts  # the process's frames-in counter by ingest kind
         self._via = via
-        # The stream exists from the moment a publisher connects (or this raises its
-        # limit at once): viewers who come before the first frame wait instead of 404.
-        registry.get_or_create(name)
+        # A refusal at the stream limit comes at once, but the stream exists only from
+        # its first valid frame: a connection that sends nothing holds no stream slot.
+        registry.check_room(name)
 
     def publish(self, jpeg: bytes) -> None:
         """Check and publish one frame, or raise the :class:`ApiError` a single POST would."""
