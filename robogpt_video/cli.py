@@ -21,11 +21,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.recordings is not None:
         overrides.setdefault("recording", {})["directory"] = args.recordings
     try:
-        settings = load_settings(args.config, overrides)
+        serve(load_settings(args.config, overrides))  # TLS files are checked before serving
     except ConfigError as exc:
         print(f"robogpt-video: {exc}", file=sys.stderr)
         return 2
-    serve(settings)
     return 0
 
 

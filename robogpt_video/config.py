@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -121,6 +122,24 @@ class ServerSettings(_Section):
     send_buffer_kb: int = Field(
         128, ge=0, description="SO_SNDBUF of viewer sockets; 0 leaves the kernel's auto-tuning"
     )
+    tls_certfile: Path | None = Field(
+        None, description="PEM certificate chain: with tls_keyfile, serve HTTPS and WSS"
+    )
+    tls_keyfile: Path | None = Field(
+        None, validate_default=True, description="PEM private key of tls_certfile, unencrypted"
+    )
+
+    @field_validator("tls_keyfile")
+    @classmethod
+    def _tls_pair(cls, keyfile: Path | None, info: ValidationInfo) -> Path | None:
+        if "tls_certfile" not in info.data:  # tls_certfile itself is invalid
+            return keyfile
+        certfile = info.data["tls_certfile"]
+        if keyfile is None and certfile is not None:
+            raise ValueError("required when server.tls_certfile is set")
+        if keyfile is not None and certfile is None:
+            raise ValueError("set server.tls_certfile too (both or neither)")
+        return keyfile
 
     @property
     def max_frame_bytes(self) -> int:

@@ -1,4 +1,5 @@
-"""Run the application under aiohttp on a listening socket whose send buffer is capped."""
+"""Run the application under aiohttp on a listening socket whose send buffer is capped,
+with TLS when ``server.tls_certfile`` and ``server.tls_keyfile`` are set."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
+from pathlib import Path
 
 from aiohttp import web
 
-from .config import Settings
+from .config import ConfigError, ServerSettings, Settings
 from .logs import flush_repeats, setup_logging
 from .runtime import Runtime
 from .web import create_app
@@ -38,8 +41,59 @@ def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket
     return sock
 
 
-async def run(settings: Settings, sock: socket.socket) -> None:
-    """Serve on ``sock`` until SIGINT or SIGTERM, then stop gracefully."""
+class _EncryptedKey(Exception):
+    """The TLS private key asked for a passphrase."""
+
+
+def _no_passphrase() -> bytes:
+    # Without a password callback OpenSSL would prompt on the terminal.
+    raise _EncryptedKey
+
+
+def _load_error(certfile: Path, keyfile: Path, exc: ssl.SSLError) -> str:
+    """Which of the two files ``load_cert_chain`` could not use, and why."""
+    if exc.reason == "KEY_VALUES_MISMATCH":
+        return (
+            f"server.tls_keyfile: {keyfile} is not the private key of the certificate in {certfile}"
+        )
+    try:  # does the certificate file hold a certificate OpenSSL can read?
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=certfile)
+    except ssl.SSLError:
+        return f"server.tls_certfile: {certfile} holds no PEM certificate ({exc})"
+    return f"server.tls_keyfile: {keyfile} holds no PEM private key ({exc})"
+
+
+def tls_context(server: ServerSettings) -> ssl.SSLContext | None:
+    """The TLS context of ``server.tls_certfile`` and ``tls_keyfile``; ``None`` without them.
+
+    Raises :class:`ConfigError` naming the key and the file that cannot be read or used.
+    """
+    certfile, keyfile = server.tls_certfile, server.tls_keyfile
+    if certfile is None or keyfile is None:  # the config allows both or neither
+        return None
+    for key, path in (("server.tls_certfile", certfile), ("server.tls_keyfile", keyfile)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile, keyfile, password=_no_passphrase)
+    except _EncryptedKey:
+        raise ConfigError(
+            f"server.tls_keyfile: {keyfile} is encrypted; give the key without a passphrase"
+        ) from None
+    except ssl.SSLError as exc:
+        raise ConfigError(_load_error(certfile, keyfile, exc)) from None
+    return context
+
+
+async def run(
+    settings: Settings, sock: socket.socket, ssl_context: ssl.SSLContext | None
+) -> None:
+    """Serve on ``sock`` (with TLS if ``ssl_context``) until SIGINT or SIGTERM, then stop."""
     runtime = Runtime(settings)
     debug = settings.server.debug
     runner = web.AppRunner(
@@ -54,11 +108,12 @@ async def run(settings: Settings, sock: socket.socket) -> None:
     )
     await runner.setup()  # starts the runtime (recorder, cleanup, ...)
     try:
-        site = web.SockSite(runner, sock)
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
         await site.start()
         host, port = sock.getsockname()[:2]
         log.info(
-            "robogpt-video listening on http://%s:%d (recordings in %s)",
+            "robogpt-video listening on %s://%s:%d (recordings in %s)",
+            "https" if ssl_context else "http",
             host,
             port,
             settings.recording.directory,
@@ -84,13 +139,17 @@ def _loop_factory():
 
 
 def serve(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; a graceful stop returns normally (exit code 0)."""
-    setup_logging(settings.logging, access_log=settings.server.debug)
+    """Serve until SIGINT/SIGTERM; a graceful stop returns normally (exit code 0).
+
+    Raises :class:`ConfigError` before serving if the TLS files cannot be used.
+    """
     server_settings = settings.server
+    ssl_context = tls_context(server_settings)
+    setup_logging(settings.logging, access_log=server_settings.debug)
     sock = listening_socket(server_settings.host, server_settings.port, server_settings.send_buffer_kb)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(run(settings, sock))
+            runner.run(run(settings, sock, ssl_context))
     finally:
         sock.close()
         flush_repeats()

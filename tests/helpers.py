@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -94,20 +95,28 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 # What the server logs at INFO once its socket is bound (robogpt_video/server.py).
-LISTENING = re.compile(rb"robogpt-video listening on http://(\S+):(\d+)")
+LISTENING = re.compile(rb"robogpt-video listening on (https?)://(\S+):(\d+)")
 
 
 class ServerProcess:
     """``robogpt-video serve`` in a subprocess, in its own working directory.
 
-    It binds port 0 unless the config names a port, and ``port``/``url`` are the port it
-    reports once it listens. A port in the config should be held by a ``PortHold``
-    (``for_server=True``) for as long as the server may be restarted on it.
+    It binds port 0 unless the config names a port, and ``port``/``url`` are the port
+    and scheme it reports once it listens. A port in the config should be held by a
+    ``PortHold`` (``for_server=True``) for as long as the server may be restarted on it.
+    A server given ``server.tls_certfile``/``tls_keyfile`` serves HTTPS: pass
+    ``ca_file``, the CA that signed its certificate, and give clients ``verify``.
     """
 
     preexec_fn = None  # set before start() to run code in the child (e.g. setrlimit)
 
-    def __init__(self, workdir: Path, config: dict | None = None, env: dict | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict | None = None,
+        env: dict | None = None,
+        ca_file: Path | None = None,
+    ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = merge(
@@ -123,7 +132,9 @@ class ServerProcess:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.log_path = self.workdir / "stderr.log"
+        self.ca_file = ca_file
         self._port: int | None = None
+        self._scheme = "http"
 
     @property
     def port(self) -> int:
@@ -134,7 +145,12 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """httpx's ``verify=``: a context trusting ``ca_file`` if given, else the default."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
     @property
     def recordings(self) -> Path:
@@ -164,7 +180,8 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             preexec_fn=preexec,
         )
-        reported: list[int] = []
+        reported: list[tuple[str, int]] = []  # (scheme, port)
+        verify = self.verify
 
         def healthy() -> bool:
             if self.proc.poll() is not None:
@@ -175,10 +192,11 @@ class ServerProcess:
                     found = LISTENING.search(log.read())
                 if found is None:
                     return False
-                reported.append(int(found[2]))
+                reported.append((found[1].decode(), int(found[3])))
             try:
-                url = f"http://127.0.0.1:{reported[0]}/health"
-                return httpx.get(url, timeout=1).status_code == 200
+                scheme, port = reported[0]
+                url = f"{scheme}://127.0.0.1:{port}/health"
+                return httpx.get(url, timeout=1, verify=verify).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -190,11 +208,12 @@ class ServerProcess:
         except BaseException:
             self.stop()
             raise
+        scheme, port = reported[0]
         configured = self.config["server"]["port"]
-        if configured and reported[0] != configured:
+        if configured and port != configured:
             self.stop()
-            raise RuntimeError(f"server reported port {reported[0]}, configured {configured}")
-        self._port = reported[0]
+            raise RuntimeError(f"server reported port {port}, configured {configured}")
+        self._scheme, self._port = scheme, port
         return self
 
     def output(self) -> str:

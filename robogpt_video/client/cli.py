@@ -16,6 +16,9 @@ from .errors import PublisherError
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The brief's flags (``--server --stream --camera --quality --fps``) and a few more."""
     parser.add_argument("--server", default="http://localhost:5000", help="server URL")
+    parser.add_argument("--cafile",
+                        help="CA bundle (PEM) to verify an https:// server with, e.g. a private "
+                             "CA's; without it: certifi's bundle, or $REQUESTS_CA_BUNDLE")
     parser.add_argument("--stream", default="webcam", help="stream name")
     parser.add_argument(
         "--camera", default="0",
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     printer = StatusPrinter(args.stream)
     try:
         publisher = StreamPublisher(args.server, args.stream, args.quality, args.fps,
-                                    transport=args.transport)
+                                    transport=args.transport,
+                                    verify=args.cafile or True)
         frames = open_source(args.camera, fps=args.fps, width=args.width, height=args.height)
     except PublisherError as exc:
         print(f"error: {exc}", file=sys.stderr)

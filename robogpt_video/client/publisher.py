@@ -10,6 +10,7 @@ restarted server is picked up without help.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -50,7 +51,7 @@ def encode_jpeg(frame, quality: int) -> bytes:
     return buffer.tobytes()
 
 
-def _check_arguments(server_url, stream_name, quality, max_fps, transport) -> None:
+def _check_arguments(server_url, stream_name, quality, max_fps, transport, verify) -> None:
     if not isinstance(stream_name, str) or not NAME_RE.fullmatch(stream_name):
         raise ConfigurationError(
             f"stream name {stream_name!r} is invalid: use 1-64 letters, digits, '_' or '-'"
@@ -63,6 +64,10 @@ def _check_arguments(server_url, stream_name, quality, max_fps, transport) -> No
         raise ConfigurationError(f"transport must be one of {sorted(TRANSPORTS)}")
     if not server_url.startswith(("http://", "https://")):
         raise ConfigurationError(f"server_url must start with http:// or https://: {server_url!r}")
+    if not isinstance(verify, (bool, str, os.PathLike)):
+        raise ConfigurationError(f"verify must be True, False or a CA bundle path, not {verify!r}")
+    if not isinstance(verify, bool) and not os.path.exists(verify):
+        raise ConfigurationError(f"verify: no CA bundle at {os.fspath(verify)!r}")
 
 
 class StreamPublisher:
@@ -79,8 +84,9 @@ class StreamPublisher:
         timeout: float = 5.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
+        verify: bool | str | os.PathLike = True,
     ):
-        _check_arguments(server_url, stream_name, quality, max_fps, transport)
+        _check_arguments(server_url, stream_name, quality, max_fps, transport, verify)
         self.server_url = server_url.rstrip("/")
         self.stream_name = stream_name
         self.quality = int(quality)
@@ -90,6 +96,10 @@ class StreamPublisher:
         self.timeout = timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        # An https:// server's certificate is checked against requests' CA bundle (certifi)
+        # or $REQUESTS_CA_BUNDLE (True), a CA bundle file or directory (a path), or not at
+        # all (False).
+        self.verify = verify if isinstance(verify, bool) else os.fspath(verify)
         self._cond = threading.Condition()
         self._slot: tuple[str, object] | None = None  # ("array" | "jpeg", frame)
         self._stopping = threading.Event()
@@ -112,7 +122,7 @@ class StreamPublisher:
         """Start the sender thread (once)."""
         if self._thread is not None:
             raise PublisherError("publisher already started")
-        self._transport = TRANSPORTS[self.transport_name](self.url, self.timeout)
+        self._transport = TRANSPORTS[self.transport_name](self.url, self.timeout, self.verify)
         self._thread = threading.Thread(
             target=self._run, name=f"publisher-{self.stream_name}", daemon=True
         )

@@ -1,7 +1,9 @@
 """How frames travel: one HTTP request per frame, or one long-lived chunked POST.
 
-Both keep a single connection open (a ``requests.Session`` with one pooled socket)
-and consume an iterator of JPEG bytes until it ends, raising
+Both keep a single connection open (a ``requests.Session`` with one pooled socket),
+verify an ``https://`` server's certificate as ``verify`` says (requests' ``verify``:
+``True``, ``False`` or a CA bundle path), and consume an iterator of JPEG bytes until
+it ends, raising
 :class:`PublishConnectionError` or :class:`ServerError` when a frame cannot go.
 The iterator is the publisher's pacing generator: when a transport asks it for the
 next frame, the previous one has been delivered.
@@ -40,9 +42,10 @@ def _session() -> requests.Session:
 class HttpTransport:
     """``POST /publish/<name>`` with a raw ``image/jpeg`` body per frame, on a kept-alive socket."""
 
-    def __init__(self, url: str, timeout: float):
+    def __init__(self, url: str, timeout: float, verify: bool | str):
         self.url = url
         self.timeout = timeout
+        self.verify = verify
         self.session = _session()
 
     def run(self, frames: Iterable[bytes]) -> None:
@@ -54,6 +57,7 @@ class HttpTransport:
                     data=jpeg,
                     headers={"Content-Type": "image/jpeg"},
                     timeout=self.timeout,
+                    verify=self.verify,
                 )
             except requests.RequestException as exc:
                 raise PublishConnectionError(f"POST {self.url} failed: {exc}") from exc
@@ -72,9 +76,10 @@ class StreamTransport:
     server answers once, when the body ends or when it refuses a part.
     """
 
-    def __init__(self, url: str, timeout: float):
+    def __init__(self, url: str, timeout: float, verify: bool | str):
         self.url = url
         self.timeout = timeout
+        self.verify = verify
         self.session = _session()
 
     @staticmethod
@@ -91,6 +96,7 @@ class StreamTransport:
                 data=self._parts(frames),  # a generator: requests sends it chunked, as it comes
                 headers={"Content-Type": STREAM_CONTENT_TYPE},
                 timeout=self.timeout,
+                verify=self.verify,
             )
         except requests.RequestException as exc:
             raise PublishConnectionError(f"streaming POST {self.url} failed: {exc}") from exc
