@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -16,12 +17,42 @@ from .config import ConfigError, ServerSettings, Settings
 from .logs import flush_repeats, setup_logging
 from .runtime import Runtime
 from .web import create_app
+from .web.connections import ConnectionLimits
+from .web.state import METRICS
 
 log = logging.getLogger(__name__)
 #: Ordinary requests still in flight at shutdown get this long; viewers and ingest are
 #: ended at once, leaving room for the recorder within a 10 s stop.
 SHUTDOWN_TIMEOUT = 5.0
 KEEPALIVE_TIMEOUT = 30.0
+BACKLOG = 2048
+#: File descriptors kept free of connections: recording files, logs, /proc reads, and
+#: refused connections while their answer goes out (web/connections.py MAX_LINGERING).
+FD_RESERVE = 256
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open files to the hard one; returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_cap(configured: int) -> int:
+    """``server.max_connections``, lowered so connections leave ``FD_RESERVE`` files free."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    cap = min(configured, max(1, soft - FD_RESERVE))
+    if cap < configured:
+        log.warning("server.max_connections lowered from %d to %d: %d open files allowed "
+                    "(ulimit -n), %d kept for recording", configured, cap, soft, FD_RESERVE)
+    return cap
 
 
 def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket:
@@ -36,7 +67,7 @@ def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket
     if send_buffer_kb:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_kb * 1024)
     sock.bind((host, port))
-    sock.listen(2048)
+    sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -107,9 +138,18 @@ async def run(
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     await runner.setup()  # starts the runtime (recorder, cleanup, ...)
+    limits = ConnectionLimits(
+        connection_cap(settings.server.max_connections),
+        settings.server.max_connections_per_address,
+        settings.auth.trusted_proxies,
+    )
+    runner.app[METRICS].watch_connections(limits)
+    listener = None
     try:
-        site = web.SockSite(runner, sock, ssl_context=ssl_context)
-        await site.start()
+        # aiohttp's own protocol factory (the public ``runner.server``) behind the caps.
+        listener = await asyncio.get_running_loop().create_server(
+            limits.factory(runner.server), sock=sock, ssl=ssl_context, backlog=BACKLOG
+        )
         host, port = sock.getsockname()[:2]
         log.info(
             "robogpt-video listening on %s://%s:%d (recordings in %s)",
@@ -125,8 +165,10 @@ async def run(
         await stop.wait()
         log.info("shutting down: ending live responses")
     finally:
-        # Stops accepting, ends viewers and ingest (on_shutdown), lets other requests
-        # finish within SHUTDOWN_TIMEOUT, then stops the runtime.
+        # Stop accepting; then end viewers and ingest (on_shutdown), let other requests
+        # finish within SHUTDOWN_TIMEOUT, and stop the runtime.
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
 
 
@@ -146,6 +188,7 @@ def serve(settings: Settings) -> None:
     server_settings = settings.server
     ssl_context = tls_context(server_settings)
     setup_logging(settings.logging, access_log=server_settings.debug)
+    raise_fd_limit()
     sock = listening_socket(server_settings.host, server_settings.port, server_settings.send_buffer_kb)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER = 5
 LINGER_SECONDS = 2.0
+MAX_LINGERING = 64  # refused connections kept open for their answer to arrive
 
 
 def _refusal(message: str) -> bytes:
@@ -47,6 +48,7 @@ class ConnectionLimits:
         self.open = 0
         self.by_address: Counter[str] = Counter()
         self.refused = {"total": 0, "per_address": 0}
+        self.lingering = 0
 
     def factory(self, make_protocol: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server`` that applies the caps."""
@@ -98,13 +100,21 @@ class _Guarded(asyncio.Protocol):
             log.warning("connection from %s refused: %s", self.address, refused)
             transport.write(_refusal(refused))
             # Half-close and read what the client still sends, so the answer is not
-            # lost to a reset; close when it closes, or after a short grace.
-            if transport.can_write_eof():
+            # lost to a reset; close after a short grace. A flood closes at once: each
+            # lingering refusal holds a file descriptor.
+            if self.limits.lingering < MAX_LINGERING and transport.can_write_eof():
                 transport.write_eof()
-            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+                self.limits.lingering += 1
+                asyncio.get_running_loop().call_later(LINGER_SECONDS, self._end_linger, transport)
+            else:
+                transport.close()
             return
         self.inner = self.make_protocol()
         self.inner.connection_made(transport)
+
+    def _end_linger(self, transport) -> None:
+        self.limits.lingering -= 1
+        transport.close()
 
     def connection_lost(self, exc) -> None:
         if self.inner is not None:

@@ -100,6 +100,18 @@ class RuntimeCollector(Collector):
         writes.add_metric(["writev"], counters.writev)
         writes.add_metric(["sendfile"], counters.sendfile)
         yield writes
+        connections = self.metrics.connections
+        if connections is not None:
+            yield _gauge("connections", "Open client connections", connections.open)
+            refused = CounterMetricFamily(
+                f"{PREFIX}_connections_refused",
+                "Connections refused at a cap (server.max_connections, "
+                "server.max_connections_per_address)",
+                labels=["cap"],
+            )
+            for cap, count in connections.refused.items():
+                refused.add_metric([cap], count)
+            yield refused
         access = self.metrics.access
         if access is not None:
             yield CounterMetricFamily(
@@ -148,6 +160,7 @@ class Metrics:
         #: Each stream's frame framed once for its MJPEG viewers, and the write counters.
         self.wires = FrameWires()
         self.access = None  # set by watch_access
+        self.connections = None  # set by watch_connections
         # A registry per app, not the global one.
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -170,6 +183,10 @@ class Metrics:
     def watch_access(self, access) -> None:
         """Report the counters of access control (``web/access.py``)."""
         self.access = access
+
+    def watch_connections(self, limits) -> None:
+        """Report open and refused connections (``web/connections.py``)."""
+        self.connections = limits
 
     def render(self) -> bytes:
         """The exposition text (reads /proc for process metrics: memory, no disk)."""
