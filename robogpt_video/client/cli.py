@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -16,6 +17,10 @@ from .errors import PublisherError
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The brief's flags (``--server --stream --camera --quality --fps``) and a few more."""
     parser.add_argument("--server", default="http://localhost:5000", help="server URL")
+    parser.add_argument(
+        "--token", default=os.environ.get("ROBOGPT_TOKEN") or None,
+        help="access token, sent as 'Authorization: Bearer' (default: $ROBOGPT_TOKEN)",
+    )
     parser.add_argument("--cafile",
                         help="CA bundle (PEM) to verify an https:// server with, e.g. a private "
                              "CA's; without it: certifi's bundle, or $REQUESTS_CA_BUNDLE")
@@ -77,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         publisher = StreamPublisher(args.server, args.stream, args.quality, args.fps,
                                     transport=args.transport,
-                                    verify=args.cafile or True)
+                                    verify=args.cafile or True, token=args.token)
         frames = open_source(args.camera, fps=args.fps, width=args.width, height=args.height)
     except PublisherError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -85,6 +85,7 @@ class StreamPublisher:
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
         verify: bool | str | os.PathLike = True,
+        token: str | None = None,
     ):
         _check_arguments(server_url, stream_name, quality, max_fps, transport, verify)
         self.server_url = server_url.rstrip("/")
@@ -100,6 +101,8 @@ class StreamPublisher:
         # or $REQUESTS_CA_BUNDLE (True), a CA bundle file or directory (a path), or not at
         # all (False).
         self.verify = verify if isinstance(verify, bool) else os.fspath(verify)
+        # Sent as ``Authorization: Bearer``; kept out of stats, errors and logs.
+        self._token = token or None
         self._cond = threading.Condition()
         self._slot: tuple[str, object] | None = None  # ("array" | "jpeg", frame)
         self._stopping = threading.Event()
@@ -122,7 +125,9 @@ class StreamPublisher:
         """Start the sender thread (once)."""
         if self._thread is not None:
             raise PublisherError("publisher already started")
-        self._transport = TRANSPORTS[self.transport_name](self.url, self.timeout, self.verify)
+        self._transport = TRANSPORTS[self.transport_name](
+            self.url, self.timeout, self.verify, self._token
+        )
         self._thread = threading.Thread(
             target=self._run, name=f"publisher-{self.stream_name}", daemon=True
         )

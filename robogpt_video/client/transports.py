@@ -1,6 +1,7 @@
 """How frames travel: one HTTP request per frame, or one long-lived chunked POST.
 
 Both keep a single connection open (a ``requests.Session`` with one pooled socket),
+send ``Authorization: Bearer <token>`` when given a token,
 verify an ``https://`` server's certificate as ``verify`` says (requests' ``verify``:
 ``True``, ``False`` or a CA bundle path), and consume an iterator of JPEG bytes until
 it ends, raising
@@ -30,8 +31,10 @@ def server_error(response: requests.Response) -> ServerError:
         return ServerError(response.status_code, "http_error", response.text[:200])
 
 
-def _session() -> requests.Session:
+def _session(token: str | None) -> requests.Session:
     session = requests.Session()
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
     # One keep-alive socket; retries are the publisher's job (with back-off).
     adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
     session.mount("http://", adapter)
@@ -42,11 +45,11 @@ def _session() -> requests.Session:
 class HttpTransport:
     """``POST /publish/<name>`` with a raw ``image/jpeg`` body per frame, on a kept-alive socket."""
 
-    def __init__(self, url: str, timeout: float, verify: bool | str):
+    def __init__(self, url: str, timeout: float, verify: bool | str, token: str | None = None):
         self.url = url
         self.timeout = timeout
         self.verify = verify
-        self.session = _session()
+        self.session = _session(token)
 
     def run(self, frames: Iterable[bytes]) -> None:
         """Send every frame; return when the iterator ends."""
@@ -76,11 +79,11 @@ class StreamTransport:
     server answers once, when the body ends or when it refuses a part.
     """
 
-    def __init__(self, url: str, timeout: float, verify: bool | str):
+    def __init__(self, url: str, timeout: float, verify: bool | str, token: str | None = None):
         self.url = url
         self.timeout = timeout
         self.verify = verify
-        self.session = _session()
+        self.session = _session(token)
 
     @staticmethod
     def _parts(frames: Iterable[bytes]) -> Iterator[bytes]:
