@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OLDEST       ?= .venv-oldest
 OLDEST_STAMP := $(OLDEST)/.installed
 
-.PHONY: run test test-oldest bench install clean
+.PHONY: run test test-oldest bench soak install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test-oldest: $(OLDEST_STAMP)
 # Standard benchmark set, ours vs the Flask baseline (~4 min): writes bench/REPORT.md.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# Soak: 50 streams × 30 fps × 1 viewer for 10 min by default; writes bench/SOAK.md.
+# Other loads: make soak SOAK="--streams 100 --fps 10 --viewers 2 --minutes 30"
+SOAK ?=
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK)
 
 clean:
 	rm -rf $(VENV) $(OLDEST) build dist *.egg-info .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -45,3 +46,20 @@ def test_load_reaches_viewers_with_stamps(kind, tmp_path):
     assert result["server_peak_rss_mb"] > 10
     text = render({"meta": {}, "s10x2": {"ours": {**result, "kind": kind}, "baseline": {**result, "kind": kind}}})
     assert "S=10 × 2 viewers" in text and "| s10x2 |" in text
+
+
+def test_soak_samples_rows_and_writes_its_report(tmp_path):
+    """``make soak`` at a tiny size: rows with server and client numbers, table and chart."""
+    from bench import soak
+
+    soak.main(["--streams", "2", "--fps", "10", "--minutes", "0.05", "--interval", "1",
+               "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "SOAK.json").read_text())
+    rows = data["rows"]
+    assert len(rows) >= 2
+    assert all(row["rss_mb"] > 10 and row["fds"] > 5 for row in rows)
+    assert rows[-1]["published_fps"] > 0 and rows[-1]["viewed_fps"] > 0
+    assert sum(row["client_errors"] for row in rows) == 0
+    report = (tmp_path / "SOAK.md").read_text()
+    assert "| minute | RSS MB |" in report and "soak.svg" in report
+    assert (tmp_path / "soak.svg").read_text().startswith("<svg")
