@@ -65,10 +65,8 @@ def _parse_sidecar_time(value) -> float | None:
 
 def _entry(store: RecordingStore, rec: RecordingFile, open_paths: set) -> dict:
     meta = store.read_sidecar(rec) or {}
-    try:
-        size = rec.path.stat().st_size
-    except OSError:
-        size = None
+    info = store.stat(rec)
+    size = info.st_size if info is not None else None
     base = f"/api/recordings/{rec.stream}/{rec.name}"
     # A sidecar is trusted for nothing: times that do not parse give way to the file's
     # name (start) or to "unknown" (end), a status that is not text to "unknown".
@@ -137,9 +135,10 @@ async def list_recordings(
 @router.head("/api/recordings/{stream}/{file}", include_in_schema=False)  # same, no body
 async def download_recording(request: Request, stream: str, file: str) -> FileResponse:
     """The video file (``Range`` requests get ``206``), or its ``.json`` sidecar."""
-    rec = await asyncio.to_thread(_store(request).resolve, stream, file)
+    store = _store(request)
+    rec = await asyncio.to_thread(store.resolve, stream, file)
     if file.endswith(SIDECAR_SUFFIX):
-        if not rec.sidecar.is_file():
+        if await asyncio.to_thread(store.stat, rec, True) is None:
             raise NotFound(f"recording '{rec.name}' has no sidecar")
         return FileResponse(rec.sidecar, media_type="application/json")
     return FileResponse(rec.path, media_type="video/mp4", filename=rec.name)
