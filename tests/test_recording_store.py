@@ -1,9 +1,10 @@
+import os
 from datetime import datetime, timezone
 
 import pytest
 
 from robogpt_video.errors import InvalidStreamName, NotFound
-from robogpt_video.recording.store import RecordingStore, parse_name
+from robogpt_video.recording.store import RecordingFile, RecordingStore, parse_name
 
 T0 = datetime(2026, 1, 21, 10, 30, 0, tzinfo=timezone.utc)
 
@@ -60,3 +61,29 @@ def test_delete_and_prune(tmp_path):
     assert store.list() == []
     assert store.remove_empty_dirs() == [tmp_path / "cam"]
     assert not (tmp_path / "cam").exists()
+
+
+def test_what_is_opened_is_checked_not_only_the_name(tmp_path):
+    store = RecordingStore(tmp_path / "recordings")
+    path = store.new_segment_path("cam", T0)
+    path.write_bytes(b"video")
+    rec = store.resolve("cam", path.name)
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(b"secret")
+    path.unlink()
+    path.symlink_to(outside)  # swapped for a link after it was resolved
+    with pytest.raises(NotFound):
+        store.open(rec)
+    assert store.stat(rec) is None and store.read_sidecar(rec) is None
+    assert store.delete(rec) == 0 and path.is_symlink() and outside.exists()
+
+
+def test_a_fifo_named_like_a_recording_is_not_a_recording(tmp_path):
+    store = RecordingStore(tmp_path)
+    path = store.new_segment_path("cam", T0)
+    os.mkfifo(path)
+    rec = RecordingFile("cam", path, T0)
+    assert store.list() == []
+    with pytest.raises(NotFound):  # refused at once: opening it does not wait for a writer
+        store.open(rec)
+    assert store.delete(rec) == 0 and path.exists()

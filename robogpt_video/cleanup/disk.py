@@ -45,15 +45,17 @@ class SidecarCache:
     def __init__(self) -> None:
         self._entries: dict[Path, tuple[int, int, dict | None]] = {}
 
-    def read(self, recording: RecordingFile, seen: dict) -> tuple[dict | None, int]:
-        """``(metadata, size)`` of a segment's sidecar; ``(None, 0)`` if it has none."""
-        try:
-            stat = recording.sidecar.stat()
-        except FileNotFoundError:
+    def read(
+        self, store: RecordingStore, recording: RecordingFile, seen: dict
+    ) -> tuple[dict | None, int]:
+        """``(metadata, size)`` of a segment's sidecar; ``(None, 0)`` if it has none (a
+        link is none)."""
+        stat = store.stat(recording, sidecar=True)
+        if stat is None:
             return None, 0
         cached = self._entries.get(recording.sidecar)
         if cached is None or cached[0] != stat.st_mtime_ns:
-            cached = (stat.st_mtime_ns, stat.st_size, RecordingStore.read_sidecar(recording))
+            cached = (stat.st_mtime_ns, stat.st_size, store.read_sidecar(recording))
         seen[recording.sidecar] = cached
         return cached[2], cached[1]
 
@@ -67,11 +69,10 @@ def scan(store: RecordingStore, cache: SidecarCache, open_paths: Collection[str]
     segments: list[Segment] = []
     seen: dict = {}
     for recording in store.list():
-        try:
-            stat = recording.path.stat()
-        except FileNotFoundError:  # deleted since the directory was read
+        stat = store.stat(recording)
+        if stat is None:  # deleted (or replaced) since the directory was read
             continue
-        sidecar, sidecar_size = cache.read(recording, seen)
+        sidecar, sidecar_size = cache.read(store, recording, seen)
         start = recording.start.timestamp()
         segments.append(
             Segment(
@@ -114,11 +115,11 @@ def delete_segments(store: RecordingStore, chosen: Iterable[tuple[Segment, str]]
     """
     removed = []
     for segment, reason in chosen:
-        try:
-            if segment.path.stat().st_mtime != segment.mtime:
-                log.warning("kept %s: it changed since it was listed", segment.path.name)
-                continue
-        except FileNotFoundError:
+        stat = store.stat(_recording(segment))
+        if stat is None:
+            continue
+        if stat.st_mtime != segment.mtime:
+            log.warning("kept %s: it changed since it was listed", segment.path.name)
             continue
         freed = store.delete(_recording(segment))
         log.info(
@@ -148,17 +149,12 @@ def dirs_left_empty(
     """Folders that would be empty once ``doomed`` are gone (for a dry run)."""
     gone = {normalize(p) for s in doomed for p in (s.path, _recording(s).sidecar)}
     names = []
-    try:
-        folders = sorted(p for p in store.root.iterdir() if p.is_dir())
-    except FileNotFoundError:
-        return names
-    for folder in folders:
-        if folder.name in live:
+    for name in store.folders():  # links to folders are not among them
+        if name in live:
             continue
-        try:
-            entries = [normalize(e.path) for e in os.scandir(folder)]
-        except OSError:
+        entries = store.folder_entries(name)
+        if entries is None:
             continue
-        if all(entry in gone for entry in entries):
-            names.append(folder.name)
+        if all(normalize(store.root / name / entry) in gone for entry in entries):
+            names.append(name)
     return names

@@ -524,7 +524,9 @@ class Recorder:
         start = datetime.fromtimestamp(segment.start_ts, timezone.utc)
         recording = RecordingFile(segment.stream, segment.path, start)
         try:
-            self.store.write_sidecar(segment.path, repair(recording, segment.sidecar("recording")))
+            self.store.write_sidecar(
+                segment.path, repair(self.store, recording, segment.sidecar("recording"))
+            )
         except Exception as exc:
             log.warning("cannot describe %s after the error: %s", segment.path, exc)
 

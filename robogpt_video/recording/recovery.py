@@ -7,6 +7,7 @@ repaired sidecar never claims more than the file holds.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,8 +15,9 @@ from pathlib import Path
 
 import av
 
+from ..errors import NotFound
 from .segment import sidecar_dict
-from .store import RecordingFile, RecordingStore
+from .store import RecordingFile, RecordingStore, fd_path
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +61,15 @@ def probe(path: Path) -> Probe:
         return Probe(frames, duration, context.width or None, context.height or None, codec)
 
 
-def repair(recording: RecordingFile, old: dict | None) -> dict:
-    """A ``recovered`` sidecar for ``recording``, keeping what ``old`` knew."""
+def repair(store: RecordingStore, recording: RecordingFile, old: dict | None) -> dict:
+    """A ``recovered`` sidecar for ``recording``, keeping what ``old`` knew.
+
+    The file is read as the store opens it (``NotFound`` if it is a link or gone).
+    """
     old = old or {}
-    facts = probe(recording.path)
+    with store.open(recording) as video:
+        facts = probe(Path(fd_path(video)))
+        size = os.fstat(video.fileno()).st_size
     start = old.get("start_time")
     start_ts = (
         _parse_iso(start) if isinstance(start, str) else recording.start.timestamp()
@@ -78,7 +85,7 @@ def repair(recording: RecordingFile, old: dict | None) -> dict:
         status="recovered",
         width=facts.width or old.get("width"),
         height=facts.height or old.get("height"),
-        size=recording.path.stat().st_size,
+        size=size,
         dropped=old.get("frames_dropped") or 0,
     )
 
@@ -97,8 +104,8 @@ def recover(store: RecordingStore, skip: Callable[[Path], bool] = lambda p: Fals
         if old is not None and old.get("status") != "recording":
             continue
         try:
-            store.write_sidecar(recording.path, repair(recording, old))
-        except OSError as exc:
+            store.write_sidecar(recording.path, repair(store, recording, old))
+        except (NotFound, OSError) as exc:
             log.error("cannot repair the sidecar of %s: %s", recording.path, exc)
             continue
         repaired += 1

@@ -4,17 +4,28 @@
     <root>/<stream>/<stream>_YYYYMMDD_HHMMSS.json    (sidecar metadata)
 
 A second segment starting within the same second gets ``-1``, ``-2``… after the time.
+
+Links below the root are never followed: a stream folder, video or sidecar that is a
+symbolic link (or anything but a plain folder or file) is not listed, read, counted or
+deleted. Every read goes through descriptors: the root (which may itself be a link, the
+operator's choice), then the stream folder opened with ``O_NOFOLLOW``, then the file
+opened with ``O_NOFOLLOW`` relative to it, and its type is checked on the open file.
+A hard link is a name inside the root like any other and is treated as a file.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from stat import S_ISREG
 
 from ..errors import NotFound
 from ..streams import NAME_RE, validate_stream_name
@@ -25,6 +36,13 @@ STAMP = "%Y%m%d_%H%M%S"
 _FILE_RE = re.compile(
     rf"(?P<stream>{NAME_RE.pattern})_(?P<stamp>\d{{8}}_\d{{6}})(?:-(?P<n>\d+))?\.mp4"
 )
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO named like a recording returns at once (and is refused
+# as not a file) instead of waiting for a writer; it changes nothing for a plain file.
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# What opening a name that is missing, a link (O_NOFOLLOW), not a folder (O_DIRECTORY)
+# or a socket gives: there is no such recording.
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +72,24 @@ def parse_name(filename: str) -> tuple[str, datetime] | None:
     return match["stream"], start
 
 
+def fd_path(file: io.IOBase) -> str:
+    """A path that opens the very file ``file`` has open, whatever its name points to by
+    then (Linux ``/proc/self/fd``): for code that only opens by path (Starlette, FFmpeg).
+    Valid while ``file`` is open."""
+    return f"/proc/self/fd/{file.fileno()}"
+
+
+def _open_at(dir_fd: int | None, name: str, flags: int) -> int | None:
+    """``name`` opened with ``flags`` (relative to the folder ``dir_fd`` if given), or
+    ``None`` if absent."""
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            return None
+        raise
+
+
 def _order(recording: RecordingFile) -> tuple:
     # Within one second: x.mp4, then x-1.mp4, x-2.mp4 … x-10.mp4 (shorter names first).
     return recording.start, recording.stream, len(recording.name), recording.name
@@ -81,6 +117,85 @@ class RecordingStore:
             path = folder / f"{stem}-{n}{VIDEO_SUFFIX}"
         return path
 
+    @contextmanager
+    def _root_fd(self) -> Iterator[int | None]:
+        # The root itself is opened by path, following links: where it lives is the
+        # operator's choice. ``None`` when there is no root folder (yet).
+        fd = _open_at(None, os.fspath(self.root), _DIR)
+        try:
+            yield fd
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    @contextmanager
+    def _folder_fd(self, stream: str) -> Iterator[int | None]:
+        """The folder ``<root>/<stream>`` opened without following a link, or ``None``."""
+        validate_stream_name(stream)
+        with self._root_fd() as root:
+            fd = None if root is None else _open_at(root, stream, _DIR | os.O_NOFOLLOW)
+        try:
+            yield fd
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    @staticmethod
+    def _files(dir_fd: int) -> list[os.DirEntry]:
+        """The plain files in a folder (links and everything else skipped)."""
+        with os.scandir(dir_fd) as entries:
+            return [e for e in entries if e.is_file(follow_symlinks=False)]
+
+    def folders(self) -> list[str]:
+        """Names of the folders directly under the root, sorted; links are skipped."""
+        with self._root_fd() as root:
+            if root is None:
+                return []
+            with os.scandir(root) as entries:
+                return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+
+    def folder_entries(self, name: str) -> list[str] | None:
+        """Names in the root's folder ``name`` (opened without following a link), or
+        ``None`` if it is not a folder of the root."""
+        if os.sep in name or name in (".", ".."):
+            return None
+        with self._root_fd() as root:
+            fd = None if root is None else _open_at(root, name, _DIR | os.O_NOFOLLOW)
+        if fd is None:
+            return None
+        try:
+            with os.scandir(fd) as entries:
+                return [e.name for e in entries]
+        finally:
+            os.close(fd)
+
+    def stat(self, recording: RecordingFile, sidecar: bool = False) -> os.stat_result | None:
+        """The video's (or sidecar's) own status, not a link's target's; ``None`` if it
+        is not a plain file in a plain stream folder."""
+        name = recording.sidecar.name if sidecar else recording.name
+        with self._folder_fd(recording.stream) as folder:
+            if folder is None:
+                return None
+            try:
+                info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+        return info if S_ISREG(info.st_mode) else None
+
+    def open(self, recording: RecordingFile, sidecar: bool = False) -> io.BufferedReader:
+        """The video (or its sidecar) opened for reading; ``NotFound`` unless the open
+        file is a plain file reached without following any link below the root."""
+        name = recording.sidecar.name if sidecar else recording.name
+        with self._folder_fd(recording.stream) as folder:
+            fd = None if folder is None else _open_at(folder, name, _FILE)
+        if fd is not None:
+            if S_ISREG(os.fstat(fd).st_mode):
+                return os.fdopen(fd, "rb")
+            os.close(fd)
+        if sidecar:
+            raise NotFound(f"recording '{recording.name}' has no sidecar")
+        raise NotFound(f"no recording '{recording.name}' for stream '{recording.stream}'")
+
     def resolve(self, stream: str, filename: str) -> RecordingFile:
         """The recording ``stream/filename`` (video or sidecar name); 404 if absent or foreign."""
         validate_stream_name(stream)
@@ -90,48 +205,34 @@ class RecordingStore:
         parsed = parse_name(video_name)
         if parsed is None or parsed[0] != stream:
             raise NotFound(f"no recording '{filename}' for stream '{stream}'")
-        path = self.root / stream / video_name
-        if not path.is_file():
+        recording = RecordingFile(stream, self.root / stream / video_name, parsed[1])
+        if self.stat(recording) is None:
             raise NotFound(f"no recording '{filename}' for stream '{stream}'")
-        return RecordingFile(stream, path, parsed[1])
+        return recording
 
     def list(self, stream: str | None = None) -> list[RecordingFile]:
         """Every segment on disk (of one stream if given), oldest first."""
         if stream is not None:
-            folders = [self.stream_dir(stream)]
+            names = [validate_stream_name(stream)]
         else:
-            try:
-                folders = [p for p in self.root.iterdir() if NAME_RE.fullmatch(p.name)]
-            except FileNotFoundError:
-                return []
+            names = [name for name in self.folders() if NAME_RE.fullmatch(name)]
         found: list[RecordingFile] = []
-        for folder in folders:
-            try:
-                entries = list(os.scandir(folder))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
+        for name in names:
+            with self._folder_fd(name) as folder:
+                entries = self._files(folder) if folder is not None else []
             for entry in entries:
                 parsed = parse_name(entry.name)
-                if parsed is not None and parsed[0] == folder.name and entry.is_file():
-                    found.append(RecordingFile(parsed[0], Path(entry.path), parsed[1]))
+                if parsed is not None and parsed[0] == name:
+                    found.append(RecordingFile(name, self.root / name / entry.name, parsed[1]))
         found.sort(key=_order)
         return found
 
-    def orphan_sidecars(self) -> list[Path]:
-        """Sidecars whose video file is gone."""
-        return [
-            p
-            for p in self.root.glob(f"*/*{SIDECAR_SUFFIX}")
-            if parse_name(p.with_suffix(VIDEO_SUFFIX).name)
-            and not p.with_suffix(VIDEO_SUFFIX).exists()
-        ]
-
-    @staticmethod
-    def read_sidecar(recording: RecordingFile) -> dict | None:
-        """The sidecar's metadata, or ``None`` if missing or unreadable."""
+    def read_sidecar(self, recording: RecordingFile) -> dict | None:
+        """The sidecar's metadata, or ``None`` if missing, unreadable or not a plain file."""
         try:
-            data = json.loads(recording.sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            with self.open(recording, sidecar=True) as fh:
+                data = json.loads(fh.read().decode("utf-8"))
+        except (NotFound, OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -153,28 +254,38 @@ class RecordingStore:
             os.close(dir_fd)
 
     def delete(self, recording: RecordingFile) -> int:
-        """Remove a segment and its sidecar; returns the bytes freed."""
+        """Remove a segment and its sidecar; returns the bytes freed.
+
+        Names are removed from the stream folder opened without following a link, and
+        only while they are plain files: a link there stays, and what it points to too.
+        """
         freed = 0
-        for path in (recording.path, recording.sidecar):
-            try:
-                freed += path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                pass
+        with self._folder_fd(recording.stream) as folder:
+            if folder is None:
+                return 0
+            for name in (recording.name, recording.sidecar.name):
+                try:
+                    info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                    if not S_ISREG(info.st_mode):
+                        continue
+                    # Replaced by a link since the line above, this removes the link
+                    # (unlink never follows one), not what it points to.
+                    os.unlink(name, dir_fd=folder)
+                except (FileNotFoundError, IsADirectoryError):
+                    continue
+                freed += info.st_size
         return freed
 
     def remove_empty_dirs(self, skip: Callable[[Path], bool] | None = None) -> list[Path]:
-        """Delete stream folders that hold nothing (and that ``skip`` does not spare)."""
+        """Delete stream folders that hold nothing (and that ``skip`` does not spare);
+        a link to a folder is not one of them."""
         removed = []
-        try:
-            folders = [p for p in self.root.iterdir() if p.is_dir()]
-        except FileNotFoundError:
-            return removed
-        for folder in folders:
+        for name in self.folders():
+            folder = self.root / name
             if skip is not None and skip(folder):
                 continue
             try:
-                folder.rmdir()  # only succeeds when empty
+                folder.rmdir()  # only succeeds when empty; never follows a link
                 removed.append(folder)
             except OSError:
                 pass

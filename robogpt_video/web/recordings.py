@@ -6,16 +6,19 @@ Directory scans, sidecar reads, deletes and demuxing all run in worker threads.
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import FileResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..errors import ApiError, NotFound
 from ..recording.replay import Replay
-from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore
+from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore, fd_path
 from .access import current_principal
 from .mjpeg import CONTENT_TYPE, build_part
 from .schemas import ErrorBody
@@ -65,10 +68,8 @@ def _parse_sidecar_time(value) -> float | None:
 
 def _entry(store: RecordingStore, rec: RecordingFile, open_paths: set) -> dict:
     meta = store.read_sidecar(rec) or {}
-    try:
-        size = rec.path.stat().st_size
-    except OSError:
-        size = None
+    info = store.stat(rec)
+    size = info.st_size if info is not None else None
     base = f"/api/recordings/{rec.stream}/{rec.name}"
     # A sidecar is trusted for nothing: times that do not parse give way to the file's
     # name (start) or to "unknown" (end), a status that is not text to "unknown".
@@ -133,16 +134,39 @@ async def list_recordings(
     return {"count": len(entries), "recordings": entries}
 
 
+class OpenFileResponse(FileResponse):
+    """Starlette's FileResponse (Range, HEAD, ETag as it does them) of a file the store
+    has already opened and checked: it reads ``/proc/self/fd/N``, which is that very
+    file whatever its name has become, so nothing is opened by name after the check.
+    The file is closed when the response ends."""
+
+    def __init__(self, file: io.BufferedReader, info: os.stat_result, **kwargs) -> None:
+        super().__init__(fd_path(file), stat_result=info, **kwargs)
+        self.file = file
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.file.close()
+
+
+def _open(store: RecordingStore, rec: RecordingFile, sidecar: bool):
+    file = store.open(rec, sidecar)
+    return file, os.fstat(file.fileno())
+
+
 @router.get("/api/recordings/{stream}/{file}", responses=_ERRORS)
 @router.head("/api/recordings/{stream}/{file}", include_in_schema=False)  # same, no body
 async def download_recording(request: Request, stream: str, file: str) -> FileResponse:
     """The video file (``Range`` requests get ``206``), or its ``.json`` sidecar."""
-    rec = await asyncio.to_thread(_store(request).resolve, stream, file)
+    store = _store(request)
+    rec = await asyncio.to_thread(store.resolve, stream, file)
     if file.endswith(SIDECAR_SUFFIX):
-        if not rec.sidecar.is_file():
-            raise NotFound(f"recording '{rec.name}' has no sidecar")
-        return FileResponse(rec.sidecar, media_type="application/json")
-    return FileResponse(rec.path, media_type="video/mp4", filename=rec.name)
+        opened, info = await asyncio.to_thread(_open, store, rec, True)
+        return OpenFileResponse(opened, info, media_type="application/json")
+    opened, info = await asyncio.to_thread(_open, store, rec, False)
+    return OpenFileResponse(opened, info, media_type="video/mp4", filename=rec.name)
 
 
 @router.delete("/api/recordings/{stream}/{file}", responses=_ERRORS)
@@ -168,7 +192,9 @@ async def play_recording(request: Request, stream: str, file: str) -> StreamingR
     meta = await asyncio.to_thread(store.read_sidecar, rec) or {}
     start_ts = _parse_sidecar_time(meta.get("start_time")) or rec.start.timestamp()
     try:
-        replay = await asyncio.to_thread(Replay, rec.path)
+        replay = await asyncio.to_thread(_open_replay, store, rec)
+    except NotFound:
+        raise
     except Exception as exc:  # no readable frame yet (a segment opened a moment ago)
         raise ApiError(
             f"recording '{rec.name}' cannot be read: {exc}", code="unreadable", status_code=409
@@ -177,6 +203,13 @@ async def play_recording(request: Request, stream: str, file: str) -> StreamingR
     return StreamingResponse(
         _replay_parts(replay, start_ts), media_type=CONTENT_TYPE, headers=headers
     )
+
+
+def _open_replay(store: RecordingStore, rec: RecordingFile) -> Replay:
+    # FFmpeg opens the file the store opened and checked (through /proc/self/fd) and
+    # keeps its own descriptor; ours is closed once it has.
+    with store.open(rec) as video:
+        return Replay(fd_path(video))
 
 
 async def _replay_parts(replay: Replay, start_ts: float) -> AsyncIterator[bytes]:
