@@ -119,7 +119,7 @@ class Authenticator:
             self._users[user.name] = entry
         self.enabled = bool(self._users) or jwt_verifier is not None
 
-    def authenticate(self, authorization: str | None, query_token: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None, query_token: str | None) -> Principal:
         """The principal for a request's credentials; the anonymous one if it has none.
 
         Raises :class:`Unauthorized` for credentials that are not right (a failure).
@@ -129,19 +129,19 @@ class Authenticator:
             scheme = scheme.lower()
             value = value.strip()
             if scheme == "bearer" and value:
-                return self._token(value)
+                return await self._token(value)
             if scheme == "basic" and value:
                 return self._basic(value)
             raise Unauthorized("the Authorization header must be 'Bearer <token>' or 'Basic …'")
         if query_token:
-            return self._token(query_token)
+            return await self._token(query_token)
         return self.anonymous
 
-    def _token(self, token: str) -> Principal:
+    async def _token(self, token: str) -> Principal:
         if token.startswith(SESSION_PREFIX):
             return self._session(token)
         if self.jwt is not None and token.count(".") == 2:
-            return self.jwt.verify(token)
+            return await self.jwt.verify(token)
         wanted = digest(token)
         found = None
         for token_digest, principal in self._tokens:  # every one: no early exit
