@@ -62,6 +62,9 @@ class Principal:
     name: str
     grants: tuple[tuple[str, str], ...] = ()  # (action, stream glob)
     authenticated: bool = True
+    # A JWT's principal: the token itself and its expiry (epoch s), the session it gets.
+    credential: str | None = field(default=None, repr=False, compare=False)
+    expires: float | None = None
 
     def may(self, action: str, stream: str | None = None) -> bool:
         """Whether this principal may do ``action`` on ``stream`` (on some stream if None)."""
@@ -174,7 +177,16 @@ class Authenticator:
     # looked up again on every request.
 
     def issue_session(self, principal: Principal) -> tuple[str, float]:
-        """A signed token standing for ``principal`` until the returned expiry (epoch s)."""
+        """A signed token standing for ``principal`` until the returned expiry (epoch s).
+
+        A JWT's principal gets its JWT back: a session token names a configured user,
+        and a token's subject may share a configured user's name but not its permissions.
+        """
+        if principal.credential is not None:
+            return principal.credential, principal.expires
+        user = self._users.get(principal.name)
+        if user is None or user.principal is not principal:
+            raise Unauthorized(f"'{principal.name}' is not a configured user")
         expires = int(time.time() + self.session_seconds)
         name = base64.urlsafe_b64encode(principal.name.encode()).decode().rstrip("=")
         body = f"{SESSION_PREFIX}{name}.{expires}"

@@ -309,7 +309,10 @@ class JwtVerifier:
             raise Unauthorized(f"the token has no '{exc.claim}' claim") from None
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"the token is not valid: {exc}") from None
-        return Principal(self._name(claims), self._grants(claims))
+        return Principal(
+            self._name(claims), self._grants(claims), credential=token,
+            expires=float(claims["exp"]),
+        )
 
     def _name(self, claims: dict) -> str:
         name = claims[self.settings.name_claim]
