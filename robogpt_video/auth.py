@@ -62,6 +62,9 @@ class Principal:
     name: str
     grants: tuple[tuple[str, str], ...] = ()  # (action, stream glob)
     authenticated: bool = True
+    # A JWT's principal: the token itself and its expiry (epoch s), the session it gets.
+    credential: str | None = field(default=None, repr=False, compare=False)
+    expires: float | None = None
 
     def may(self, action: str, stream: str | None = None) -> bool:
         """Whether this principal may do ``action`` on ``stream`` (on some stream if None)."""
@@ -119,7 +122,7 @@ class Authenticator:
             self._users[user.name] = entry
         self.enabled = bool(self._users) or jwt_verifier is not None
 
-    def authenticate(self, authorization: str | None, query_token: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None, query_token: str | None) -> Principal:
         """The principal for a request's credentials; the anonymous one if it has none.
 
         Raises :class:`Unauthorized` for credentials that are not right (a failure).
@@ -129,19 +132,19 @@ class Authenticator:
             scheme = scheme.lower()
             value = value.strip()
             if scheme == "bearer" and value:
-                return self._token(value)
+                return await self._token(value)
             if scheme == "basic" and value:
                 return self._basic(value)
             raise Unauthorized("the Authorization header must be 'Bearer <token>' or 'Basic …'")
         if query_token:
-            return self._token(query_token)
+            return await self._token(query_token)
         return self.anonymous
 
-    def _token(self, token: str) -> Principal:
+    async def _token(self, token: str) -> Principal:
         if token.startswith(SESSION_PREFIX):
             return self._session(token)
         if self.jwt is not None and token.count(".") == 2:
-            return self.jwt.verify(token)
+            return await self.jwt.verify(token)
         wanted = digest(token)
         found = None
         for token_digest, principal in self._tokens:  # every one: no early exit
@@ -174,7 +177,16 @@ class Authenticator:
     # looked up again on every request.
 
     def issue_session(self, principal: Principal) -> tuple[str, float]:
-        """A signed token standing for ``principal`` until the returned expiry (epoch s)."""
+        """A signed token standing for ``principal`` until the returned expiry (epoch s).
+
+        A JWT's principal gets its JWT back: a session token names a configured user,
+        and a token's subject may share a configured user's name but not its permissions.
+        """
+        if principal.credential is not None:
+            return principal.credential, principal.expires
+        user = self._users.get(principal.name)
+        if user is None or user.principal is not principal:
+            raise Unauthorized(f"'{principal.name}' is not a configured user")
         expires = int(time.time() + self.session_seconds)
         name = base64.urlsafe_b64encode(principal.name.encode()).decode().rstrip("=")
         body = f"{SESSION_PREFIX}{name}.{expires}"

@@ -12,12 +12,14 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -170,8 +172,9 @@ class LoggingSettings(_Section):
 
 
 _SHA256_HEX = r"^[0-9a-fA-F]{64}$"
-#: Config keys whose values are secrets: never echoed in a configuration error.
-SECRET_KEYS = frozenset({"token", "token_sha256", "password", "password_sha256", "users"})
+#: Config keys whose values are secrets: never echoed in a configuration error. ``jwt``:
+#: its public_key could be a private key pasted by mistake.
+SECRET_KEYS = frozenset({"token", "token_sha256", "password", "password_sha256", "users", "jwt"})
 
 
 class PermissionSettings(_Section):
@@ -209,6 +212,111 @@ class UserSettings(_Section):
         return self
 
 
+class JwtSettings(_Section):
+    """Fleet identity: JWTs signed by an identity provider (docs/security.md, JWT).
+
+    On when the section is present; it then needs exactly one of ``jwks_url``,
+    ``public_key`` and ``public_key_file``.
+    """
+
+    jwks_url: str | None = Field(
+        None, description="JWKS endpoint: https://, or http:// to a loopback address"
+    )
+    public_key: str | None = Field(None, description="PEM public key text")
+    public_key_file: Path | None = Field(None, description="File holding a PEM public key")
+    issuer: str | None = Field(None, min_length=1, description="Required iss claim, if set")
+    audience: str | None = Field(None, min_length=1, description="Required aud claim, if set")
+    algorithms: list[str] = Field(["RS256", "ES256", "EdDSA"], min_length=1)
+    claim: str = Field("permissions", min_length=1, description="Claim holding the permissions")
+    name_claim: str = Field("sub", min_length=1, description="Claim holding the user name")
+    leeway_seconds: float = Field(30, ge=0, le=3600, description="Clock skew allowed on exp/nbf")
+    jwks_cache_seconds: float = Field(
+        300, gt=0, le=86400, description="Use fetched JWKS keys this long before fetching again"
+    )
+
+    _key: Any = PrivateAttr(None)  # the public key loaded from public_key or public_key_file
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an https:// URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise ValueError(
+                "must be https:// (plain http only to a loopback address: anyone on the "
+                "path could swap the keys)"
+            )
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, values: list[str]) -> list[str]:
+        from .jwt_auth import SUPPORTED_ALGORITHMS
+
+        for value in values:
+            if value.lower() == "none":
+                raise ValueError("'none' would accept unsigned tokens: never allowed")
+            if value.upper().startswith("HS"):
+                raise ValueError(
+                    f"{value} is a shared-secret algorithm: tokens are checked with public "
+                    "keys only (a public key taken as an HMAC secret is a known forgery)"
+                )
+            if value not in SUPPORTED_ALGORITHMS:
+                raise ValueError(f"{value!r} is not one of {', '.join(SUPPORTED_ALGORITHMS)}")
+        return values
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "JwtSettings":
+        from .jwt_auth import algorithms_for, load_public_key
+
+        given = [name for name in ("jwks_url", "public_key", "public_key_file")
+                 if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "needs exactly one of jwks_url, public_key, public_key_file"
+                + (f" (has {', '.join(given)})" if given else "")
+            )
+        if self.public_key is not None:
+            where, pem = "public_key", self.public_key
+        elif self.public_key_file is not None:
+            where = f"public_key_file {self.public_key_file}"
+            try:
+                pem = self.public_key_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or exc
+                raise ValueError(f"cannot read {where}: {reason}") from None
+        else:
+            return self
+        try:
+            key = load_public_key(pem)
+        except ValueError as exc:
+            raise ValueError(f"{where} {exc}") from None
+        fitting = algorithms_for(key)
+        if not fitting & set(self.algorithms):
+            raise ValueError(
+                f"none of algorithms {self.algorithms} fits the {type(key).__name__} in {where} "
+                f"(it takes {', '.join(sorted(fitting))})"
+            )
+        self._key = key
+        return self
+
+    def public_key_object(self):
+        """The public key of ``public_key``/``public_key_file`` (None with ``jwks_url``)."""
+        return self._key
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AuthSettings(_Section):
     """Access control: off while no user and no JWT is configured (docs/security.md)."""
 
@@ -224,6 +332,7 @@ class AuthSettings(_Section):
         [], description="Addresses or networks whose X-Forwarded-For is believed"
     )
     session_hours: float = Field(12, gt=0, description="Lifetime of a dashboard sign-in")
+    jwt: JwtSettings | None = Field(None, description="Accept JWTs (off while absent)")
 
     @field_validator("users")
     @classmethod
@@ -244,7 +353,7 @@ class AuthSettings(_Section):
     @property
     def enabled(self) -> bool:
         """Whether any credential is checked at all."""
-        return any(user.name != "any" for user in self.users)
+        return self.jwt is not None or any(user.name != "any" for user in self.users)
 
 
 _yaml_path: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_path", default=None)

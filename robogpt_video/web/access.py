@@ -267,7 +267,7 @@ class Access:
                 exc.retry_after = wait
                 raise exc
             try:
-                principal = self.authenticator.authenticate(authorization, query_token)
+                principal = await self.authenticator.authenticate(authorization, query_token)
             except Unauthorized:
                 self.failed += 1
                 await self.failures.spend(address)

@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..auth import Authenticator
 from ..config import Settings
+from ..jwt_auth import JwtVerifier
 from ..runtime import Runtime
 from . import api, cleanup, ingest, live, metrics, recordings, session, ui
 from .access import Access
@@ -78,7 +79,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
     """Build the application around a runtime (made from ``settings`` if not given)."""
     runtime = runtime or Runtime(settings)
     app_metrics = Metrics(runtime)
-    access = Access(settings, Authenticator(settings.auth), cors_headers)
+    verifier = JwtVerifier(settings.auth.jwt) if settings.auth.jwt is not None else None
+    access = Access(settings, Authenticator(settings.auth, verifier), cors_headers)
     app_metrics.watch_access(access)
     app = web.Application(middlewares=[access.middleware])
     app[ACCESS] = access

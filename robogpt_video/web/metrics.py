@@ -122,6 +122,14 @@ class RuntimeCollector(Collector):
                 "Requests refused because their address used up a per-minute budget "
                 "(failed sign-ins, refused publishes)",
                 value=access.limited)
+            jwks = access.authenticator.jwt.jwks if access.authenticator.jwt else None
+            if jwks is not None:
+                yield CounterMetricFamily(
+                    f"{PREFIX}_jwks_fetches", "Fetches of auth.jwt.jwks_url, successful or not",
+                    value=jwks.fetches)
+                yield CounterMetricFamily(
+                    f"{PREFIX}_jwks_fetch_failures", "Fetches of auth.jwt.jwks_url that failed",
+                    value=jwks.failures)
 
     def _recorder(self) -> Iterator[Metric]:
         recorder = self.runtime.recorder
