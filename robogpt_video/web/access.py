@@ -79,17 +79,18 @@ RULES = (
     _rule("DELETE", "/api/recordings/{stream}/{file}", "admin", "stream"),
     _rule("GET", "/api/recordings/{stream}/{file}/play", "playback", "stream"),
     _rule("POST", "/api/cleanup/run", "admin"),
-    _rule("GET", "/metrics", "metrics"),
+    # Starlette's routes (not APIRoutes) answer HEAD wherever they answer GET.
+    _rule("GET HEAD", "/metrics", "metrics"),
     _rule("POST", "/api/session", SIGNED_IN),
     # Open: health for load balancers (details only with credentials), the dashboard's
     # files (it asks for credentials itself) and the API's documentation.
     _rule("GET", "/health", PUBLIC),
     _rule("GET HEAD", "/", PUBLIC),
     _rule("GET HEAD", "/ui/{path:.+}", PUBLIC),
-    _rule("GET", "/docs", PUBLIC),
-    _rule("GET", "/docs/oauth2-redirect", PUBLIC),
-    _rule("GET", "/redoc", PUBLIC),
-    _rule("GET", "/openapi.json", PUBLIC),
+    _rule("GET HEAD", "/docs", PUBLIC),
+    _rule("GET HEAD", "/docs/oauth2-redirect", PUBLIC),
+    _rule("GET HEAD", "/redoc", PUBLIC),
+    _rule("GET HEAD", "/openapi.json", PUBLIC),
 )
 _COMPILED = [(rule, rule.pattern) for rule in RULES]
 
