@@ -12,7 +12,6 @@ of a secret was right or on which user it belongs to.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import secrets
@@ -127,6 +126,13 @@ class Authenticator:
 
         Raises :class:`Unauthorized` for credentials that are not right (a failure).
         """
+        for given in (authorization, query_token):
+            try:
+                (given or "").encode()
+            except UnicodeEncodeError:
+                # aiohttp hands on header bytes that are not UTF-8 as lone surrogates,
+                # which no digest, signature or JWT check can encode: wrong credentials.
+                raise Unauthorized("the credentials are not UTF-8") from None
         if authorization:
             scheme, _, value = authorization.strip().partition(" ")
             scheme = scheme.lower()
@@ -157,7 +163,7 @@ class Authenticator:
     def _basic(self, value: str) -> Principal:
         try:
             name, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, a non-ASCII header
             raise Unauthorized("the Basic credentials are not base64 of 'name:password'") from None
         if not sep:
             raise Unauthorized("the Basic credentials are not base64 of 'name:password'")
