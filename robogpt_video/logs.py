@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiohttp.abc import AbstractAccessLogger
+
 from .config import LoggingSettings
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -140,3 +142,22 @@ def setup_logging(settings: LoggingSettings, access_log: bool = False) -> None:
     root.setLevel(settings.level)
     # aiohttp's access log would be a line per frame: only with server.debug.
     logging.getLogger("aiohttp.access").disabled = not access_log
+
+
+class AccessLogger(AbstractAccessLogger):
+    """aiohttp's access log (``server.debug``) without secrets: the value of ``?token=``
+    (the dashboard's tiles carry one) is redacted, and the Referer is not logged."""
+
+    def log(self, request, response, time: float) -> None:
+        url = request.rel_url
+        if "token" in url.query:
+            url = url.update_query(token="redacted")
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %d %.3fs "%s"', request.remote, request.method, url,
+            *request.version, response.status, response.body_length, time,
+            request.headers.get("User-Agent", "-"),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from .config import ConfigError, ServerSettings, Settings
-from .logs import flush_repeats, setup_logging
+from .logs import AccessLogger, flush_repeats, setup_logging
 from .runtime import Runtime
 from .web import create_app
 from .web.connections import ConnectionLimits
@@ -134,6 +134,7 @@ async def run(
         # stay true on an idle stream).
         handler_cancellation=True,
         access_log=logging.getLogger("aiohttp.access") if debug else None,  # debugging only
+        access_log_class=AccessLogger,  # redacts ?token=
         keepalive_timeout=KEEPALIVE_TIMEOUT,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
