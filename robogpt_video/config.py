@@ -374,7 +374,12 @@ class _YamlSource(PydanticBaseSettingsSource):
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            # Not str(exc): it quotes the offending line, which may hold a secret.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            what = ", ".join(filter(None, (getattr(exc, "context", None),
+                                           getattr(exc, "problem", None)))) or "parse error"
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {what}") from None
         if data is None:
             return {}
         if not isinstance(data, dict):
@@ -444,10 +449,11 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
-        if SECRET_KEYS & {str(part) for part in error["loc"]}:
+        shown = error.get("input")
+        if SECRET_KEYS & {str(part) for part in error["loc"]} or isinstance(shown, (dict, list)):
             lines.append(f"  {key}: {message}")  # the input may be or hold a secret
         else:
-            lines.append(f"  {key}: {message} (got {error.get('input')!r})")
+            lines.append(f"  {key}: {message} (got {shown!r})")
     return "\n".join(lines)
 
 
