@@ -173,15 +173,14 @@ class Origins:
         return self.any or origin.rstrip("/") in self.listed
 
     def may_change(self, request: web.Request, origin: str, strict: bool) -> bool:
-        """Whether a page of ``origin`` may make a state-changing request. With access
-        control on (``strict``), ``*`` is not enough: the origin must be listed or be
-        this server's own (else any page could use a browser's saved credentials)."""
+        """Whether a page of ``origin`` may make a state-changing request: a listed
+        origin or this server's own (the dashboard) may. With access control on
+        (``strict``), ``*`` is not enough (else any page could use a browser's saved
+        credentials)."""
         origin = origin.rstrip("/")
-        if origin in self.listed:
+        if origin in self.listed or origin.partition("://")[2] == request.host:
             return True
-        if strict:
-            return origin.partition("://")[2] == request.host
-        return self.any
+        return self.any and not strict
 
 
 def _challenge(realm: str) -> dict[str, str]:
