@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 
 from .errors import ApiError
@@ -124,8 +124,16 @@ class Authenticator:
     async def authenticate(self, authorization: str | None, query_token: str | None) -> Principal:
         """The principal for a request's credentials; the anonymous one if it has none.
 
-        Raises :class:`Unauthorized` for credentials that are not right (a failure).
+        A signed-in principal may also do what needs no credentials (the grants of the
+        user ``any``). Raises :class:`Unauthorized` for credentials that are not right
+        (a failure).
         """
+        principal = await self._principal(authorization, query_token)
+        if principal.authenticated and self.anonymous.grants:
+            return replace(principal, grants=principal.grants + self.anonymous.grants)
+        return principal
+
+    async def _principal(self, authorization: str | None, query_token: str | None) -> Principal:
         for given in (authorization, query_token):
             try:
                 (given or "").encode()
@@ -188,10 +196,10 @@ class Authenticator:
         A JWT's principal gets its JWT back: a session token names a configured user,
         and a token's subject may share a configured user's name but not its permissions.
         """
-        if principal.credential is not None:
+        if principal.credential is not None:  # a JWT, or a session token: not renewed
             return principal.credential, principal.expires
         user = self._users.get(principal.name)
-        if user is None or user.principal is not principal:
+        if user is None:
             raise Unauthorized(f"'{principal.name}' is not a configured user")
         expires = int(time.time() + self.session_seconds)
         name = base64.urlsafe_b64encode(principal.name.encode()).decode().rstrip("=")
@@ -212,4 +220,6 @@ class Authenticator:
         user = self._users.get(base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode())
         if user is None:
             raise Unauthorized("the session token's user no longer exists")
-        return user.principal
+        # Carries its token and expiry: POST /api/session hands back the same one, so a
+        # session cannot renew itself past auth.session_hours.
+        return replace(user.principal, credential=token, expires=float(expires))

@@ -132,7 +132,9 @@ def test_session_token_from_basic_works_in_the_query_and_as_bearer(main):
     assert session.status_code == 200, session.text
     body = session.json()
     assert body["user"] == "viewer"
-    assert body["permissions"] == [{"action": "view", "streams": "cam_*"}]
+    # Its own grant, and what anyone may do without credentials.
+    assert body["permissions"] == [{"action": "view", "streams": "cam_*"},
+                                   {"action": "view", "streams": "lobby_*"}]
     token = body["token"]
 
     with httpx.stream("GET", f"{main.url}/stream/cam_session", params={"token": token},
@@ -178,8 +180,26 @@ def test_stream_listing_shows_only_what_the_principal_may_view(main):
     assert "lobby_listed" in anonymous
     assert all(name.startswith("lobby_") for name in anonymous), anonymous
     viewer = _stream_names(main, basic("viewer", PASSWORD))
-    assert "cam_listed" in viewer
-    assert all(name.startswith("cam_") for name in viewer), viewer
+    assert {"cam_listed", "lobby_listed"} <= viewer  # signed in, it keeps what anyone sees
+    assert all(name.startswith(("cam_", "lobby_")) for name in viewer), viewer
+
+
+def test_a_signed_in_user_keeps_what_needs_no_credentials(main):
+    """The user ``any``'s grants hold for everyone: signing in never takes them away
+    (a viewer of cam_* was refused the lobby it could watch anonymously)."""
+    assert publish(main, "lobby_signed").status_code == 200
+    for credentials in (basic("viewer", PASSWORD), bearer("player")):
+        response = httpx.get(f"{main.url}/snapshot/lobby_signed", headers=credentials)
+        assert response.status_code == 200 and response.content == JPEG
+
+
+def test_a_session_token_does_not_renew_itself(main):
+    first = httpx.post(f"{main.url}/api/session", headers=basic("viewer", PASSWORD)).json()
+    again = httpx.post(f"{main.url}/api/session",
+                       headers={"Authorization": f"Bearer {first['token']}"})
+    assert again.status_code == 200
+    assert again.json()["token"] == first["token"]
+    assert again.json()["expires"] == first["expires"]
 
 
 def test_recordings_listing_shows_only_permitted_streams(main):

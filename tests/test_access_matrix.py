@@ -105,6 +105,7 @@ USERS = [
     *[_user(OWNER[a], [(a, "cam_a*")], **({"password": PASSWORD} if a == "view" else {}))
       for a in ACTIONS],
     *[_user(f"all_but_{a}", [(other, "*") for other in ACTIONS if other != a]) for a in ACTIONS],
+    *[_user(f"every_{a}", [(a, "*")]) for a in ACTIONS],
     _user("cam_b_all", [(a, "cam_b*") for a in ACTIONS]),
 ]
 CONFIG = {
@@ -164,7 +165,11 @@ def test_every_route_has_an_expected_permission(tmp_path):
 # --- the matrix -----------------------------------------------------------------------
 
 
-def _cases(path: str, action: str) -> dict[str, int | None]:
+#: Routes that act on every stream at once: the action must be granted on "*".
+EVERY_STREAM = {("POST", "/api/cleanup/run"), ("GET", "/metrics"), ("HEAD", "/metrics")}
+
+
+def _cases(method: str, path: str, action: str) -> dict[str, int | None]:
     """Each case of a route: the status it is refused with, or None (permitted)."""
     if action == PUBLIC:
         return {"anonymous": None, "wrong_token": 401, "wrong_password": 401,
@@ -174,17 +179,22 @@ def _cases(path: str, action: str) -> dict[str, int | None]:
         cases["other_action"] = 403
         if "{name}" in path or "{stream}" in path:
             cases["other_stream"] = 403
+        if (method, path) in EVERY_STREAM:  # the action on cam_a* only is not enough
+            cases["some_streams"] = 403
     return {**cases, "permitted_bearer": None, "permitted_basic": None}
 
 
-def _credentials(case: str, action: str) -> dict:
+def _credentials(method: str, path: str, case: str, action: str) -> dict:
     user = OWNER.get(action, "viewer")  # signed_in and public: any user will do
+    if (method, path) in EVERY_STREAM:
+        user = f"every_{action}"
     return {
         "anonymous": lambda: {},
         "wrong_token": lambda: {"Authorization": "Bearer token-of-nobody-0000"},
         "wrong_password": lambda: basic("viewer", "not-the-password"),
         "other_action": lambda: bearer(f"all_but_{action}"),
         "other_stream": lambda: bearer("cam_b_all"),
+        "some_streams": lambda: bearer(OWNER[action]),
         "permitted_bearer": lambda: bearer(user),
         # Basic with the password, or with the token as the password.
         "permitted_basic": lambda: basic(user, PASSWORD if user == "viewer" else token(user)),
@@ -194,7 +204,7 @@ def _credentials(case: str, action: str) -> dict:
 MATRIX = [
     pytest.param(method, path, action, case, refused, id=f"{method} {path} {case}")
     for (method, path), action in sorted(EXPECTED.items())
-    for case, refused in _cases(path, action).items()
+    for case, refused in _cases(method, path, action).items()
 ]
 
 
@@ -267,7 +277,7 @@ def test_route_permission(objects, method, path, action, case, refused):
         created = httpx.post(f"{server.url}/publish/cam_a_deleted", content=JPEG, timeout=10,
                              headers={**bearer("pub"), "Content-Type": "image/jpeg"})
         assert created.status_code == 200, created.text
-    answer = _send(server, method, url_path, _credentials(case, action))
+    answer = _send(server, method, url_path, _credentials(method, path, case, action))
     what = f"{method} {url_path} ({case}): {answer.status} {answer.body[:200]!r}"
     if refused is None:
         assert answer.status not in (401, 403), what

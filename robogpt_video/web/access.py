@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 PUBLIC, SIGNED_IN = "public", "signed_in"
 #: Actions that change state: refused from a page whose origin may not make them.
 STATE_CHANGING = frozenset({"publish", "admin"})
+#: Methods no route uses to change anything (the WebSocket publish route is a GET, but
+#: a browser always sends ``Origin`` with it).
+READ_METHODS = frozenset({"GET", "HEAD"})
 
 #: The principal of the request being handled (for handlers that filter by it).
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar(
@@ -44,11 +47,17 @@ current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar(
 )
 
 
+#: ``Rule.stream`` for operations on every stream at once: the action must be granted
+#: on all of them (``streams: "*"``), not on some.
+EVERY_STREAM = "*"
+
+
 @dataclass(frozen=True)
 class Rule:
     """What ``methods`` on paths matching ``path`` need: ``action`` on the stream named
-    by the path parameter ``stream`` (on some stream when ``stream`` is None: the
-    handler then shows only what the principal may see)."""
+    by the path parameter ``stream``; on every stream when ``stream`` is
+    :data:`EVERY_STREAM`; on some stream when it is None (the handler then shows only
+    what the principal may see)."""
 
     methods: frozenset[str]
     path: str
@@ -78,9 +87,9 @@ RULES = (
     _rule("GET HEAD", "/api/recordings/{stream}/{file}", "playback", "stream"),
     _rule("DELETE", "/api/recordings/{stream}/{file}", "admin", "stream"),
     _rule("GET", "/api/recordings/{stream}/{file}/play", "playback", "stream"),
-    _rule("POST", "/api/cleanup/run", "admin"),
+    _rule("POST", "/api/cleanup/run", "admin", EVERY_STREAM),  # sweeps every stream
     # Starlette's routes (not APIRoutes) answer HEAD wherever they answer GET.
-    _rule("GET HEAD", "/metrics", "metrics"),
+    _rule("GET HEAD", "/metrics", "metrics", EVERY_STREAM),  # names every stream
     _rule("POST", "/api/session", SIGNED_IN),
     # Open: health for load balancers (details only with credentials), the dashboard's
     # files (it asks for credentials itself) and the API's documentation.
@@ -200,6 +209,9 @@ class Access:
         self.failures = Budget(auth.max_failures_per_minute)
         self.refused_publishes = Budget(auth.max_refused_publishes_per_minute)
         self.cors_headers = cors_headers
+        #: No user and any origin (the public default): only requests that may change
+        #: something, or come from a page, need a look.
+        self.open = not authenticator.enabled and self.origins.any
         self.failed = 0  # authentications that failed (metrics)
         self.limited = 0  # requests refused for an exhausted budget (metrics)
 
@@ -210,16 +222,26 @@ class Access:
     def _refuse(self, request: web.Request, exc: ApiError, headers: dict | None = None):
         return api_error(exc, {**(headers or {}), **self.cors_headers(request)})
 
+    def _audit(self, request: web.Request, principal: Principal, status: int) -> None:
+        log.info("audit: %s %s by %s from %s: %d", request.method, request.path,
+                 principal.name if principal.authenticated else "anonymous",
+                 self.address(request), status)
+
     @web.middleware
     async def middleware(self, request: web.Request, handler):
-        rule, params = find_rule(request.method, request.path)
         if request.method == "OPTIONS":  # CORS preflights carry no credentials
             return await handler(request)
+        if self.open and "Origin" not in request.headers and request.method in READ_METHODS:
+            # The public default, a request that changes nothing: nothing to check.
+            return await handler(request)
+        rule, params = find_rule(request.method, request.path)
         action = rule.action if rule is not None else SIGNED_IN
         origin = request.headers.get("Origin")
         if origin and action in STATE_CHANGING and not self.origins.may_change(
             request, origin, self.authenticator.enabled
         ):
+            if action == "admin":
+                self._audit(request, NOBODY, 403)
             return self._refuse(request, Forbidden(
                 f"pages of {origin} may not {action} here (server.cors_origins)",
                 code="origin_not_allowed"))
@@ -228,6 +250,8 @@ class Access:
             try:
                 principal = await self._authenticate(request, action, rule, params)
             except ApiError as exc:
+                if action == "admin":
+                    self._audit(request, NOBODY, exc.status_code)
                 headers = _challenge(self.authenticator.realm) if exc.status_code == 401 else None
                 return self._refuse(request, exc, headers)
         budgets = self.authenticator.enabled  # the per-minute budgets come with access control
@@ -249,9 +273,7 @@ class Access:
         if action == "publish" and budgets and response.status >= 400:
             await self.refused_publishes.spend(self.address(request))
         elif action == "admin":
-            log.info("audit: %s %s by %s from %s: %d", request.method, request.path,
-                     principal.name if principal.authenticated else "anonymous",
-                     self.address(request), response.status)
+            self._audit(request, principal, response.status)
         return response
 
     async def _authenticate(self, request, action, rule, params) -> Principal:
@@ -282,10 +304,18 @@ class Access:
             if not principal.authenticated:
                 raise Unauthorized("sign in: this needs credentials")
             return principal
-        stream = params.get(rule.stream) if rule.stream else None
+        if rule is None or rule.stream is None:
+            stream = None
+        elif rule.stream == EVERY_STREAM:
+            stream = EVERY_STREAM  # only the glob "*" matches the name "*"
+        else:
+            stream = params.get(rule.stream)
         if principal.may(action, stream):
             return principal
         if not principal.authenticated:
             raise Unauthorized(f"sign in: {action} needs credentials")
-        what = f"{action} on stream '{stream}'" if stream else action
+        if stream == EVERY_STREAM:
+            what = f"{action} (it needs {action} on every stream)"
+        else:
+            what = f"{action} on stream '{stream}'" if stream else action
         raise Forbidden(f"user '{principal.name}' may not {what}")
