@@ -46,12 +46,13 @@ async function getJSON(url) {
 function every(ms, task) {
   // setTimeout after each run (not setInterval): a slow server never piles up requests.
   let timer = null;
+  let stopped = false;
   const run = async () => {
     try { await task(); } catch (error) { console.warn(error); }
-    timer = setTimeout(run, ms);
+    if (!stopped) timer = setTimeout(run, ms);
   };
   run();
-  return () => clearTimeout(timer);
+  return () => { stopped = true; clearTimeout(timer); };
 }
 
 const enc = encodeURIComponent;
