@@ -7,7 +7,7 @@ import threading
 import httpx
 import pytest
 
-from browser import Chromium, find_chromium
+from browser import Chromium, headless_chromium
 from helpers import make_jpeg, publish
 
 # A hash of an image's pixels, drawn small: it changes when the picture changes.
@@ -66,15 +66,8 @@ def publishers(start_server):
 @pytest.fixture
 def browser(tmp_path):
     """A headless Chromium; it and every helper process are gone after the test."""
-    executable = find_chromium()
-    if executable is None:
-        pytest.fail("the dashboard tests need Chromium: apt-get install chromium")
-    chrome = Chromium(tmp_path / "chrome", executable)
-    try:
+    with headless_chromium(tmp_path / "chrome") as chrome:
         yield chrome
-    finally:
-        chrome.close()
-    assert chrome.leftovers() == [], "browser processes survived close()"
 
 
 def _wait_streams(url: str, names: list[str]) -> None:
