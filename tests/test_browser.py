@@ -125,6 +125,10 @@ def test_grid_shows_live_pictures_of_every_stream(start_server, publishers, brow
     tiles_js = "[...document.querySelectorAll('#grid a.tile')]"
     assert browser.js(f"{tiles_js}.map((a) => a.tabIndex)") == [0, 0]
     assert browser.js("tileImg('cam_b').alt") == "Live view of cam_b"
+    # Access control is off: no sign-in form, no account, no token kept.
+    hidden = "['signin', 'account', 'signin-open'].every((id) => document.getElementById(id).hidden)"
+    assert browser.js(hidden)
+    assert browser.js("sessionStorage.length + localStorage.length") == 0
     _background_tab_lets_go_of_its_tiles(browser, server.url)
 
 
