@@ -16,8 +16,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from websockets.sync.client import connect
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -42,6 +44,21 @@ FLAGS = (
 def find_chromium() -> str | None:
     """The first Chromium or Chrome executable on PATH."""
     return next(filter(None, map(shutil.which, CANDIDATES)), None)
+
+
+@contextlib.contextmanager
+def headless_chromium(home: Path) -> Iterator["Chromium"]:
+    """A browser for one test (the ``browser`` fixtures): it and every helper process
+    are gone afterwards, and the test fails if one survived."""
+    executable = find_chromium()
+    if executable is None:
+        pytest.fail("the dashboard tests need Chromium: apt-get install chromium")
+    chrome = Chromium(home, executable)
+    try:
+        yield chrome
+    finally:
+        chrome.close()
+    assert chrome.leftovers() == [], "browser processes survived close()"
 
 
 class Chromium:

@@ -7,7 +7,7 @@ import threading
 import httpx
 import pytest
 
-from browser import Chromium, find_chromium
+from browser import Chromium, headless_chromium
 from helpers import make_jpeg, publish
 
 # A hash of an image's pixels, drawn small: it changes when the picture changes.
@@ -66,15 +66,8 @@ def publishers(start_server):
 @pytest.fixture
 def browser(tmp_path):
     """A headless Chromium; it and every helper process are gone after the test."""
-    executable = find_chromium()
-    if executable is None:
-        pytest.fail("the dashboard tests need Chromium: apt-get install chromium")
-    chrome = Chromium(tmp_path / "chrome", executable)
-    try:
+    with headless_chromium(tmp_path / "chrome") as chrome:
         yield chrome
-    finally:
-        chrome.close()
-    assert chrome.leftovers() == [], "browser processes survived close()"
 
 
 def _wait_streams(url: str, names: list[str]) -> None:
@@ -132,6 +125,10 @@ def test_grid_shows_live_pictures_of_every_stream(start_server, publishers, brow
     tiles_js = "[...document.querySelectorAll('#grid a.tile')]"
     assert browser.js(f"{tiles_js}.map((a) => a.tabIndex)") == [0, 0]
     assert browser.js("tileImg('cam_b').alt") == "Live view of cam_b"
+    # Access control is off: no sign-in form, no account, no token kept.
+    hidden = "['signin', 'account', 'signin-open'].every((id) => document.getElementById(id).hidden)"
+    assert browser.js(hidden)
+    assert browser.js("sessionStorage.length + localStorage.length") == 0
     _background_tab_lets_go_of_its_tiles(browser, server.url)
 
 

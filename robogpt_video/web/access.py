@@ -192,7 +192,13 @@ class Origins:
         return self.any and not strict
 
 
-def _challenge(realm: str) -> dict[str, str]:
+def _challenge(realm: str, request: web.Request) -> dict[str, str]:
+    has_token = not request.headers.get("Authorization") and request.query.get("token")
+    if has_token and request.headers.get("Sec-Fetch-Dest") == "image":
+        # An <img> whose ?token= is not right (e.g. the dashboard's, once its session
+        # ended): a Bearer challenge alone (RFC 6750). Browsers open their password
+        # prompt on a Basic challenge, not on a Bearer one.
+        return {"WWW-Authenticate": f'Bearer realm="{realm}", error="invalid_token"'}
     # Basic first: ffmpeg sends the credentials of its URL only to a challenge that
     # starts with "Basic ".
     return {"WWW-Authenticate": f'Basic realm="{realm}", Bearer realm="{realm}"'}
@@ -252,7 +258,8 @@ class Access:
             except ApiError as exc:
                 if action == "admin":
                     self._audit(request, NOBODY, exc.status_code)
-                headers = _challenge(self.authenticator.realm) if exc.status_code == 401 else None
+                headers = (_challenge(self.authenticator.realm, request)
+                           if exc.status_code == 401 else None)
                 return self._refuse(request, exc, headers)
         budgets = self.authenticator.enabled  # the per-minute budgets come with access control
         if action == "publish" and budgets:

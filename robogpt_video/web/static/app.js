@@ -1,5 +1,6 @@
 // robogpt-video dashboard: a grid of live streams and a single-stream view with its
-// recordings. Plain DOM, no framework, no build step (docs/dashboard.md).
+// recordings, and a sign-in form when the server has access control on. Plain DOM, no
+// framework, no build step (docs/dashboard.md).
 "use strict";
 
 const POLL_MS = 2000;       // /api/streams and the open stream's stats
@@ -15,6 +16,9 @@ const LIVE_TILES_HTTP1 = 4;
 const LIVE_TILES_HTTP2 = 64;
 // Setting an <img> to this ends its MJPEG request (removing the element may not).
 const BLANK = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw==";
+// The sign-in (POST /api/session's answer) is kept under this key in sessionStorage:
+// this tab only, gone when the tab closes.
+const SESSION_KEY = "robogpt-video.session";
 
 const $ = (id) => document.getElementById(id);
 const tiles = new Map();    // stream name -> tile
@@ -23,6 +27,13 @@ let openStream = null;      // name shown in the single-stream view, or null
 let svTimers = [];
 let lastSegment = null;     // the open stream's recording file: a new one refreshes the table
 let svCreated = null;       // the open stream's created_at; another one means reconnect
+let svLive = false;         // whether the open stream's live <img> is (to be) showing
+let session = null;         // {user, token, expires, permissions} once signed in
+let authEpoch = 0;          // +1 at every sign-in and sign-out: older answers are dropped
+let statusOnlyHealth = false;  // /health left out its details: access control is on
+let signedOutNote = null;   // what the sign-in form says after "Sign out"
+let dashboardLoops = [];    // stops the grid's poll
+let holdTimer = null;       // counts down a 429's Retry-After on the sign-in button
 
 function liveTileLimit() {
   const forced = new URLSearchParams(location.search).get("tiles");
@@ -33,25 +44,61 @@ function liveTileLimit() {
   return multiplexed ? LIVE_TILES_HTTP2 : LIVE_TILES_HTTP1;
 }
 
+// An error answer as an Error: the server's message, its status and Retry-After.
+async function failure(url, response) {
+  let message = `${url}: HTTP ${response.status}`;
+  try {
+    const body = await response.json();
+    if (body && typeof body.message === "string") message = body.message;
+  } catch { /* not the server's JSON error (e.g. a proxy's page) */ }
+  const error = new Error(message);
+  error.status = response.status;
+  error.retryAfter = response.headers.get("Retry-After");
+  return error;
+}
+
+// Every API request: the session's token as Bearer, and never credentials the browser
+// keeps itself ("omit"): a 401 then reaches this script instead of opening the
+// browser's own name-and-password prompt.
 async function getJSON(url) {
-  const response = await fetch(url, { cache: "no-store" });
+  const epoch = authEpoch;
+  const headers = session ? { Authorization: `Bearer ${session.token}` } : {};
+  const response = await fetch(url, { cache: "no-store", credentials: "omit", headers });
+  const stale = () => Object.assign(new Error(`${url}: signed in or out meanwhile`), { stale: true });
+  if (epoch !== authEpoch) throw stale();
   if (!response.ok) {
-    const error = new Error(`${url}: HTTP ${response.status}`);
-    error.status = response.status;
+    const error = await failure(url, response);
+    if (epoch !== authEpoch) throw stale();
+    error.epoch = epoch;
     throw error;
   }
-  return response.json();
+  const body = await response.json();
+  if (epoch !== authEpoch) throw stale();
+  return body;
+}
+
+// A URL the browser loads itself (<img>, links): the session's token as ?token=.
+function withToken(url) {
+  if (!session) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(session.token)}`;
+}
+
+function failed(error) {
+  if (error.stale) return;
+  if (error.status === 401) askToSignIn(error);
+  else console.warn(error);
 }
 
 function every(ms, task) {
   // setTimeout after each run (not setInterval): a slow server never piles up requests.
   let timer = null;
+  let stopped = false;
   const run = async () => {
-    try { await task(); } catch (error) { console.warn(error); }
-    timer = setTimeout(run, ms);
+    try { await task(); } catch (error) { failed(error); }
+    if (!stopped) timer = setTimeout(run, ms);
   };
   run();
-  return () => clearTimeout(timer);
+  return () => { stopped = true; clearTimeout(timer); };
 }
 
 const enc = encodeURIComponent;
@@ -89,15 +136,21 @@ async function pollHealth() {
     const health = await getJSON("/health");
     badge.textContent = health.status;
     badge.className = `badge ${health.status}`;
-    const problems = health.problems.map((p) => el("li", { textContent: p }));
+    // With access control on, an answer to a request without credentials is the
+    // status alone.
+    statusOnlyHealth = health.version === undefined;
+    showAccount();
+    const problems = (health.problems || []).map((p) => el("li", { textContent: p }));
     $("health-problems").replaceChildren(...problems);
-    $("summary").textContent = [
+    $("summary").textContent = statusOnlyHealth ? "" : [
       `${health.active_streams} / ${health.max_streams} streams`,
       plural(health.viewers, "viewer"),
       health.recording_enabled ? "recording" : "recording off",
     ].join(" · ");
-    $("version").textContent = `v${health.version}`;
+    $("version").textContent = statusOnlyHealth ? "" : ` · v${health.version}`;
   } catch (error) {
+    if (error.stale) return;
+    if (error.status === 401) return askToSignIn(error);
     badge.textContent = "unreachable";
     badge.className = "badge unreachable";
     const problem = el("li", { textContent: "the server does not answer" });
@@ -137,7 +190,7 @@ function setTileMode(tile, mode) {
   if (mode === "live") {
     // A query string only after a reconnect: the same URL may be served from image memory.
     const again = tile.generation ? `?g=${tile.generation}` : "";
-    tile.img.src = `/stream/${enc(tile.name)}${again}`;
+    tile.img.src = withToken(`/stream/${enc(tile.name)}${again}`);
   }
   else {
     tile.img.src = BLANK;
@@ -151,7 +204,7 @@ function nextSnapshot(tile, delay) {
     if (tile.mode !== "snapshot") return;
     if (!tile.onscreen || document.hidden) return nextSnapshot(tile, SNAPSHOT_MS);
     // A new URL each time; the old JPEG stays on screen until the new one is decoded.
-    tile.img.src = `/snapshot/${enc(tile.name)}?t=${Date.now()}`;
+    tile.img.src = withToken(`/snapshot/${enc(tile.name)}?t=${Date.now()}`);
   }, delay);
 }
 
@@ -186,6 +239,7 @@ function removeTile(tile) {
 
 async function pollStreams() {
   const { streams } = await getJSON("/api/streams");
+  signedOutNote = null;  // streams without signing in: a later 401 is not about "Sign out"
   const names = new Set(streams.map((s) => s.name));
   for (const tile of [...tiles.values()]) if (!names.has(tile.name)) removeTile(tile);
   tileMode = streams.length <= liveTileLimit() ? "live" : "snapshot";
@@ -243,27 +297,56 @@ function showStats(stats) {
   $("sv-stats").replaceChildren(...items);
 }
 
+// The open stream's live image; `fresh`: a new URL, so the browser asks again.
+function showLive(name, fresh) {
+  svLive = true;
+  $("sv-live").hidden = false;
+  $("sv-state").hidden = false;
+  $("sv-denied").hidden = true;
+  $("sv-side").hidden = false;
+  $("sv-live").src = withToken(`/stream/${enc(name)}${fresh ? `?t=${Date.now()}` : ""}`);
+}
+
+// 403: the video's place says so (no broken image); a later allowed answer reconnects.
+function denyView(name, error) {
+  svLive = false;
+  svCreated = "denied";
+  $("sv-live").src = BLANK;
+  $("sv-live").hidden = true;
+  $("sv-state").hidden = true;
+  $("sv-side").hidden = true;
+  const denied = $("sv-denied");
+  denied.textContent = `Not allowed: you may not watch ${name} (${error.message}).`;
+  denied.hidden = false;
+  $("sv-state").textContent = "";
+  $("sv-stats").replaceChildren();
+}
+
 async function pollStats(name) {
   let stats;
   try {
     stats = await getJSON(`/api/streams/${enc(name)}/stats`);
   } catch (error) {
-    if (error.status !== 404 || openStream !== name) throw error;
+    if (openStream !== name) throw error;
+    if (error.status === 403) return denyView(name, error);
+    if (error.status !== 404) throw error;
     svCreated = "gone";  // its MJPEG response has ended: reconnect once it is back
     $("sv-state").textContent = "Not live: the stream ended or has not started.";
     $("sv-stats").replaceChildren();
     return;
   }
   if (openStream !== name) return;  // the view changed while we waited
-  if (svCreated !== null && svCreated !== stats.created_at) {
-    $("sv-live").src = `/stream/${enc(name)}?t=${Date.now()}`;  // ended and created again
+  if (!svLive) {
+    showLive(name, svCreated !== null);  // allowed now (see openView)
+  } else if (svCreated !== null && svCreated !== stats.created_at) {
+    showLive(name, true);  // ended and created again
   }
   svCreated = stats.created_at;
   showStats(stats);
   $("sv-state").textContent = stats.inactive_seconds >= 2 ? "Live (no new frame)" : "Live";
   const segment = stats.recording && stats.recording.segment;
   if (segment && lastSegment !== null && segment !== lastSegment) {
-    pollRecordings(name).catch(console.warn);  // a segment just closed: list it now
+    pollRecordings(name).catch(failed);  // a segment just closed: list it now
   }
   lastSegment = segment || lastSegment;
 }
@@ -273,7 +356,7 @@ function play(rec) {
   $("player-title").textContent = `Replay of ${rec.file} (recorded timing)`;
   const img = $("player-img");
   img.alt = `Replay of recording ${rec.file}`;
-  img.src = `${rec.play_url}?t=${Date.now()}`;  // a fresh request replays from the start
+  img.src = withToken(`${rec.play_url}?t=${Date.now()}`);  // a fresh request replays from the start
 }
 
 function closePlayer() {
@@ -285,7 +368,7 @@ function recordingRow(rec) {
   const playButton = el("button", { type: "button", textContent: "Play" });
   playButton.setAttribute("aria-label", `Play recording ${rec.file}`);
   playButton.addEventListener("click", () => play(rec));
-  const download = el("a", { className: "button", href: rec.download_url });
+  const download = el("a", { className: "button", href: withToken(rec.download_url) });
   download.textContent = "Download";
   download.setAttribute("download", rec.file);
   download.setAttribute("aria-label", `Download ${rec.file}`);
@@ -305,10 +388,20 @@ function recordingRow(rec) {
 }
 
 async function pollRecordings(name) {
-  const { recordings } = await getJSON(`/api/recordings?stream=${enc(name)}`);
+  let recordings;
+  try {
+    ({ recordings } = await getJSON(`/api/recordings?stream=${enc(name)}`));
+  } catch (error) {
+    if (error.status !== 403 || openStream !== name) throw error;
+    $("recordings").hidden = true;
+    $("rec-empty").textContent = `Not allowed: you may not play back recordings (${error.message}).`;
+    $("rec-empty").hidden = false;
+    return;
+  }
   if (openStream !== name) return;
   $("recordings").tBodies[0].replaceChildren(...recordings.map(recordingRow));
   $("recordings").hidden = recordings.length === 0;
+  $("rec-empty").textContent = "No recordings of this stream on disk.";
   $("rec-empty").hidden = recordings.length > 0;
 }
 
@@ -319,14 +412,22 @@ function openView(name) {
   $("stream-view").hidden = false;
   $("sv-name").textContent = name;
   document.title = `${name} · robogpt-video`;
-  const live = $("sv-live");
-  live.alt = `Live video of ${name}`;
-  live.src = `/stream/${enc(name)}`;
-  $("sv-snapshot").href = `/snapshot/${enc(name)}`;
-  $("sv-mjpeg").href = `/stream/${enc(name)}`;
+  $("sv-live").alt = `Live video of ${name}`;
+  $("sv-snapshot").href = withToken(`/snapshot/${enc(name)}`);
+  $("sv-mjpeg").href = withToken(`/stream/${enc(name)}`);
   $("sv-state").textContent = "";
   lastSegment = null;
   svCreated = null;
+  svLive = false;
+  $("sv-denied").hidden = true;
+  $("sv-live").hidden = false;
+  $("sv-state").hidden = false;
+  $("sv-side").hidden = false;
+  // A stream of the grid may be watched (the server lists only those): live at once.
+  // Any other waits for its statistics, so the <img> never asks without permission
+  // (a 401 with a Basic challenge makes a browser open its own password prompt).
+  if (tiles.has(name)) showLive(name, false);
+  else $("sv-live").src = BLANK;
   svTimers = [
     every(POLL_MS, () => pollStats(name)),
     every(RECORDINGS_MS, () => pollRecordings(name)),
@@ -336,6 +437,7 @@ function openView(name) {
 function closeView() {
   svTimers.forEach((stop) => stop());
   svTimers = [];
+  svLive = false;
   $("sv-live").src = BLANK;
   closePlayer();
   openStream = null;
@@ -346,6 +448,7 @@ function closeView() {
 }
 
 function route() {
+  if (!$("signin").hidden) return;  // the views open once signed in
   const match = location.hash.match(/^#\/stream\/([^/]+)$/);
   const name = match ? decodeURIComponent(match[1]) : null;
   if (name === openStream) return;
@@ -353,16 +456,183 @@ function route() {
   if (name !== null) openView(name);
 }
 
+// ---- signing in -------------------------------------------------------------------
+// Only with access control on (docs/security.md): the first 401 shows the form; its
+// answer (POST /api/session) is kept in sessionStorage and its token sent with every
+// request (getJSON, withToken). Without access control no answer is a 401: no form.
+
+function readSession() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY));
+    return saved && typeof saved.token === "string" ? saved : null;
+  } catch {
+    return null;  // nothing kept, or storage is off
+  }
+}
+
+function keepSession(answer) {
+  session = {
+    user: answer.user, token: answer.token, expires: answer.expires,
+    permissions: answer.permissions,
+  };
+  authEpoch += 1;
+  try {
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+  } catch { /* storage is off: the sign-in lasts as long as this page */ }
+  showAccount();
+}
+
+function forgetSession() {
+  session = null;
+  authEpoch += 1;
+  try {
+    sessionStorage.removeItem(SESSION_KEY);
+  } catch { /* storage is off */ }
+  // What only signed-in users are told (/health's details) goes with the session.
+  $("summary").textContent = "";
+  $("version").textContent = "";
+  showAccount();
+}
+
+// The header says who is signed in; links the browser follows itself carry the token.
+function showAccount() {
+  $("account").hidden = session === null;
+  $("account-user").textContent = session ? session.user : "";
+  $("account-user").title = session
+    ? (session.permissions || []).map((p) => `${p.action} on ${p.streams}`).join(", ") : "";
+  $("signin-open").hidden = session !== null || !statusOnlyHealth || !$("signin").hidden;
+  $("link-recordings").href = withToken("/api/recordings");
+  $("link-metrics").href = withToken("/metrics");
+}
+
+function startDashboard() {
+  $("signin").hidden = true;
+  $("grid-view").hidden = false;
+  document.title = "robogpt-video";
+  showAccount();
+  route();
+  dashboardLoops = [every(POLL_MS, pollStreams)];
+}
+
+// Everything that asks the server for streams stops, and every <img> lets go.
+function stopDashboard() {
+  dashboardLoops.forEach((stop) => stop());
+  dashboardLoops = [];
+  for (const tile of [...tiles.values()]) removeTile(tile);
+  if (openStream !== null) closeView();
+  $("grid-view").hidden = true;
+  $("empty").hidden = true;
+  $("grid-mode").hidden = true;
+}
+
+function showSignIn(note, cancellable) {
+  stopDashboard();
+  $("signin-note").textContent = note;
+  $("signin-error").hidden = true;
+  $("signin-cancel").hidden = !cancellable;
+  $("signin").hidden = false;
+  document.title = "Sign in · robogpt-video";
+  showAccount();
+  ($("signin-name").value ? $("signin-secret") : $("signin-name")).focus();
+}
+
+// A 401: no credentials yet, or the session ended (expired, or the server restarted
+// and its key with it). Answers to requests made before the last sign-in or sign-out
+// are dropped, so the form comes once, and no request carries the old token again.
+function askToSignIn(error) {
+  if (error.epoch !== authEpoch) return;
+  let note = signedOutNote || "This server shows its streams to signed-in users.";
+  if (session) note = `Your sign-in has ended (${error.message}).`;
+  signedOutNote = null;
+  forgetSession();
+  showSignIn(note, false);
+}
+
+function signOut() {
+  forgetSession();
+  stopDashboard();
+  // Anonymous again: the form comes with the first 401, or the streams anyone may see.
+  signedOutNote = "You signed out.";
+  startDashboard();
+  pollHealth();  // the header as anyone sees it
+}
+
+// Basic credentials are base64 of the UTF-8 bytes of "name:password".
+const base64 = (text) =>
+  btoa(Array.from(new TextEncoder().encode(text), (byte) => String.fromCharCode(byte)).join(""));
+
+function signInError(text) {
+  $("signin-error").textContent = text;
+  $("signin-error").hidden = false;
+}
+
+// 429: the sign-in button waits for the server's Retry-After.
+function holdOff(seconds) {
+  const button = $("signin-submit");
+  let left = Math.max(1, Math.ceil(seconds));
+  clearInterval(holdTimer);
+  const tick = () => {
+    if (left <= 0) {
+      clearInterval(holdTimer);
+      button.disabled = false;
+      button.textContent = "Sign in";
+      return;
+    }
+    button.disabled = true;
+    button.textContent = `Try again in ${left} s`;
+    left -= 1;
+  };
+  tick();
+  holdTimer = setInterval(tick, 1000);
+}
+
+async function submitSignIn(event) {
+  event.preventDefault();
+  const name = $("signin-name").value.trim();
+  const secret = $("signin-secret").value;
+  if (!secret.trim()) return signInError(name ? "Enter the password." : "Enter a password or a token.");
+  const authorization = name ? `Basic ${base64(`${name}:${secret}`)}` : `Bearer ${secret.trim()}`;
+  const button = $("signin-submit");
+  button.disabled = true;
+  $("signin-error").hidden = true;
+  let answer;
+  try {
+    const response = await fetch("/api/session", {
+      method: "POST", cache: "no-store", credentials: "omit",
+      headers: { Authorization: authorization },
+    });
+    if (!response.ok) throw await failure("/api/session", response);
+    answer = await response.json();
+  } catch (error) {
+    button.disabled = false;
+    if (!error.status) return signInError("The server does not answer: try again.");
+    signInError(`Sign-in refused: ${error.message}`);
+    $("signin-secret").select();
+    if (error.status === 429 && error.retryAfter) holdOff(Number(error.retryAfter));
+    return;
+  }
+  button.disabled = false;
+  $("signin-secret").value = "";
+  keepSession(answer);
+  startDashboard();
+  pollHealth();  // its details, now that the request carries the token
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   for (const node of document.querySelectorAll(".origin")) node.textContent = location.origin;
   $("player-close").addEventListener("click", closePlayer);
+  $("signin-form").addEventListener("submit", submitSignIn);
+  $("signout").addEventListener("click", signOut);
+  $("signin-open").addEventListener("click", () => showSignIn("Sign in to see the streams of your user.", true));
+  $("signin-cancel").addEventListener("click", startDashboard);
   window.addEventListener("hashchange", route);
   document.addEventListener("visibilitychange", () => {
     for (const tile of tiles.values()) setTileMode(tile, gridMode());
-    if (openStream === null) return;
-    $("sv-live").src = document.hidden ? BLANK : `/stream/${enc(openStream)}?t=${Date.now()}`;
+    if (openStream === null || !svLive) return;
+    if (document.hidden) $("sv-live").src = BLANK;
+    else showLive(openStream, true);
   });
-  route();
-  every(POLL_MS, pollStreams);
+  session = readSession();
+  startDashboard();
   every(HEALTH_MS, pollHealth);
 });
