@@ -224,8 +224,9 @@ def test_a_token_user_sees_its_streams_and_is_told_in_place_what_it_may_not_do(
     assert _error_after(browser, "not-a-token") == "Sign-in refused: the token is not valid"
     _sign_in(browser, "", GUEST_TOKEN)  # no name: the token itself
     browser.wait_for("byId('account-user').textContent === 'guest'")
-    # The server lists only what guest may view.
-    browser.wait_for("tileNames().join() === 'cam_a' && tileImg('cam_a').naturalWidth === 160")
+    # The server lists only what guest may view, and what anyone may.
+    browser.wait_for("tileNames().join() === 'cam_a,lobby' "
+                     "&& tileImg('cam_a').naturalWidth === 160")
     assert browser.js("!shown('signin-open')")
 
     # Another stream by its address: "not allowed" where the video would be.
