@@ -233,7 +233,7 @@ def test_a_token_user_sees_its_streams_and_is_told_in_place_what_it_may_not_do(
     browser.js("location.hash = '#/stream/cam_b'")
     denied = browser.wait_for("shown('sv-denied') && byId('sv-denied').textContent")
     assert denied.startswith("Not allowed: you may not watch cam_b")
-    assert "user 'guest' may not view on stream 'cam_b'" in denied
+    assert "user 'guest' has no view permission on stream 'cam_b'" in denied
     assert browser.js("!shown('sv-live') && byId('sv-live').src.startsWith('data:')")
     _wait_viewers(server.url, {"cam_b": 0})
     recordings = browser.wait_for("shown('rec-empty') && byId('rec-empty').textContent")

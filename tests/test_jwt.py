@@ -203,7 +203,7 @@ def test_a_token_grants_its_permissions_and_no_more(key_server, rsa_key):
         assert client.get(f"{url}/api/streams/cam_2/stats").status_code == 200
         refused = client.get(f"{url}/snapshot/dock")
         assert refused.status_code == 403
-        assert refused.json()["message"] == "user 'robot7' may not view on stream 'dock'"
+        assert refused.json()["message"] == "user 'robot7' has no view permission on stream 'dock'"
         assert publish(url, "cam_1", make_jpeg(seed=9), client).status_code == 403
         assert client.get(f"{url}/api/recordings").status_code == 403
         names = {s["name"] for s in client.get(f"{url}/api/streams").json()["streams"]}

@@ -322,7 +322,7 @@ class Access:
         if not principal.authenticated:
             raise Unauthorized(f"sign in: {action} needs credentials")
         if stream == EVERY_STREAM:
-            what = f"{action} (it needs {action} on every stream)"
+            where = " on every stream, which this needs"
         else:
-            what = f"{action} on stream '{stream}'" if stream else action
-        raise Forbidden(f"user '{principal.name}' may not {what}")
+            where = f" on stream '{stream}'" if stream else ""
+        raise Forbidden(f"user '{principal.name}' has no {action} permission{where}")
