@@ -7,6 +7,7 @@ and bad values refuse to start with a message that names the key path.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import ipaddress
 import os
 import re
@@ -28,6 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    SettingsError,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -341,6 +343,21 @@ class AuthSettings(_Section):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"user names must be unique: {', '.join(repeated)}")
+        # One token standing for two users would be either of them: refuse it (by
+        # digest, so no token is compared or shown in clear).
+        owners: dict[bytes, str] = {}
+        for user in users:
+            digests = set()
+            if user.token is not None:
+                digests.add(hashlib.sha256(user.token.get_secret_value().encode()).digest())
+            if user.token_sha256:
+                digests.add(bytes.fromhex(user.token_sha256))
+            for token_digest in digests:
+                if token_digest in owners:
+                    raise ValueError(
+                        f"users '{owners[token_digest]}' and '{user.name}' have the same token"
+                    )
+                owners[token_digest] = user.name
         return users
 
     @field_validator("trusted_proxies")
@@ -469,5 +486,7 @@ def load_settings(
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
+    except SettingsError as exc:  # e.g. ROBOGPT_AUTH__USERS that is not JSON
+        raise ConfigError(f"invalid configuration: {exc}") from None
     finally:
         _yaml_path.reset(token)

@@ -180,3 +180,19 @@ def test_cli_refuses_to_start_with_the_key_path(tmp_path):
     )
     assert result.returncode == 2
     assert "server.prot: unknown key" in result.stderr
+
+
+def test_two_users_with_one_token_are_refused_without_showing_it():
+    users = [{"name": "a", "token": "shared-token-77"}, {"name": "b", "token": "shared-token-77"}]
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, {"auth": {"users": users}})
+    assert "users 'a' and 'b' have the same token" in str(refused.value)
+    assert "shared-token-77" not in str(refused.value)
+
+
+def test_environment_json_that_does_not_parse_is_a_config_error(monkeypatch):
+    monkeypatch.setenv("ROBOGPT_AUTH__USERS", '[{"name": "a", "token": "half-a-secret')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None)
+    assert "auth" in str(refused.value)
+    assert "half-a-secret" not in str(refused.value)
