@@ -15,12 +15,16 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from websockets.sync.client import connect
+
+from helpers import make_jpeg
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Needed as root in a container (no sandbox, no GPU); the rest keep a test browser from
@@ -215,3 +219,33 @@ class Chromium:
                 command = cmdline[:120].replace(b"\0", b" ").decode(errors="replace")
                 found.append(f"{entry.name} {command}")
         return found
+
+
+class Publisher(threading.Thread):
+    """Publishes changing JPEGs to one stream until stopped (with ``headers``, e.g. a
+    token). A server away for a moment (restarting) is tried again at the next frame;
+    ``sent`` counts the frames it accepted, ``last_status`` is its last answer."""
+
+    def __init__(self, url: str, name: str, size=(320, 240), fps: float = 10,
+                 headers: dict | None = None):
+        super().__init__(daemon=True)
+        self.url, self.name, self.size, self.fps = url, name, size, fps
+        self.headers = headers or {}
+        self.stopped = threading.Event()
+        self.sent = 0
+        self.last_status: int | None = None
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5, headers=self.headers) as client:
+            while not self.stopped.wait(1 / self.fps):
+                files = {"frame": ("f.jpg", make_jpeg(*self.size, seed=self.sent), "image/jpeg")}
+                try:
+                    self.last_status = client.post(f"{self.url}/publish/{self.name}",
+                                                   files=files).status_code
+                except httpx.TransportError:
+                    continue
+                self.sent += self.last_status == 200
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(10)

@@ -51,3 +51,22 @@ def hold_port():
     yield hold
     for held in holds:
         held.close()
+
+
+@pytest.fixture
+def publishers(start_server):
+    """``publishers(url, name, size=, fps=, headers=)`` starts a :class:`browser.Publisher`;
+    all stop before the servers do."""
+    from browser import Publisher
+
+    started: list[Publisher] = []
+
+    def start(url: str, name: str, **kwargs) -> Publisher:
+        pub = Publisher(url, name, **kwargs)
+        pub.start()
+        started.append(pub)
+        return pub
+
+    yield start
+    for pub in started:
+        pub.stop()

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from browser import Chromium, headless_chromium
-from helpers import make_jpeg, publish
+from helpers import wait_for
 
 # A hash of an image's pixels, drawn small: it changes when the picture changes.
 SIGNATURE_JS = """
@@ -24,43 +24,6 @@ window.signature = (img) => {
 window.tileImg = (name) => document.querySelector(`#grid li[data-stream="${name}"] img`);
 window.tileNames = () => [...document.querySelectorAll("#grid li")].map((li) => li.dataset.stream);
 """
-
-
-class Publisher(threading.Thread):
-    """Publishes changing JPEGs to one stream until stopped."""
-
-    def __init__(self, url: str, name: str, size=(320, 240), fps: float = 10):
-        super().__init__(daemon=True)
-        self.url, self.name, self.size, self.fps = url, name, size, fps
-        self.stopped = threading.Event()
-        self.sent = 0
-
-    def run(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            while not self.stopped.wait(1 / self.fps):
-                jpeg = make_jpeg(*self.size, seed=self.sent)
-                assert publish(self.url, self.name, jpeg, client).status_code == 200
-                self.sent += 1
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(10)
-
-
-@pytest.fixture
-def publishers(start_server):
-    """Start publishers with ``publishers(url, name, ...)``; all stop before the servers do."""
-    started: list[Publisher] = []
-
-    def start(url: str, name: str, **kwargs) -> Publisher:
-        pub = Publisher(url, name, **kwargs)
-        pub.start()
-        started.append(pub)
-        return pub
-
-    yield start
-    for pub in started:
-        pub.stop()
 
 
 @pytest.fixture
@@ -208,7 +171,9 @@ def test_stream_view_shows_live_video_stats_and_plays_a_recording(
     server = start_server({"recording": {"segment_seconds": 1}})
     publishers(server.url, "cam", size=(320, 240))
     _wait_streams(server.url, ["cam"])
-    threading.Event().wait(2.5)  # at least one finished one-second segment on disk
+    wait_for(lambda: any(not rec["open"] for rec in httpx.get(
+        f"{server.url}/api/recordings", params={"stream": "cam"}).json()["recordings"]),
+        what="a finished one-second segment on disk")
     _open_dashboard(browser, server.url)
     browser.wait_for("tileNames().length === 1")
 

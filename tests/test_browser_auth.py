@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 
 import httpx
 import pytest
@@ -31,48 +30,14 @@ window.tileNames = () => [...document.querySelectorAll("#grid li")].map((li) => 
 """
 
 
-class TokenPublisher(threading.Thread):
-    """Publishes changing JPEGs with the robot's token until stopped; a server that is
-    away for a moment (restarting) is tried again at the next frame."""
-
-    def __init__(self, url: str, name: str, size=(320, 240), fps: float = 10):
-        super().__init__(daemon=True)
-        self.url, self.name, self.size, self.fps = url, name, size, fps
-        self.stopped = threading.Event()
-        self.sent = 0
-        self.last_status: int | None = None
-
-    def run(self) -> None:
-        headers = {"Authorization": f"Bearer {ROBOT_TOKEN}"}
-        with httpx.Client(timeout=5, headers=headers) as client:
-            while not self.stopped.wait(1 / self.fps):
-                files = {"frame": ("f.jpg", make_jpeg(*self.size, seed=self.sent), "image/jpeg")}
-                try:
-                    self.last_status = client.post(f"{self.url}/publish/{self.name}",
-                                                   files=files).status_code
-                except httpx.TransportError:
-                    continue
-                self.sent += self.last_status == 200
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(10)
-
-
 @pytest.fixture
-def publishers():
-    """``publishers(url, name, ...)`` starts one; all stop before the servers do."""
-    started: list[TokenPublisher] = []
+def publishers(publishers):
+    """Publishers that send the robot's token."""
 
-    def start(url: str, name: str, **kwargs) -> TokenPublisher:
-        pub = TokenPublisher(url, name, **kwargs)
-        pub.start()
-        started.append(pub)
-        return pub
+    def start(url: str, name: str, **kwargs):
+        return publishers(url, name, headers={"Authorization": f"Bearer {ROBOT_TOKEN}"}, **kwargs)
 
-    yield start
-    for pub in started:
-        pub.stop()
+    return start
 
 
 @pytest.fixture
