@@ -390,7 +390,9 @@ class Cluster:
         while True:
             try:
                 subscriber = await self._connect()
-            except (OSError, aioredis.RedisError, TimeoutError, ConnectionError) as exc:
+            except Exception as exc:  # whatever it is, the node serves on and retries
+                if not isinstance(exc, (OSError, aioredis.RedisError, TimeoutError)):
+                    log.exception("cluster: connecting to Redis failed")
                 self.problem = f"Redis unreachable at {self._shown_url()}: {exc or type(exc).__name__}"
                 self.connected = False
                 await asyncio.sleep(delay)
