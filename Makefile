@@ -12,13 +12,13 @@ OLDEST_STAMP := $(OLDEST)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[client,test,bench]'
+	$(BIN)/pip install --quiet -e '.[client,test,bench,cluster]'
 	touch $(STAMP)
 
 $(OLDEST_STAMP): pyproject.toml constraints/oldest.txt
 	$(PYTHON) -m venv $(OLDEST)
 	$(OLDEST)/bin/pip install --quiet --upgrade pip
-	$(OLDEST)/bin/pip install --quiet -c constraints/oldest.txt -e '.[client,test,bench]'
+	$(OLDEST)/bin/pip install --quiet -c constraints/oldest.txt -e '.[client,test,bench,cluster]'
 	touch $(OLDEST_STAMP)
 
 install: $(STAMP)
@@ -28,6 +28,7 @@ run: $(STAMP)
 
 define check_tools
 	@command -v ffmpeg >/dev/null || { echo "ffmpeg is required by the tests: apt-get install ffmpeg"; exit 1; }
+	@command -v redis-server >/dev/null || { echo "redis-server is required by tests/test_cluster.py: apt-get install redis-server"; exit 1; }
 	@command -v chromium >/dev/null || { echo "chromium is required by tests/test_browser.py: apt-get install chromium"; exit 1; }
 endef
 

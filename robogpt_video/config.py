@@ -419,6 +419,33 @@ class _BriefEnvSource(PydanticBaseSettingsSource):
         return data
 
 
+class ClusterSettings(_Section):
+    """Nodes sharing streams through Redis (docs/cluster.md). Off while redis_url is empty."""
+
+    redis_url: str = Field(
+        "", description="redis://, rediss:// or unix:// URL; empty: one process, no Redis"
+    )
+    node_name: str = Field(
+        "", max_length=200, description="This node's name in Redis; empty: host:port at start"
+    )
+    advertise_url: str = Field(
+        "", description="How other nodes reach this one (http://host:port); empty: not advertised"
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix:// (or be empty)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Streams are shared through Redis."""
+        return bool(self.redis_url)
+
+
 class Settings(BaseSettings):
     """All configuration of one server process."""
 
@@ -435,6 +462,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     logging: LoggingSettings = LoggingSettings()
     auth: AuthSettings = AuthSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -33,6 +33,13 @@ class Runtime:
         self.started_at = time.time()
         self.registry = StreamRegistry(settings.streams)
         self.services: list[Service] = [self.registry]
+        self.cluster = None
+        if settings.cluster.enabled:  # only then is Redis imported (docs/cluster.md)
+            from .cluster import Cluster
+
+            self.cluster = Cluster(settings, self.registry)
+            self.registry.listeners.append(self.cluster)
+            self.services.append(self.cluster)
         self.recorder: Recorder | None = None
         if settings.recording.enabled:
             self.recorder = Recorder(settings.recording)
@@ -49,6 +56,8 @@ class Runtime:
         self.on_shutdown: list[Callable[[], Awaitable[None] | None]] = [
             lambda: self.registry.end_viewers("server shutdown")
         ]
+        if self.cluster is not None:
+            self.on_shutdown.append(lambda: self.cluster.end_viewers("server shutdown"))
         self.shutting_down = False
 
     async def start(self) -> None:

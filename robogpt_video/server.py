@@ -152,6 +152,8 @@ async def run(
             limits.factory(runner.server), sock=sock, ssl=ssl_context, backlog=BACKLOG
         )
         host, port = sock.getsockname()[:2]
+        if runtime.cluster is not None:
+            runtime.cluster.set_address(host, port)
         log.info(
             "robogpt-video listening on %s://%s:%d (recordings in %s)",
             "https" if ssl_context else "http",

@@ -174,6 +174,27 @@ class Stream:
                 log.exception("listener %r failed on stream %s", listener, self.name)
         return frame
 
+    def relay(
+        self, seq: int, timestamp: float, width: int, height: int, jpeg: bytes | memoryview
+    ) -> Frame:
+        """Accept a frame of this stream published on another node (a mirror, cluster.py).
+
+        It keeps its node's sequence and timestamp; listeners are not told (a mirror is
+        recorded by the node it was published to).
+        """
+        mono = time.monotonic()
+        self.total_frames += 1
+        size = len(jpeg)
+        frame = Frame(seq, timestamp, mono, width, height, size, jpeg)
+        self.latest = frame
+        self.recent.append(FrameRecord(seq, timestamp, size, width, height))
+        self.bytes_in += size
+        self._arrivals.append(mono)
+        self.last_wake = mono
+        if self._parked:
+            self._push(frame)
+        return frame
+
     def _push(self, frame: Frame) -> None:
         # Hand the frame to every idle viewer from here: no task wakes up per viewer per
         # frame. One whose sink is full, or gone, is handed back to its own task, which

@@ -18,7 +18,7 @@ import pytest
 from bench.profile import py_spy
 
 ROOT = Path(__file__).resolve().parent.parent
-EXTRAS = ("client", "test", "bench")  # what the Makefile installs
+EXTRAS = ("client", "test", "bench", "cluster")  # what the Makefile installs
 
 
 def _name(raw: str) -> str:

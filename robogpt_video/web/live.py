@@ -90,9 +90,12 @@ async def _publish(request: web.Request, started: float) -> web.StreamResponse:
     return web.Response(body=body.encode(), content_type="application/json")
 
 
-def _live_stream(request: web.Request) -> Stream:
+async def _live_stream(request: web.Request, want_frame: bool = False) -> Stream:
     name = validate_stream_name(request.match_info["name"])
-    stream = request.app[RUNTIME].registry.get(name)
+    runtime = request.app[RUNTIME]
+    stream = runtime.registry.get(name)
+    if stream is None and runtime.cluster is not None:  # published on another node?
+        stream = await runtime.cluster.mirror(name, want_frame)
     if stream is None:
         raise StreamNotFound(f"stream '{name}' does not exist")
     return stream
@@ -101,7 +104,7 @@ def _live_stream(request: web.Request) -> Stream:
 async def snapshot(request: web.Request) -> web.Response:
     """The latest JPEG of a stream, at once."""
     try:
-        stream = _live_stream(request)
+        stream = await _live_stream(request, want_frame=True)
         frame = stream.latest
         if frame is None:
             raise StreamNotFound(f"stream '{stream.name}' has no frame yet", code="no_frame")
@@ -114,7 +117,7 @@ async def snapshot(request: web.Request) -> web.Response:
 async def view(request: web.Request) -> web.StreamResponse:
     """``GET /stream/<name>``: ``multipart/x-mixed-replace; boundary=frame`` until the end."""
     try:
-        stream = _live_stream(request)
+        stream = await _live_stream(request)
         stream.check_viewer_room()
     except ApiError as exc:
         return api_error(exc, cors_headers(request))

@@ -83,6 +83,8 @@ class RuntimeCollector(Collector):
         yield viewers
         yield from self._paths()
         yield from self._recorder()
+        if self.runtime.cluster is not None:
+            yield from self.runtime.cluster.collect()
 
     def _paths(self) -> Iterator[Metric]:
         frames_in = CounterMetricFamily(
