@@ -3,8 +3,8 @@
 aiohttp serves publish, live view, snapshot and WebSocket ingest itself (public API
 only: ``request.transport``, ``request.content``, ``WebSocketResponse``). Every other
 path goes to a FastAPI app mounted with ``aiohttp-asgi``: the JSON API, recordings,
-metrics, the dashboard and the OpenAPI documentation at ``/docs`` (``openapi.py``, no
-CDN).
+metrics, the dashboard and the OpenAPI documentation at ``/docs`` (``openapi.py``: no
+CDN, and the document lists the hot routes too).
 """
 
 from __future__ import annotations
