@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import WSCloseCode
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
@@ -292,12 +293,13 @@ def _publish(method: str) -> dict:
 _CLOSE_CODES = f"""
 | Close code | When (reason `<error>: <message>`, at most {WS_MAX_REASON} bytes) |
 |---|---|
-| 1001 | the server is shutting down |
+| {int(WSCloseCode.GOING_AWAY)} | the server is shutting down (reason `server shutdown`) |
 | {WS_UNSUPPORTED_DATA} | `unsupported_data`: a text message (send frames as binary messages) |
 | {WS_INVALID_PAYLOAD} | `empty_frame`, `not_jpeg`, `truncated_jpeg`, `corrupt_jpeg`: not a whole \
 JPEG; also `shutting_down` for a connection opened while the server stops |
 | {WS_POLICY_VIOLATION} | `invalid_stream_name` |
-| {WS_MESSAGE_TOO_BIG} | `frame_too_large`: a message over `server.max_frame_size_mb` |
+| {WS_MESSAGE_TOO_BIG} | `frame_too_large`: a message over `server.max_frame_size_mb` (over it by \
+more than 4 MB: aiohttp closes with its own reason) |
 | {WS_TRY_AGAIN_LATER} | `stream_limit_reached`: `streams.max_concurrent` streams are live |
 """
 
