@@ -69,10 +69,8 @@ EXPECTED = {
     ("HEAD", "/ui/{path}"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
     ("HEAD", "/docs"): PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): PUBLIC,
-    ("HEAD", "/docs/oauth2-redirect"): PUBLIC,
-    ("GET", "/redoc"): PUBLIC,
-    ("HEAD", "/redoc"): PUBLIC,
+    ("GET", "/docs/assets/{path}"): PUBLIC,
+    ("HEAD", "/docs/assets/{path}"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("HEAD", "/openapi.json"): PUBLIC,
 }
@@ -245,7 +243,9 @@ def objects(tmp_path_factory):
 def _url_path(method: str, template: str, objects: Objects) -> str:
     # DELETE /api/streams/{name} deletes a stream of its own, not cam_a.
     name = "cam_a_deleted" if method == "DELETE" else "cam_a"
-    return template.format(name=name, stream="cam_a", file=objects.recording, path="app.js")
+    # {path}: a file of the dashboard's (/ui/) or of the documentation's (/docs/assets/).
+    file = "swagger-ui.css" if template.startswith("/docs/") else "app.js"
+    return template.format(name=name, stream="cam_a", file=objects.recording, path=file)
 
 
 def _send(server: ServerProcess, method: str, path: str, headers: dict) -> Answer:

@@ -160,7 +160,7 @@ def test_run_endpoint_reports_then_removes(start_server):
     assert "quietcam" not in stream_names(server.url)
 
     bad = httpx.post(f"{server.url}/api/cleanup/run?dry_run=maybe", timeout=10)
-    assert bad.status_code == 422 and bad.json()["error"] == "invalid_parameters"
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_parameters"
 
 
 def test_disk_cap_deletes_the_oldest_first(start_server, tmp_path):

@@ -97,8 +97,7 @@ RULES = (
     _rule("GET HEAD", "/", PUBLIC),
     _rule("GET HEAD", "/ui/{path:.+}", PUBLIC),
     _rule("GET HEAD", "/docs", PUBLIC),
-    _rule("GET HEAD", "/docs/oauth2-redirect", PUBLIC),
-    _rule("GET HEAD", "/redoc", PUBLIC),
+    _rule("GET HEAD", "/docs/assets/{path:.+}", PUBLIC),  # Swagger UI's files
     _rule("GET HEAD", "/openapi.json", PUBLIC),
 )
 _COMPILED = [(rule, rule.pattern) for rule in RULES]

@@ -14,8 +14,8 @@ from .schemas import ErrorBody, Health, RecentFrames, StreamList, StreamStats, S
 
 router = APIRouter()
 _ERRORS = {
-    400: {"model": ErrorBody, "description": "Invalid stream name"},
-    404: {"model": ErrorBody, "description": "Unknown stream"},
+    400: {"model": ErrorBody, "description": "`invalid_stream_name`"},
+    404: {"model": ErrorBody, "description": "`stream_not_found`: no such live stream"},
 }
 
 

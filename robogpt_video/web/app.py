@@ -3,7 +3,8 @@
 aiohttp serves publish, live view, snapshot and WebSocket ingest itself (public API
 only: ``request.transport``, ``request.content``, ``WebSocketResponse``). Every other
 path goes to a FastAPI app mounted with ``aiohttp-asgi``: the JSON API, recordings,
-metrics, the dashboard and the OpenAPI documentation at ``/docs``.
+metrics, the dashboard and the OpenAPI documentation at ``/docs`` (``openapi.py``: no
+CDN, and the document lists the hot routes too).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..auth import Authenticator
 from ..config import Settings
 from ..jwt_auth import JwtVerifier
 from ..runtime import Runtime
-from . import api, cleanup, ingest, live, metrics, recordings, session, ui
+from . import api, cleanup, ingest, live, metrics, openapi, recordings, session, ui
 from .access import Access
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
@@ -38,6 +39,8 @@ def create_api(
         version=__version__,
         description="Publish JPEG frames, watch them live as MJPEG, record them to disk.",
         exception_handlers=EXCEPTION_HANDLERS,
+        docs_url=None,  # /docs comes from openapi.install, without a CDN
+        redoc_url=None,  # none: see openapi.py
     )
     api_app.state.runtime = runtime
     api_app.state.authenticator = authenticator
@@ -47,6 +50,7 @@ def create_api(
     metrics.install(api_app, app_metrics)
     api_app.include_router(recordings.router)
     ui.install(api_app)
+    openapi.install(api_app)
     if settings.server.cors_enabled:
         api_app.add_middleware(
             CORSMiddleware,

@@ -63,11 +63,13 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A parameter that does not parse (``?dry_run=maybe``): 400, like every other bad
+    input, not FastAPI's 422."""
     parts = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "path", "body"))
         parts.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
-    return error_response(422, "invalid_parameters", "; ".join(parts) or "invalid parameters")
+    return error_response(400, "invalid_parameters", "; ".join(parts) or "invalid parameters")
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

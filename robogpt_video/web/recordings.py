@@ -21,12 +21,46 @@ from ..recording.replay import Replay
 from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore, fd_path
 from .access import current_principal
 from .mjpeg import CONTENT_TYPE, build_part
-from .schemas import ErrorBody
+from .schemas import ErrorBody, RecordingDeleted
 
 router = APIRouter(tags=["recordings"])
-_ERRORS = {
-    400: {"model": ErrorBody, "description": "Invalid stream name or time"},
-    404: {"model": ErrorBody, "description": "No such recording"},
+# What each route answers besides 200, for the OpenAPI document (/docs).
+_NAME = {400: {"model": ErrorBody, "description": "`invalid_stream_name`"}}
+_FILE = {**_NAME, 404: {"model": ErrorBody, "description": "`not_found`: no such recording"}}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_HEADER = {"schema": {"type": "string"}}
+_DOWNLOAD = {
+    200: {
+        "description": "The whole file: `video/mp4` (`Content-Disposition: attachment`), "
+        "or the sidecar's JSON for a `.json` name",
+        "content": {"video/mp4": _BINARY, "application/json": {"schema": {"type": "object"}}},
+        "headers": {name: _HEADER for name in ("Accept-Ranges", "ETag", "Last-Modified")},
+    },
+    206: {
+        "description": "The bytes of the `Range` header, with `Content-Range`; "
+        "several ranges come as `multipart/byteranges`",
+        "content": {"video/mp4": _BINARY, "application/json": _BINARY,
+                    "multipart/byteranges": _BINARY},
+        "headers": {"Content-Range": _HEADER},
+    },
+    400: {
+        "model": ErrorBody,
+        "description": "`invalid_stream_name` (JSON), or a malformed `Range` header "
+        "(Starlette's plain-text answer)",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    404: _FILE[404],
+    416: {
+        "description": "The `Range` starts past the end of the file: an empty plain-text "
+        "answer with `Content-Range: bytes */<size>`",
+        "content": {"text/plain": {"schema": {"type": "string", "maxLength": 0}}},
+        "headers": {"Content-Range": _HEADER},
+    },
+}
+# HEAD: the same statuses and headers, no body.
+_DOWNLOAD_HEAD = {
+    status: {key: value for key, value in answer.items() if key not in ("content", "model")}
+    for status, answer in _DOWNLOAD.items()
 }
 
 
@@ -112,7 +146,11 @@ def _listing(store: RecordingStore, stream, since, until, open_paths, visible) -
     return entries
 
 
-@router.get("/api/recordings", responses=_ERRORS)
+@router.get(
+    "/api/recordings",
+    responses={400: {"model": ErrorBody, "description": "`invalid_time`: `since` or `until` "
+                     "is not an ISO-8601 time; `invalid_stream_name`"}},
+)
 async def list_recordings(
     request: Request,
     stream: str | None = Query(None, description="Only this stream"),
@@ -156,8 +194,10 @@ def _open(store: RecordingStore, rec: RecordingFile, sidecar: bool):
     return file, os.fstat(file.fileno())
 
 
-@router.get("/api/recordings/{stream}/{file}", responses=_ERRORS)
-@router.head("/api/recordings/{stream}/{file}", include_in_schema=False)  # same, no body
+@router.get("/api/recordings/{stream}/{file}", response_class=FileResponse, responses=_DOWNLOAD)
+@router.head(
+    "/api/recordings/{stream}/{file}", response_class=FileResponse, responses=_DOWNLOAD_HEAD
+)
 async def download_recording(request: Request, stream: str, file: str) -> FileResponse:
     """The video file (``Range`` requests get ``206``), or its ``.json`` sidecar."""
     store = _store(request)
@@ -169,7 +209,12 @@ async def download_recording(request: Request, stream: str, file: str) -> FileRe
     return OpenFileResponse(opened, info, media_type="video/mp4", filename=rec.name)
 
 
-@router.delete("/api/recordings/{stream}/{file}", responses=_ERRORS)
+@router.delete(
+    "/api/recordings/{stream}/{file}",
+    response_model=RecordingDeleted,
+    responses={**_FILE, 409: {"model": ErrorBody, "description": "`recording_in_use`: "
+                              "the recording is being written; it can be deleted once it closes"}},
+)
 async def delete_recording(request: Request, stream: str, file: str) -> dict:
     """Delete one recording and its sidecar (``409`` while it is being written)."""
     store = _store(request)
@@ -184,7 +229,18 @@ async def delete_recording(request: Request, stream: str, file: str) -> dict:
     return {"status": "success", "message": f"Recording '{rec.name}' deleted", "freed_bytes": freed}
 
 
-@router.get("/api/recordings/{stream}/{file}/play", responses=_ERRORS)
+@router.get(
+    "/api/recordings/{stream}/{file}/play",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "Live MJPEG at the recorded timing, `X-Recording-Start` its "
+              "start (Unix time); each part has `Content-Type`, `Content-Length`, `X-Timestamp`",
+              "content": {CONTENT_TYPE: _BINARY}},
+        **_FILE,
+        409: {"model": ErrorBody, "description": "`unreadable`: no frame can be read yet "
+              "(a segment opened a moment ago)"},
+    },
+)
 async def play_recording(request: Request, stream: str, file: str) -> StreamingResponse:
     """The recording replayed as live MJPEG at its recorded timing (any browser plays it)."""
     store = _store(request)

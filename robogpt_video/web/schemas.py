@@ -79,7 +79,33 @@ class Health(_Open):
     version: str | None = None
 
 
+class RecordingDeleted(Success):
+    freed_bytes: int
+
+
+class PublishedFrame(_Open):
+    """One frame published (a single ``POST /publish/<name>``)."""
+
+    status: str = "success"
+    stream: str
+    frame_size: int
+    sequence: int
+    width: int
+    height: int
+
+
+class PublishedFrames(_Open):
+    """A long-lived ``multipart/x-mixed-replace`` ingest that ended cleanly."""
+
+    status: str = "success"
+    stream: str
+    frames: int
+    bytes: int
+
+
 class ErrorBody(BaseModel):
+    """Every error: ``error`` is a stable code (README, HTTP API), ``message`` says why."""
+
     status: str = "error"
     error: str
     message: str
