@@ -101,6 +101,7 @@ class RuntimeCollector(Collector):
         writes.add_metric(["sendfile"], counters.sendfile)
         yield writes
         connections = self.metrics.connections
+        timed_out = dict(self.metrics.timed_out)
         if connections is not None:
             yield _gauge("connections", "Open client connections", connections.open)
             refused = CounterMetricFamily(
@@ -112,6 +113,15 @@ class RuntimeCollector(Collector):
             for cap, count in connections.refused.items():
                 refused.add_metric([cap], count)
             yield refused
+        family = CounterMetricFamily(
+            f"{PREFIX}_connections_timed_out",
+            "Connections ended by a timeout: body (server.body_timeout_seconds), "
+            "idle (a long-lived ingest without a frame for streams.timeout_seconds)",
+            labels=["timeout"],
+        )
+        for timeout, count in sorted(timed_out.items()):
+            family.add_metric([timeout], count)
+        yield family
         access = self.metrics.access
         if access is not None:
             yield CounterMetricFamily(
@@ -167,6 +177,8 @@ class Metrics:
         self.frames_in = {"post": 0, "mpjpeg": 0, "websocket": 0}
         #: Each stream's frame framed once for its MJPEG viewers, and the write counters.
         self.wires = FrameWires()
+        #: Requests ended by a timeout of their body or of a long-lived ingest.
+        self.timed_out = {"body": 0, "idle": 0}
         self.access = None  # set by watch_access
         self.connections = None  # set by watch_connections
         # A registry per app, not the global one.
