@@ -1,8 +1,8 @@
-"""Body timeouts on a real server with short settings (issue 13, finding 3).
+"""Connection and body timeouts on a real server with short settings (issue 13, finding 3).
 
-Body timeouts are 1 s here and a stream counts as inactive after 3 s, so every case
-ends within seconds. Closures are awaited by blocking on socket
-reads with a generous timeout (``BOUND``); nothing asserts how fast they came.
+Header, body and keep-alive timeouts are 1 s here and a stream counts as inactive
+after 3 s, so every case ends within seconds. Closures are awaited by blocking on
+socket reads with a generous timeout (``BOUND``); nothing asserts how fast they came.
 """
 
 from __future__ import annotations
@@ -113,6 +113,46 @@ MPJPEG_HEAD = (
     b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n"
 )
+
+
+# -- header timeout ---------------------------------------------------------------------
+
+
+def test_a_connection_that_sends_nothing_gets_a_408_and_is_closed(server):
+    before = timed_out(server, "header")
+    with connect_raw(server) as sock:
+        status, headers, body = parse_response(read_until_closed(sock))
+    assert status == 408
+    assert headers["connection"] == "close"
+    assert body["error"] == "request_timeout"
+    assert "server.header_timeout_seconds" in body["message"]
+    assert timed_out(server, "header") == before + 1
+
+
+def test_a_head_trickled_a_byte_at_a_time_is_cut_at_the_header_timeout(server):
+    """Slowloris: each byte well within the timeout of the one before, the head never
+    complete. The header timeout counts from the connection, not from the last byte."""
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Padding: slowloris\r\n" * 20
+    received = b""
+    sent = 0
+    closed = False
+    deadline = time.monotonic() + BOUND
+    with connect_raw(server) as sock:
+        sock.settimeout(TIMEOUT / 4)  # paces the bytes: one per quarter of the timeout
+        while not closed and sent < len(head) and time.monotonic() < deadline:
+            try:
+                sock.sendall(head[sent : sent + 1])
+                sent += 1
+                while data := sock.recv(65536):  # the answer, until the server closes
+                    received += data
+                closed = True
+            except socket.timeout:
+                continue  # nothing yet: the next byte
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+    assert closed and sent < len(head), f"not cut: {sent} of {len(head)} bytes sent"
+    status, _, body = parse_response(received)
+    assert (status, body["error"]) == (408, "request_timeout")
 
 
 # -- body timeout -----------------------------------------------------------------------
@@ -268,3 +308,14 @@ def test_a_viewer_of_a_quiet_stream_is_not_cut(server):
             if seen == 5:  # the first, then a re-send each second: past every timeout
                 break
     assert seen == 5
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_keepalive_timeout(server):
+    before = timed_out(server, "keepalive")
+    with connect_raw(server) as sock:
+        for _ in range(2):  # kept alive between requests that follow each other
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, _ = read_response(sock)
+            assert status == 200 and headers.get("connection", "").lower() != "close"
+        assert read_until_closed(sock) == b""  # then closed quietly, no answer
+    assert timed_out(server, "keepalive") == before + 1
