@@ -126,6 +126,21 @@ class ServerSettings(_Section):
     send_buffer_kb: int = Field(
         128, ge=0, description="SO_SNDBUF of viewer sockets; 0 leaves the kernel's auto-tuning"
     )
+    header_timeout_seconds: float = Field(
+        30, gt=0,
+        description="Close a new connection whose request line and headers (or TLS "
+        "handshake) take longer than this",
+    )
+    body_timeout_seconds: float = Field(
+        30, gt=0,
+        description="End a request whose body sends no byte for this long (408); a "
+        "WebSocket silent this long is pinged and closed without a pong",
+    )
+    keepalive_timeout_seconds: float = Field(
+        30, gt=0,
+        description="Close a kept-alive connection that starts no new request within "
+        "this long of its last response",
+    )
     tls_certfile: Path | None = Field(
         None, description="PEM certificate chain: with tls_keyfile, serve HTTPS and WSS"
     )

@@ -34,6 +34,21 @@ class FrameTooLarge(ApiError):
     code = "frame_too_large"
 
 
+class RequestTimeout(ApiError):
+    """A body (or a frame of a long-lived upload) sent nothing for
+    ``server.body_timeout_seconds``."""
+
+    status_code = 408
+    code = "request_timeout"
+    timeout = "body"  # the label of robogpt_video_connections_timed_out_total
+
+
+class IngestIdle(RequestTimeout):
+    """A long-lived upload sent no frame for ``streams.timeout_seconds``."""
+
+    timeout = "idle"
+
+
 class StreamNotFound(ApiError):
     status_code = 404
     code = "stream_not_found"

@@ -111,6 +111,18 @@ class MpjpegParser:
             self.finished = True
             raise exc
 
+    @property
+    def between_parts(self) -> bool:
+        """Whether the body is at a part boundary: every byte so far belongs to whole parts
+        and whole boundary lines (ffmpeg sends the boundary line after each frame, other
+        publishers before it). A part without Content-Length counts as between parts
+        too: only the next boundary line shows where it ends."""
+        if self.finished:
+            return False
+        if self._state == "body":
+            return self._length is None
+        return not self._carry.strip(b"\r\n")
+
     def close(self) -> None:
         """The body ended: raise if it stopped inside a part (or on a pending error)."""
         self._raise_pending()

@@ -18,13 +18,11 @@ from .logs import AccessLogger, flush_repeats, setup_logging
 from .runtime import Runtime
 from .web import create_app
 from .web.connections import ConnectionLimits
-from .web.state import METRICS
 
 log = logging.getLogger(__name__)
 #: Ordinary requests still in flight at shutdown get this long; viewers and ingest are
 #: ended at once, leaving room for the recorder within a 10 s stop.
 SHUTDOWN_TIMEOUT = 5.0
-KEEPALIVE_TIMEOUT = 30.0
 BACKLOG = 2048
 #: File descriptors kept free of connections: recording files, logs, /proc reads, and
 #: refused connections while their answer goes out (web/connections.py MAX_LINGERING).
@@ -126,30 +124,36 @@ async def run(
 ) -> None:
     """Serve on ``sock`` (with TLS if ``ssl_context``) until SIGINT or SIGTERM, then stop."""
     runtime = Runtime(settings)
-    debug = settings.server.debug
+    server = settings.server
+    limits = ConnectionLimits(
+        connection_cap(server.max_connections),
+        server.max_connections_per_address,
+        settings.auth.trusted_proxies,
+        header_timeout=server.header_timeout_seconds,
+        keepalive_timeout=server.keepalive_timeout_seconds,
+    )
     runner = web.AppRunner(
-        create_app(settings, runtime),
+        create_app(settings, runtime, limits),
         handle_signals=False,
         # A viewer or publisher that leaves ends its handler at once (viewer counts
         # stay true on an idle stream).
         handler_cancellation=True,
-        access_log=logging.getLogger("aiohttp.access") if debug else None,  # debugging only
+        access_log=logging.getLogger("aiohttp.access") if server.debug else None,  # debugging only
         access_log_class=AccessLogger,  # redacts ?token=
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
+        # The guard closes idle connections (web/connections.py); aiohttp's own timer,
+        # later than both of its timeouts, only backs it up.
+        keepalive_timeout=2 * max(server.header_timeout_seconds, server.keepalive_timeout_seconds),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     await runner.setup()  # starts the runtime (recorder, cleanup, ...)
-    limits = ConnectionLimits(
-        connection_cap(settings.server.max_connections),
-        settings.server.max_connections_per_address,
-        settings.auth.trusted_proxies,
-    )
-    runner.app[METRICS].watch_connections(limits)
     listener = None
     try:
         # aiohttp's own protocol factory (the public ``runner.server``) behind the caps.
+        # A TLS handshake comes before the guard sees the connection: it has the header
+        # timeout of its own.
         listener = await asyncio.get_running_loop().create_server(
-            limits.factory(runner.server), sock=sock, ssl=ssl_context, backlog=BACKLOG
+            limits.factory(runner.server), sock=sock, ssl=ssl_context, backlog=BACKLOG,
+            ssl_handshake_timeout=server.header_timeout_seconds if ssl_context else None,
         )
         host, port = sock.getsockname()[:2]
         if runtime.cluster is not None:

@@ -139,6 +139,7 @@ def test_each_environment_variable(monkeypatch, var, value, section, key, expect
         ({"streams": {"max_concurrent": 0}}, "streams.max_concurrent"),
         ({"server": {"port": 70000}}, "server.port"),
         ({"server": {"port": "eighty"}}, "server.port"),
+        ({"server": {"header_timeout_seconds": 0}}, "server.header_timeout_seconds"),
         ({"recording": {"codec": "divx"}}, "recording.codec"),
         ({"cleanup": {"schedule_time": "25:00"}}, "cleanup.schedule_time"),
         ({"logging": {"level": "LOUD"}}, "logging.level"),

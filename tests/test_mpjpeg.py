@@ -119,3 +119,43 @@ def test_parts_before_an_error_in_the_same_chunk_are_returned_first():
     assert parser.feed(ffmpeg_body(A) + b"Content-length: 2\r\n\r\nxyBAD") == [A, b"xy"]
     with pytest.raises(MultipartError):
         parser.close()
+
+
+def _between_after_each_byte(parser: MpjpegParser, data: bytes) -> list[bool]:
+    states = []
+    for i in range(len(data)):
+        parser.feed(data[i : i + 1])
+        states.append(parser.between_parts)
+    return states
+
+
+def test_between_parts_only_at_part_boundaries():
+    # ffmpeg: the boundary line after each frame, so between frames it is already sent.
+    parser = MpjpegParser(1000)
+    assert parser.between_parts  # nothing yet
+    body = ffmpeg_body(A, C)
+    states = _between_after_each_byte(parser, body)
+    a_end = body.index(A) + len(A)  # A is whole once this many bytes came
+    assert states[len(b"--ffmpeg\r\n") - 1] is True  # the first boundary line alone
+    assert not any(states[len(b"--ffmpeg\r\n") : a_end - 1])  # A's headers and body
+    assert states[a_end - 1] is True
+    assert states[a_end + 2] is False  # "\r\n-": the next boundary line under way
+    assert states[a_end + len(b"\r\n--ffmpeg\r\n") - 1] is True
+    assert states[-1] is True
+    # Our publisher: the boundary line before each frame.
+    parser = MpjpegParser(1000)
+    part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(A) + A + b"\r\n"
+    states = _between_after_each_byte(parser, part + part[:5])
+    assert states[len(part) - 1] is True
+    assert not any(states[len(b"--frame\r\n") : len(part) - 3])  # up to A's last byte
+    assert states[-1] is False  # "--fra": a boundary line under way
+
+
+def test_a_part_without_length_counts_as_between_parts():
+    parser = MpjpegParser(1000)
+    parser.feed(b"--frame\r\nContent-Type: image/jpeg\r\n")
+    assert not parser.between_parts  # headers under way
+    parser.feed(b"\r\n" + A[:4])
+    assert parser.between_parts  # only the next boundary shows where it ends
+    parser.feed(A[4:] + b"\r\n--frame--\r\n")
+    assert parser.finished and not parser.between_parts

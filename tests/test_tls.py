@@ -178,6 +178,27 @@ def test_plain_http_to_the_tls_port_gets_nothing_in_clear(tls_server):
         httpx.get(f"http://127.0.0.1:{tls_server.port}/health", timeout=10)
 
 
+def test_a_silent_connection_is_closed_before_and_after_the_tls_handshake(certs, tmp_path):
+    """server.header_timeout_seconds bounds the handshake (asyncio's
+    ssl_handshake_timeout) and then, as over plain HTTP, the first request head."""
+    config = tls_config(certs.cert, certs.key)
+    config["server"]["header_timeout_seconds"] = 1
+    server = ServerProcess(tmp_path / "srv", config, ca_file=certs.ca).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as raw:
+            assert raw.recv(65536) == b""  # no ClientHello: dropped, nothing sent
+        context = ssl.create_default_context(cafile=certs.ca)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                received = b""
+                while chunk := tls.recv(65536):  # no request: a 408, then the close
+                    received += chunk
+        assert received.startswith(b"HTTP/1.1 408 ")
+        assert b'"request_timeout"' in received
+    finally:
+        server.stop()
+
+
 def test_tls_context_refuses_below_tls_1_2(certs):
     context = tls_context(ServerSettings(tls_certfile=certs.cert, tls_keyfile=certs.key))
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2

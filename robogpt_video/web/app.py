@@ -24,6 +24,7 @@ from ..jwt_auth import JwtVerifier
 from ..runtime import Runtime
 from . import api, cleanup, ingest, live, metrics, openapi, recordings, session, ui
 from .access import Access
+from .connections import ConnectionLimits
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
 from .routes import cors_headers
@@ -79,14 +80,24 @@ class _Asgi24:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Application:
-    """Build the application around a runtime (made from ``settings`` if not given)."""
+def create_app(
+    settings: Settings, runtime: Runtime | None = None, connections: ConnectionLimits | None = None
+) -> web.Application:
+    """Build the application around a runtime (made from ``settings`` if not given).
+
+    ``connections``: the guard of the server's connections (caps and idle timeouts);
+    its middleware comes first, so it hears of every request, refused ones included.
+    """
     runtime = runtime or Runtime(settings)
     app_metrics = Metrics(runtime)
     verifier = JwtVerifier(settings.auth.jwt) if settings.auth.jwt is not None else None
     access = Access(settings, Authenticator(settings.auth, verifier), cors_headers)
     app_metrics.watch_access(access)
-    app = web.Application(middlewares=[access.middleware])
+    middlewares = [access.middleware]
+    if connections is not None:
+        app_metrics.watch_connections(connections)
+        middlewares.insert(0, connections.middleware)
+    app = web.Application(middlewares=middlewares)
     app[ACCESS] = access
     app.on_startup.append(access.on_startup)
     app[RUNTIME] = runtime

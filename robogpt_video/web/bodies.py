@@ -9,7 +9,8 @@ import re
 from aiohttp import web
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from ..errors import FrameTooLarge, InvalidFrame
+from ..aio import Inactivity
+from ..errors import FrameTooLarge, InvalidFrame, RequestTimeout
 
 FIELD = "frame"
 MULTIPART_SLACK = 64 * 1024  # room for part headers and boundaries around the frame
@@ -19,8 +20,9 @@ def _too_large(limit: int) -> FrameTooLarge:
     return FrameTooLarge(f"frame exceeds server.max_frame_size_mb ({limit / 1048576:g} MB)")
 
 
-async def read_limited(request: web.Request, limit: int, first: bytes = b"") -> bytes:
-    """The whole request body, refusing (413) as soon as it passes ``limit`` bytes.
+async def read_limited(request: web.Request, limit: int, timeout: float, first: bytes = b"") -> bytes:
+    """The whole request body, refusing (413) as soon as it passes ``limit`` bytes, and
+    (408) once ``timeout`` seconds pass without a byte of it.
 
     A declared Content-Length over the limit is refused before any byte is read.
     ``first``: bytes of the body already read (see :func:`peek`).
@@ -31,37 +33,64 @@ async def read_limited(request: web.Request, limit: int, first: bytes = b"") -> 
     content = request.content
     if declared == 0 and not first:
         return b""
-    if declared is not None and not first:
+    if declared is not None and not first and content.is_eof():
+        # Every byte came with the head (a frame of tens of KB often does): no wait, no timer.
         try:
             return await content.readexactly(declared)
-        except asyncio.IncompleteReadError:
-            raise InvalidFrame(
-                f"the body ended after {declared} bytes were announced", code="truncated_upload"
-            ) from None
+        except asyncio.IncompleteReadError as exc:
+            raise _truncated(len(exc.partial), declared) from None
     chunks = [first] if first else []
     total = len(first)
-    while chunk := await content.readany():
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with Inactivity(timeout) as clock:
+            while chunk := await content.readany():
+                clock.touch()
+                total += len(chunk)
+                if total > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _stalled(timeout, total, declared) from None
+    if declared is not None and total < declared:
+        raise _truncated(total, declared)
     return b"".join(chunks)
 
 
-async def peek(request: web.Request, size: int = 4) -> bytes:
+async def peek(request: web.Request, timeout: float, size: int = 4) -> bytes:
     """At least the first ``size`` bytes of the body (all that was read to get them;
-    fewer only if the body is shorter).
+    fewer only if the body is shorter); 408 after ``timeout`` seconds without a byte.
 
     Lets a body without a Content-Type be recognised by its first bytes (ffmpeg's
     mpjpeg POST sends no Content-Type) before deciding how to read the rest.
     """
     head = b""
-    while len(head) < size:
-        chunk = await request.content.readany()
-        if not chunk:
-            break
-        head += chunk
+    try:
+        async with Inactivity(timeout) as clock:
+            while len(head) < size:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                clock.touch()
+                head += chunk
+    except TimeoutError:
+        raise _stalled(timeout, len(head), request.content_length) from None
     return head
+
+
+def _stalled(timeout: float, received: int, declared: int | None = None) -> RequestTimeout:
+    """The 408 for a body that sent nothing for ``timeout`` seconds."""
+    of = "" if declared is None else f" of the {declared} announced"
+    return RequestTimeout(
+        f"the body sent nothing for {timeout:g} s (server.body_timeout_seconds); "
+        f"{received} bytes{of} arrived"
+    )
+
+
+def _truncated(received: int, declared: int) -> InvalidFrame:
+    return InvalidFrame(
+        f"the body ended after {received} of the {declared} bytes announced",
+        code="truncated_upload",
+    )
 
 
 def frame_from_multipart(body: bytes, content_type: str, limit: int) -> bytes | memoryview:

@@ -8,6 +8,13 @@ Both read through aiohttp's public API (``request.content``, ``WebSocketResponse
 Every frame gets the checks of a single POST (``inspect_jpeg``, the frame size limit,
 the stream limit). A bad frame ends that connection with its reason (a JSON error for
 HTTP, a close code and reason for WebSocket); the frames before it stay published.
+
+A camera may pause: between frames a publisher may be quiet for up to
+``streams.timeout_seconds`` (the time after which its stream counts as inactive), then
+the connection ends (408 ``request_timeout``, or close code 4408), frames kept. Inside
+a frame the body timeout applies (``server.body_timeout_seconds``): an mpjpeg part
+that stops arriving ends the request with a 408; a WebSocket silent that long is
+pinged and closed if no pong comes within half of it.
 """
 
 from __future__ import annotations
@@ -18,12 +25,20 @@ import logging
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import ApiError, FrameTooLarge, InvalidFrame, StreamLimitReached
+from ..aio import Inactivity
+from ..errors import (
+    ApiError,
+    FrameTooLarge,
+    IngestIdle,
+    InvalidFrame,
+    RequestTimeout,
+    StreamLimitReached,
+)
 from ..jpeg import inspect_jpeg
 from ..mpjpeg import MpjpegParser, boundary_from_content_type
 from ..streams import StreamRegistry, validate_stream_name
 from .errors import api_error, json_error
-from .routes import add_resource, cors_headers
+from .routes import add_resource, answer_and_close
 from .state import DRAINING, METRICS, RUNTIME, SOCKETS
 
 log = logging.getLogger(__name__)
@@ -34,19 +49,8 @@ WS_INVALID_PAYLOAD = 1007  # not a valid JPEG
 WS_POLICY_VIOLATION = 1008  # bad stream name
 WS_MESSAGE_TOO_BIG = 1009  # over server.max_frame_size_mb
 WS_TRY_AGAIN_LATER = 1013  # stream limit reached
+WS_TIMEOUT = 4408  # no frame for streams.timeout_seconds (4000-4999: for applications)
 WS_MAX_REASON = 123  # bytes a close reason may take
-
-
-async def _refuse(request: web.Request, response: web.Response) -> web.Response:
-    """Send a refusal and close the connection: the rest of the body is not read, so
-    the publisher fails at once instead of streaming into a server that discards it."""
-    response.force_close()
-    response.headers.update(cors_headers(request))  # publish() cannot add them once sent
-    await response.prepare(request)
-    await response.write_eof()
-    if request.transport is not None:
-        request.transport.close()  # after what is queued (the answer) has been sent
-    return response
 
 
 class IngestCounter:
@@ -88,12 +92,14 @@ async def mpjpeg_ingest(request: web.Request, name: str, first: bytes = b"") -> 
     try:
         counter = IngestCounter(runtime.registry, name, request.app[METRICS].frames_in, "mpjpeg")
     except ApiError as exc:
-        return await _refuse(request, api_error(exc))
+        return await answer_and_close(request, api_error(exc))
     hint = boundary_from_content_type(request.headers.get("Content-Type", ""))
     parser = MpjpegParser(runtime.settings.server.max_frame_bytes, hint)
     peer = request.remote or "?"
     log.info("stream %s: multipart ingest from %s started", name, peer)
-    consume = asyncio.create_task(_consume(request.content, parser, counter, first))
+    settings = runtime.settings
+    limits = (settings.server.body_timeout_seconds, settings.streams.timeout_seconds)
+    consume = asyncio.create_task(_consume(request.content, parser, counter, first, *limits))
     draining = asyncio.create_task(request.app[DRAINING].wait())
     try:
         await asyncio.wait({consume, draining}, return_when=asyncio.FIRST_COMPLETED)
@@ -108,21 +114,46 @@ async def mpjpeg_ingest(request: web.Request, name: str, first: bytes = b"") -> 
             consume.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await consume
-    response = _ingest_result(consume, counter, name, peer)
-    return await _refuse(request, response) if response.status != 200 else response
+    response = _ingest_result(request, consume, counter, name, peer)
+    return await answer_and_close(request, response) if response.status != 200 else response
 
 
-async def _consume(content, parser: MpjpegParser, counter: IngestCounter, first: bytes) -> None:
+async def _consume(
+    content, parser: MpjpegParser, counter: IngestCounter, first: bytes,
+    body_timeout: float, idle_timeout: float,
+) -> None:
+    """Feed the body to the parser and publish each part, until the body ends.
+
+    Raises :class:`RequestTimeout` when no byte comes for ``body_timeout`` seconds
+    inside a part, or for ``idle_timeout`` seconds between parts.
+    """
     if first:
         for part in parser.feed(first):
             counter.publish(part)
-    while chunk := await content.readany():
-        for part in parser.feed(chunk):
-            counter.publish(part)
+
+    def allowed() -> float:
+        return idle_timeout if parser.between_parts else body_timeout
+
+    try:
+        async with Inactivity(min(body_timeout, idle_timeout), allowed) as clock:
+            while chunk := await content.readany():
+                clock.touch()
+                for part in parser.feed(chunk):
+                    counter.publish(part)
+    except TimeoutError:
+        if parser.between_parts:
+            raise IngestIdle(
+                f"no frame for {idle_timeout:g} s (streams.timeout_seconds)"
+            ) from None
+        raise RequestTimeout(
+            f"part {parser.parts + 1} sent nothing for {body_timeout:g} s "
+            "(server.body_timeout_seconds)"
+        ) from None
     parser.close()
 
 
-def _ingest_result(consume: asyncio.Task, counter: IngestCounter, name: str, peer: str):
+def _ingest_result(request: web.Request, consume: asyncio.Task, counter: IngestCounter,
+                   name: str, peer: str):
     if consume.cancelled():
         log.info("stream %s: multipart ingest from %s ended by shutdown after %d frames",
                  name, peer, counter.frames)
@@ -131,6 +162,8 @@ def _ingest_result(consume: asyncio.Task, counter: IngestCounter, name: str, pee
             f"the server is shutting down; {counter.frames} frame(s) were published",
         )
     exc = consume.exception()
+    if isinstance(exc, RequestTimeout):
+        request.app[METRICS].timed_out[exc.timeout] += 1
     if isinstance(exc, ApiError):
         log.warning("stream %s: multipart ingest from %s refused: %s (%s)",
                     name, peer, exc.message, counter.kept())
@@ -170,10 +203,16 @@ def _check_size(counter: IngestCounter, data: bytes, limit: int) -> None:
 async def ws_publish(request: web.Request) -> web.StreamResponse:
     """``/ws/publish/<name>``: each binary message is one JPEG frame."""
     runtime = request.app[RUNTIME]
-    limit = runtime.settings.server.max_frame_bytes
-    # Messages up to 4 MB over the limit reach the check below, which closes with our
-    # own reason; aiohttp closes on anything larger (1009 too) without reading it whole.
-    ws = web.WebSocketResponse(max_msg_size=limit + 4 * 1048576)
+    settings = runtime.settings
+    limit = settings.server.max_frame_bytes
+    ws = web.WebSocketResponse(
+        # Messages up to 4 MB over the limit reach the check below, which closes with
+        # our own reason; aiohttp closes on anything larger (1009 too) without reading it.
+        max_msg_size=limit + 4 * 1048576,
+        # Silent this long, the publisher is pinged; no pong within half of it, and
+        # aiohttp closes the connection (a dead link, or a frame that stopped midway).
+        heartbeat=settings.server.body_timeout_seconds,
+    )
     if not ws.can_prepare(request).ok:
         return json_error(400, "websocket_required",
                           "connect with a WebSocket client (Upgrade: websocket)")
@@ -184,27 +223,51 @@ async def ws_publish(request: web.Request) -> web.StreamResponse:
     sockets = request.app[SOCKETS]
     sockets.add(ws)
     counter = None
+    idle = settings.streams.timeout_seconds
     try:
         name = validate_stream_name(request.match_info["name"])
         counter = IngestCounter(runtime.registry, name, request.app[METRICS].frames_in, "websocket")
-        async for message in ws:
-            if message.type == WSMsgType.BINARY:
-                _check_size(counter, message.data, limit)
-                counter.publish(message.data)
-            elif message.type == WSMsgType.TEXT:
-                await ws.close(
-                    code=WS_UNSUPPORTED_DATA,
-                    message=_reason("unsupported_data",
-                                    "send frames as binary JPEG messages, not text"),
-                )
-                break
+        async with Inactivity(idle) as clock:
+            async for message in ws:
+                if message.type == WSMsgType.BINARY:
+                    clock.touch()
+                    _check_size(counter, message.data, limit)
+                    counter.publish(message.data)
+                elif message.type == WSMsgType.TEXT:
+                    await ws.close(
+                        code=WS_UNSUPPORTED_DATA,
+                        message=_reason("unsupported_data",
+                                        "send frames as binary JPEG messages, not text"),
+                    )
+                    break
+                elif message.type == WSMsgType.ERROR and isinstance(message.data, TimeoutError):
+                    _no_pong(request)
         log.info("stream %s: websocket ingest ended after %d frames", name, counter.frames)
+    except asyncio.CancelledError:
+        # The connection was lost. If aiohttp closed it after a ping with no pong, the
+        # handler is cancelled (handler_cancellation) before it sees the error message.
+        if isinstance(ws.exception(), TimeoutError):
+            _no_pong(request)
+        raise
+    except TimeoutError:
+        request.app[METRICS].timed_out["idle"] += 1
+        reason = f"no frame for {idle:g} s (streams.timeout_seconds); {counter.kept()}"
+        log.info("stream %s: websocket ingest closed: %s", name, reason)
+        await ws.close(code=WS_TIMEOUT, message=_reason("request_timeout", reason))
     except ApiError as exc:
         log.warning("websocket ingest on %s refused: %s", request.path, exc.message)
         await ws.close(code=_close_code(exc), message=_reason(exc.code, exc.message))
     finally:
         sockets.discard(ws)
     return ws
+
+
+def _no_pong(request: web.Request) -> None:
+    """Count and log a WebSocket publisher that left a ping unanswered (the heartbeat)."""
+    request.app[METRICS].timed_out["body"] += 1
+    log.info("websocket ingest on %s closed: no pong within %g s of a ping "
+             "(server.body_timeout_seconds)", request.path,
+             request.app[RUNTIME].settings.server.body_timeout_seconds / 2)
 
 
 async def close_sockets(app: web.Application) -> None:

@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from ..errors import ApiError, StreamNotFound
+from ..errors import ApiError, RequestTimeout, StreamNotFound
 from ..jpeg import inspect_jpeg
 from ..mpjpeg import looks_like_multipart
 from ..streams import Stream, validate_stream_name
@@ -22,7 +22,7 @@ from .bodies import MULTIPART_SLACK, frame_from_multipart, peek, read_limited
 from .errors import api_error
 from .ingest import mpjpeg_ingest
 from .mjpeg import CONTENT_TYPE, MjpegSink
-from .routes import add_resource, cors_headers
+from .routes import add_resource, answer_and_close, cors_headers
 from .state import METRICS, RUNTIME
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,14 @@ async def publish(request: web.Request) -> web.StreamResponse:
     try:
         response = await _publish(request, time.perf_counter())
     except ApiError as exc:
-        request.app[METRICS].publish_rejected.labels(exc.code).inc()
+        metrics = request.app[METRICS]
+        metrics.publish_rejected.labels(exc.code).inc()
         # One template for every rejection: the log filter collapses a flood to a few lines.
         log.warning("publish refused (%s %s): %s", exc.status_code, exc.code, exc.message)
         response = api_error(exc)
+        if isinstance(exc, RequestTimeout):  # the body stalled: answer, and end the connection
+            metrics.timed_out[exc.timeout] += 1
+            return await answer_and_close(request, response)
     if not response.prepared:
         response.headers.update(cors_headers(request))
     return response
@@ -54,22 +58,23 @@ async def _publish(request: web.Request, started: float) -> web.StreamResponse:
     name = validate_stream_name(request.match_info["name"])
     runtime = request.app[RUNTIME]
     limit = runtime.settings.server.max_frame_bytes
+    timeout = runtime.settings.server.body_timeout_seconds
     content_type = request.headers.get("Content-Type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
-        body = await read_limited(request, limit + MULTIPART_SLACK)
+        body = await read_limited(request, limit + MULTIPART_SLACK, timeout)
         jpeg = frame_from_multipart(body, content_type, limit)
     elif media in RAW_TYPES:
-        jpeg = await read_limited(request, limit)
+        jpeg = await read_limited(request, limit, timeout)
     elif media in ("multipart/x-mixed-replace", "multipart/mixed"):
         return await mpjpeg_ingest(request, name)
     elif media == "":
         # No Content-Type (ffmpeg's mpjpeg POST): a body starting "--" is multipart,
         # anything else (a raw JPEG starts \xff\xd8) is one frame.
-        head = await peek(request)
+        head = await peek(request, timeout)
         if looks_like_multipart(head):
             return await mpjpeg_ingest(request, name, head)
-        jpeg = await read_limited(request, limit, head)
+        jpeg = await read_limited(request, limit, timeout, head)
     else:
         raise ApiError(
             f"unsupported Content-Type {media!r}: send multipart/form-data with a "

@@ -103,6 +103,7 @@ class RuntimeCollector(Collector):
         writes.add_metric(["sendfile"], counters.sendfile)
         yield writes
         connections = self.metrics.connections
+        timed_out = dict(self.metrics.timed_out)
         if connections is not None:
             yield _gauge("connections", "Open client connections", connections.open)
             refused = CounterMetricFamily(
@@ -114,6 +115,17 @@ class RuntimeCollector(Collector):
             for cap, count in connections.refused.items():
                 refused.add_metric([cap], count)
             yield refused
+            timed_out.update(connections.timed_out)
+        family = CounterMetricFamily(
+            f"{PREFIX}_connections_timed_out",
+            "Connections ended by a timeout: header (server.header_timeout_seconds), body "
+            "(server.body_timeout_seconds), keepalive (server.keepalive_timeout_seconds), "
+            "idle (a long-lived ingest without a frame for streams.timeout_seconds)",
+            labels=["timeout"],
+        )
+        for timeout, count in sorted(timed_out.items()):
+            family.add_metric([timeout], count)
+        yield family
         access = self.metrics.access
         if access is not None:
             yield CounterMetricFamily(
@@ -169,6 +181,9 @@ class Metrics:
         self.frames_in = {"post": 0, "mpjpeg": 0, "websocket": 0}
         #: Each stream's frame framed once for its MJPEG viewers, and the write counters.
         self.wires = FrameWires()
+        #: Requests ended by a timeout of their body or of a long-lived ingest; the
+        #: connection timeouts (header, keepalive) are counted by ``connections``.
+        self.timed_out = {"body": 0, "idle": 0}
         self.access = None  # set by watch_access
         self.connections = None  # set by watch_connections
         # A registry per app, not the global one.
@@ -195,7 +210,7 @@ class Metrics:
         self.access = access
 
     def watch_connections(self, limits) -> None:
-        """Report open and refused connections (``web/connections.py``)."""
+        """Report open, refused and timed-out connections (``web/connections.py``)."""
         self.connections = limits
 
     def render(self) -> bytes:

@@ -1,4 +1,5 @@
-"""What every hot route shares: CORS headers, preflights and 405s in the JSON shape."""
+"""What every hot route shares: CORS headers, preflights, 405s in the JSON shape, and
+answers that end the connection."""
 
 from __future__ import annotations
 
@@ -21,6 +22,19 @@ def cors_headers(request: web.Request) -> dict:
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
                 "Access-Control-Expose-Headers": "X-Timestamp"}
     return {}
+
+
+async def answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send ``response`` and close the connection: the rest of the body is not read, so
+    a publisher fails at once instead of streaming into a server that discards it (or,
+    after a body timeout, the connection is not held for a body that may never come)."""
+    response.force_close()
+    response.headers.update(cors_headers(request))  # they cannot be added once it is sent
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()  # after what is queued (the answer) has been sent
+    return response
 
 
 PREFLIGHT_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
