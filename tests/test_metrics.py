@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import iter_parts, make_jpeg, publish
+from robogpt_video.web.mjpeg import SENDFILE_VIEWERS
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -86,3 +88,76 @@ def test_no_recording_metrics_when_recording_is_off(start_server):
     server = start_server({"recording": {"enabled": False}})
     assert publish(server.url, "cam", make_jpeg()).status_code == 200
     assert not any(name.startswith("robogpt_video_recording") for name, _ in scrape(server.url))
+
+
+class CountingViewer:
+    """``GET /stream/<name>`` over HTTP/1.1 on a plain socket: counts every body byte
+    read from the socket and decodes the chunks (one MJPEG part each)."""
+
+    def __init__(self, port: int, name: str):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(f"GET /stream/{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        self.buf = b""
+        self.received = 0
+        head = self._until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower(), head
+        self.received = len(self.buf)  # body bytes that came with the headers
+        self.parts: list[bytes] = []
+
+    def _until(self, marker: bytes) -> bytes:
+        while marker not in self.buf:
+            self._read()
+        item, self.buf = self.buf.split(marker, 1)
+        return item
+
+    def _read(self) -> None:
+        data = self.sock.recv(65536)
+        assert data, "the server closed the connection"
+        self.buf += data
+        self.received += len(data)
+
+    def part(self) -> bytes:
+        """The next chunk's data: one whole MJPEG part."""
+        size = int(self._until(b"\r\n"), 16)
+        while len(self.buf) < size + 2:
+            self._read()
+        part, self.buf = self.buf[:size], self.buf[size:]
+        assert self._until(b"\r\n") == b""
+        self.parts.append(part)
+        return part
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_bytes_out_is_what_viewers_received(start_server):
+    # No re-sends of a quiet stream's frame: every part written is one read below.
+    server = start_server({"streams": {"resend_seconds": 3600}})
+    jpegs = [make_jpeg(640, 480, seed=s) for s in range(4)]
+    publish(server.url, "cam", jpegs[0])
+    viewers = [CountingViewer(server.port, "cam")]
+    try:
+        viewers[0].part()
+        publish(server.url, "cam", jpegs[1])
+        viewers[0].part()
+        # From SENDFILE_VIEWERS viewers on, parts leave by sendfile from a memfd.
+        viewers += [CountingViewer(server.port, "cam") for _ in range(SENDFILE_VIEWERS)]
+        for viewer in viewers[1:]:
+            viewer.part()
+        for jpeg in jpegs[2:]:
+            publish(server.url, "cam", jpeg)
+            for viewer in viewers:
+                assert list(iter_parts([viewer.part()]))[0][1] == jpeg
+        samples = scrape(server.url)
+    finally:
+        for viewer in viewers:
+            viewer.close()
+    assert samples[("robogpt_video_viewer_writes_total", (("method", "sendfile"),))] > 0
+    assert samples[("robogpt_video_viewer_writes_total", (("method", "writev"),))] > 0
+    bytes_out = stream_value(samples, "robogpt_video_stream_bytes_out_total")
+    parts = [part for viewer in viewers for part in viewer.parts]
+    assert all(viewer.buf == b"" for viewer in viewers)  # nothing beyond the last part
+    assert bytes_out == sum(map(len, parts))
+    received = sum(viewer.received for viewer in viewers)
+    # The rest is HTTP/1.1 chunk framing: a size line and a CRLF per part.
+    assert 0 < received - bytes_out <= 12 * len(parts)

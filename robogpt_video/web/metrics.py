@@ -1,10 +1,10 @@
 """``GET /metrics``: Prometheus text, read from the live objects at scrape time.
 
 Per-stream counters already live on each :class:`~robogpt_video.streams.Stream`
-(frames and bytes in, frames out and pushed, frames slow viewers never got), and the
-per-path counters on :class:`Metrics` are plain integers, so a custom collector reads
-them when Prometheus scrapes. Only the publish latency histogram and the rejection
-counter are prometheus-client instruments updated on the request path.
+(frames and bytes in, frames and bytes out, frames pushed, frames slow viewers never
+got), and the per-path counters on :class:`Metrics` are plain integers, so a custom
+collector reads them when Prometheus scrapes. Only the publish latency histogram and
+the rejection counter are prometheus-client instruments updated on the request path.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ class RuntimeCollector(Collector):
             ("stream_frames_in", "Frames published", CounterMetricFamily, "total_frames"),
             ("stream_bytes_in", "JPEG bytes published", CounterMetricFamily, "bytes_in"),
             ("stream_frames_out", "Frames written to viewers", CounterMetricFamily, "frames_out"),
+            ("stream_bytes_out", "MJPEG part bytes written to viewers (boundary, part headers, "
+             "JPEG; not HTTP chunk framing)", CounterMetricFamily, "bytes_out"),
             ("stream_frames_pushed", "Frames publish wrote to idle viewers itself (fast path)",
              CounterMetricFamily, "frames_pushed"),
             ("stream_frames_dropped_slow_viewers", "Frames viewers never got (a full link)",
