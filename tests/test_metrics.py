@@ -8,7 +8,8 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import iter_parts, make_jpeg, publish
+from helpers import iter_parts, make_jpeg, publish, wait_for
+from robogpt_video.web.metrics import problem_reason
 from robogpt_video.web.mjpeg import SENDFILE_VIEWERS
 
 
@@ -161,3 +162,61 @@ def test_bytes_out_is_what_viewers_received(start_server):
     received = sum(viewer.received for viewer in viewers)
     # The rest is HTTP/1.1 chunk framing: a size line and a CRLF per part.
     assert 0 < received - bytes_out <= 12 * len(parts)
+
+
+def test_frame_age_rises_while_quiet_and_drops_after_a_publish(server):
+    def age() -> float:
+        return stream_value(scrape(server.url), "robogpt_video_stream_frame_age_seconds")
+
+    publish(server.url, "cam", make_jpeg())
+    risen = wait_for(lambda: (value := age()) > 1.0 and value, what="the frame age to rise")
+    publish(server.url, "cam", make_jpeg(seed=1))
+    wait_for(lambda: age() < risen, what="the frame age to drop after a publish")
+
+
+def test_a_healthy_server_is_not_degraded(server):
+    samples = scrape(server.url)
+    assert samples[("robogpt_video_degraded", ())] == 0
+    assert not any(name == "robogpt_video_problem" for name, _ in samples)
+
+
+def degraded(url: str) -> list[str]:
+    body = httpx.get(f"{url}/health", timeout=10).json()
+    return body["problems"] if body["status"] == "degraded" else []
+
+
+def test_disk_guard_pause_is_a_problem_with_a_stable_reason(start_server):
+    # Far more free space wanted than any disk has: the start-up sweep pauses recording.
+    server = start_server({"recording": {"min_free_gb": 10**9}})
+    problems = wait_for(lambda: degraded(server.url), what="/health to say degraded")
+    assert [problem_reason(text) for text in problems] == ["recording_paused"], problems
+    samples = scrape(server.url)
+    assert samples[("robogpt_video_degraded", ())] == 1
+    reasons = {dict(labels)["reason"]: value for (name, labels), value in samples.items()
+               if name == "robogpt_video_problem"}
+    assert reasons == {"recording_paused": 1}
+
+
+def test_disk_low_without_a_recorder_is_its_own_reason(start_server):
+    server = start_server({"recording": {"enabled": False, "min_free_gb": 10**9}})
+    wait_for(lambda: degraded(server.url), what="/health to say degraded")
+    samples = scrape(server.url)
+    assert samples[("robogpt_video_problem", (("reason", "disk_low"),))] == 1
+    assert samples[("robogpt_video_degraded", ())] == 1
+
+
+def test_problem_texts_map_to_a_fixed_set_of_reasons():
+    texts = {
+        "recording paused: 1.2 GiB free for /rec, below recording.min_free_gb = 5 GiB":
+            "recording_paused",
+        "recording of stream 'cam-1' failed: [Errno 28] No space left on device "
+        "(retrying in 2 s)": "recording_failed",
+        "recording: no write completed for 12 s on 3 stream(s) (the disk is stalled or too "
+        "slow)": "recording_stalled",
+        "recording: 884 frame(s) dropped from the disk queue in the last 60 s":
+            "recorder_dropping",
+        "disk space low: 1.2 GiB free for /rec, below recording.min_free_gb = 5 GiB":
+            "disk_low",
+        "something new": "other",
+    }
+    assert {text: problem_reason(text) for text in texts} == texts

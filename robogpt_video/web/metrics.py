@@ -5,10 +5,17 @@ Per-stream counters already live on each :class:`~robogpt_video.streams.Stream`
 got), and the per-path counters on :class:`Metrics` are plain integers, so a custom
 collector reads them when Prometheus scrapes. Only the publish latency histogram and
 the rejection counter are prometheus-client instruments updated on the request path.
+Each scrape also asks ``runtime.problems()`` (``/health``). Names follow Prometheus'
+conventions: base units as the suffix (``_seconds``, ``_bytes``), ``_total`` on
+counters (added by prometheus-client), and labels only with bounded values (stream
+names, fixed codes).
 """
 
 from __future__ import annotations
 
+import re
+import time
+from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
 
 from prometheus_client import (
@@ -45,6 +52,24 @@ RECORDER_COUNTERS = (
     ("errors", "recording_errors", "Recording errors (failed opens, writes, closes)"),
 )
 RECORDER_GAUGES = (("queue_frames", "recording_queue_frames", "Frames waiting for the disk"),)
+#: The ``reason`` label of a ``/health`` problem: the code of the first pattern its text
+#: starts with, ``other`` if none does. The texts hold numbers and names that change;
+#: the codes are a fixed set, so each kind of problem is one series.
+PROBLEM_REASONS = (
+    (re.compile(r"recording paused: "), "recording_paused"),
+    (re.compile(r"recording of stream '[^']*' failed: "), "recording_failed"),
+    (re.compile(r"recording: no write completed "), "recording_stalled"),
+    (re.compile(r"recording: \d+ frame\(s\) dropped "), "recorder_dropping"),
+    (re.compile(r"disk space low: "), "disk_low"),
+)
+
+
+def problem_reason(text: str) -> str:
+    """The stable ``reason`` code of one of ``runtime.problems()``."""
+    for pattern, code in PROBLEM_REASONS:
+        if pattern.match(text):
+            return code
+    return "other"
 
 
 class RuntimeCollector(Collector):
@@ -83,10 +108,35 @@ class RuntimeCollector(Collector):
         for stream in streams:
             viewers.add_metric([stream.name], len(stream.viewers))
         yield viewers
+        age = GaugeMetricFamily(
+            f"{PREFIX}_stream_frame_age_seconds",
+            "Seconds since the stream's last frame (since it was created, before its first)",
+            labels=["stream"],
+        )
+        now = time.monotonic()
+        for stream in streams:
+            latest = stream.latest
+            seconds = now - latest.monotonic if latest is not None else stream.inactive_seconds()
+            age.add_metric([stream.name], max(0.0, seconds))
+        yield age
+        yield from self._health()
         yield from self._paths()
         yield from self._recorder()
         if self.runtime.cluster is not None:
             yield from self.runtime.cluster.collect()
+
+    def _health(self) -> Iterator[Metric]:
+        problems = self.runtime.problems()
+        yield _gauge("degraded", "1 while /health says degraded (why: robogpt_video_problem)",
+                     1 if problems else 0)
+        family = GaugeMetricFamily(
+            f"{PREFIX}_problem",
+            "Current /health problems by kind; no sample for a kind that has none",
+            labels=["reason"],
+        )
+        for reason, count in sorted(Tally(map(problem_reason, problems)).items()):
+            family.add_metric([reason], count)
+        yield family
 
     def _paths(self) -> Iterator[Metric]:
         frames_in = CounterMetricFamily(
