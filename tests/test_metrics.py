@@ -82,7 +82,7 @@ def test_recorder_counters_move_with_recorded_frames(server):
     assert stream_value(samples, "robogpt_video_recording_frames_dropped_total") == 0
     assert ("robogpt_video_recording_queue_frames", (("stream", "cam"),)) in samples
     assert samples[("robogpt_video_recording_queue_bytes", ())] >= 0
-    assert samples[("robogpt_video_recording_queue_bytes_max", ())] == 256 * 1024 * 1024
+    assert samples[("robogpt_video_recording_queue_max_bytes", ())] == 256 * 1024 * 1024
 
 
 def test_no_recording_metrics_when_recording_is_off(start_server):
@@ -220,3 +220,31 @@ def test_problem_texts_map_to_a_fixed_set_of_reasons():
         "something new": "other",
     }
     assert {text: problem_reason(text) for text in texts} == texts
+
+
+def test_disk_and_recordings_size(start_server):
+    # The disk guard lists the recordings every interval while max_total_gb is set.
+    server = start_server({
+        "recording": {"max_total_gb": 1000, "idle_close_seconds": 0.5},
+        "cleanup": {"interval_seconds": 0.2},
+    })
+    listed = ("robogpt_video_recordings_listed_timestamp_seconds", ())
+    samples = wait_for(lambda: (found := scrape(server.url)).get(listed) and found,
+                       what="the start-up sweep to list the recordings")
+    free = samples[("robogpt_video_recordings_disk_free_bytes", ())]
+    total = samples[("robogpt_video_recordings_disk_total_bytes", ())]
+    assert 0 < free <= total
+    with httpx.Client(timeout=10) as client:
+        for seed in range(5):
+            assert publish(server.url, "cam", make_jpeg(seed=seed), client).status_code == 200
+
+    def on_disk() -> int:
+        return sum(path.stat().st_size for path in server.recordings.rglob("*") if path.is_file())
+
+    def closed() -> bool:  # the idle segment's sidecar says how it ended
+        return any(b'"complete"' in path.read_bytes()
+                   for path in server.recordings.rglob("*.json"))
+
+    wait_for(closed, what="the idle segment to be closed")
+    wait_for(lambda: scrape(server.url)[("robogpt_video_recordings_bytes", ())] == on_disk() > 0,
+             what="the recordings' size as listed to match the files")

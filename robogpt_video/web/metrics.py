@@ -5,18 +5,21 @@ Per-stream counters already live on each :class:`~robogpt_video.streams.Stream`
 got), and the per-path counters on :class:`Metrics` are plain integers, so a custom
 collector reads them when Prometheus scrapes. Only the publish latency histogram and
 the rejection counter are prometheus-client instruments updated on the request path.
-Each scrape also asks ``runtime.problems()`` (``/health``). Names follow Prometheus'
-conventions: base units as the suffix (``_seconds``, ``_bytes``), ``_total`` on
-counters (added by prometheus-client), and labels only with bounded values (stream
-names, fixed codes).
+Each scrape also asks ``runtime.problems()`` (``/health``) and, in a worker thread,
+``statvfs`` of the recordings directory. Names follow Prometheus' conventions: base
+units as the suffix (``_seconds``, ``_bytes``), ``_total`` on counters (added by
+prometheus-client), and labels only with bounded values (stream names, fixed codes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,8 +38,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
+from ..cleanup import disk
 from ..runtime import Runtime
 from .mjpeg import FrameWires
+
+log = logging.getLogger(__name__)
 
 PREFIX = "robogpt_video"
 #: Publish handling time: reading the body, checking the JPEG, fan-out.
@@ -62,6 +68,8 @@ PROBLEM_REASONS = (
     (re.compile(r"recording: \d+ frame\(s\) dropped "), "recorder_dropping"),
     (re.compile(r"disk space low: "), "disk_low"),
 )
+#: Seconds a scrape waits for ``statvfs`` of the recordings directory.
+DISK_TIMEOUT = 2.0
 
 
 def problem_reason(text: str) -> str:
@@ -191,8 +199,24 @@ class RuntimeCollector(Collector):
             return
         yield _gauge("recording_queue_bytes", "JPEG bytes queued for the disk, all streams",
                      recorder.queue_bytes)
-        yield _gauge("recording_queue_bytes_max", "recording.max_queue_mb in bytes",
+        yield _gauge("recording_queue_max_bytes", "recording.max_queue_mb in bytes",
                      recorder.max_queue_bytes)
+        usage = self.metrics.disk
+        if usage is not None:
+            yield _gauge("recordings_disk_free_bytes",
+                         "Bytes the server may still use on the recordings directory's file "
+                         "system (df's Avail; what recording.min_free_gb is checked against)",
+                         usage[0])
+            yield _gauge("recordings_disk_total_bytes",
+                         "Size of the recordings directory's file system", usage[1])
+        cleanup = self.runtime.cleanup
+        if cleanup.recordings_bytes is not None:
+            yield _gauge("recordings_bytes",
+                         "Bytes of recordings (video and sidecars) when cleanup last listed "
+                         "them, less what it deleted then", cleanup.recordings_bytes)
+            yield _gauge("recordings_listed_timestamp_seconds",
+                         "When cleanup last listed the recordings (Unix time)",
+                         cleanup.recordings_listed_at)
         rows = _per_stream(recorder.stats())
         for specs, family_type in ((RECORDER_COUNTERS, CounterMetricFamily),
                                    (RECORDER_GAUGES, GaugeMetricFamily)):
@@ -213,6 +237,34 @@ def _per_stream(stats: Mapping) -> list[tuple[str, Mapping]]:
     return [(str(name), row) for name, row in stats.items() if isinstance(row, Mapping)]
 
 
+class DiskProbe:
+    """``(free, total)`` bytes of the recordings directory's file system, asked in a
+    worker thread: statvfs waits as long as the file system does (a dead network
+    mount). A scrape waits for it at most ``DISK_TIMEOUT`` and then goes without the
+    disk gauges; while a call is still waiting no other is started."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._call: asyncio.Future | None = None
+
+    async def read(self) -> tuple[int, int] | None:
+        """The file system's numbers, or ``None`` if it did not answer in time or failed."""
+        call = self._call
+        if call is None or call.done():
+            call = self._call = asyncio.ensure_future(asyncio.to_thread(self._usage))
+        try:
+            return await asyncio.wait_for(asyncio.shield(call), DISK_TIMEOUT)
+        except TimeoutError:
+            return None
+
+    def _usage(self) -> tuple[int, int] | None:
+        try:
+            return disk.usage(self.path)
+        except OSError as exc:
+            log.warning("cannot read the free space of %s: %s", self.path, exc)
+            return None
+
+
 class Metrics:
     """The app's Prometheus registry and the few instruments updated per request."""
 
@@ -223,6 +275,9 @@ class Metrics:
         self.wires = FrameWires()
         self.access = None  # set by watch_access
         self.connections = None  # set by watch_connections
+        recorder = runtime.recorder
+        self.disk_probe = DiskProbe(recorder.store.root) if recorder is not None else None
+        self.disk: tuple[int, int] | None = None  # what the probe said for the last scrape
         # A registry per app, not the global one.
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -251,13 +306,20 @@ class Metrics:
         self.connections = limits
 
     def render(self) -> bytes:
-        """The exposition text (reads /proc for process metrics: memory, no disk)."""
+        """The exposition text, with the disk numbers :meth:`scrape` read last (reads
+        /proc for process metrics)."""
         return generate_latest(self.registry)
+
+    async def scrape(self) -> bytes:
+        """Ask the recordings' file system (in a thread), then :meth:`render`."""
+        self.disk = await self.disk_probe.read() if self.disk_probe is not None else None
+        return self.render()
 
 
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition of this process."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    body = await request.app.state.metrics.scrape()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def install(app, metrics: Metrics) -> Metrics:
