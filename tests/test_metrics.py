@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import time
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import iter_parts, make_jpeg, publish, wait_for
 from robogpt_video.web.metrics import problem_reason
 from robogpt_video.web.mjpeg import SENDFILE_VIEWERS
+
+PROMTOOL = shutil.which("promtool")  # Debian's prometheus package; .ci/run installs it
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -89,6 +94,14 @@ def test_no_recording_metrics_when_recording_is_off(start_server):
     server = start_server({"recording": {"enabled": False}})
     assert publish(server.url, "cam", make_jpeg()).status_code == 200
     assert not any(name.startswith("robogpt_video_recording") for name, _ in scrape(server.url))
+
+
+def lint(url: str) -> None:
+    """``promtool check metrics`` finds nothing to say about ``/metrics``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    checked = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
 
 
 class CountingViewer:
@@ -195,6 +208,8 @@ def test_disk_guard_pause_is_a_problem_with_a_stable_reason(start_server):
     reasons = {dict(labels)["reason"]: value for (name, labels), value in samples.items()
                if name == "robogpt_video_problem"}
     assert reasons == {"recording_paused": 1}
+    if PROMTOOL:
+        lint(server.url)
 
 
 def test_disk_low_without_a_recorder_is_its_own_reason(start_server):
@@ -248,3 +263,13 @@ def test_disk_and_recordings_size(start_server):
     wait_for(closed, what="the idle segment to be closed")
     wait_for(lambda: scrape(server.url)[("robogpt_video_recordings_bytes", ())] == on_disk() > 0,
              what="the recordings' size as listed to match the files")
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian: prometheus)")
+def test_promtool_finds_nothing_to_lint(server):
+    publish(server.url, "cam", make_jpeg())
+    httpx.post(f"{server.url}/publish/cam", content=b"not a jpeg", timeout=10,
+               headers={"content-type": "image/jpeg"})
+    with httpx.stream("GET", f"{server.url}/stream/cam", timeout=10) as view:
+        next(iter_parts(view.iter_bytes()))
+        lint(server.url)
