@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -11,11 +12,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import iter_parts, make_jpeg, publish, wait_for
+from helpers import REPO, iter_parts, make_jpeg, publish, wait_for
 from robogpt_video.web.metrics import problem_reason
 from robogpt_video.web.mjpeg import SENDFILE_VIEWERS
 
 PROMTOOL = shutil.which("promtool")  # Debian's prometheus package; .ci/run installs it
+ALERTS = REPO / "deploy" / "prometheus" / "robogpt-video-alerts.yml"
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -273,3 +275,18 @@ def test_promtool_finds_nothing_to_lint(server):
     with httpx.stream("GET", f"{server.url}/stream/cam", timeout=10) as view:
         next(iter_parts(view.iter_bytes()))
         lint(server.url)
+
+
+def test_alert_rules_name_only_metrics_the_server_exposes(server):
+    publish(server.url, "cam", make_jpeg())
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    families = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+    used = set(re.findall(r"robogpt_video_[a-z_]*[a-z]", ALERTS.read_text()))
+    assert used
+    for name in used:
+        histogram = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert name in families or families.get(histogram) == "histogram", name
+    if PROMTOOL:
+        checked = subprocess.run([PROMTOOL, "check", "rules", str(ALERTS)], capture_output=True,
+                                 text=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
