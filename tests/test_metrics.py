@@ -234,6 +234,9 @@ def test_problem_texts_map_to_a_fixed_set_of_reasons():
             "recorder_dropping",
         "disk space low: 1.2 GiB free for /rec, below recording.min_free_gb = 5 GiB":
             "disk_low",
+        "cluster: Redis unreachable at unix:///run/redis.sock: Connection refused":
+            "cluster_disconnected",
+        "cluster: Redis not connected yet": "cluster_disconnected",
         "something new": "other",
     }
     assert {text: problem_reason(text) for text in texts} == texts

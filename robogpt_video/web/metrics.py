@@ -67,6 +67,7 @@ PROBLEM_REASONS = (
     (re.compile(r"recording: no write completed "), "recording_stalled"),
     (re.compile(r"recording: \d+ frame\(s\) dropped "), "recorder_dropping"),
     (re.compile(r"disk space low: "), "disk_low"),
+    (re.compile(r"cluster: "), "cluster_disconnected"),
 )
 #: Seconds a scrape waits for ``statvfs`` of the recordings directory.
 DISK_TIMEOUT = 2.0
