@@ -142,6 +142,7 @@ class Stream:
         self.total_frames = 0
         self.bytes_in = 0
         self.frames_out = 0  # frames handed to viewers' sinks
+        self.bytes_out = 0  # bytes the sinks wrote for them (each sink adds its own)
         self.frames_pushed = 0  # of those, by publish itself to an idle viewer
         self.frames_dropped_slow_viewers = 0  # frames viewers never got (a full link)
         self.closed = False

@@ -88,6 +88,13 @@ def health(node) -> dict:
     return httpx.get(f"{node.url}/health", timeout=5).json()
 
 
+def problem_reasons(node) -> set[str]:
+    """The ``reason`` labels of ``robogpt_video_problem`` in /metrics."""
+    lines = httpx.get(f"{node.url}/metrics", timeout=5).text.splitlines()
+    return {line.split('reason="', 1)[1].split('"', 1)[0]
+            for line in lines if line.startswith("robogpt_video_problem{")}
+
+
 class Viewer:
     """An MJPEG viewer in a thread: parts land in ``parts`` as (headers, jpeg)."""
 
@@ -177,6 +184,7 @@ def test_nodes_keep_working_without_redis_and_rejoin(nodes, redis_server):
         report = wait_for(lambda n=node: health(n)["status"] == "degraded" and health(n),
                           what="degraded health")
         assert any("Redis" in problem for problem in report["problems"]), report
+        assert problem_reasons(node) == {"cluster_disconnected"}
     # Local work goes on.
     jpeg = make_jpeg(seed=6)
     publish(a.url, "local", jpeg).raise_for_status()
@@ -186,6 +194,7 @@ def test_nodes_keep_working_without_redis_and_rejoin(nodes, redis_server):
     redis_server.start()
     for node in nodes:
         wait_for(lambda n=node: health(n)["status"] == "healthy", what="the node to rejoin")
+        assert problem_reasons(node) == set()
     jpeg = make_jpeg(seed=7)
     publish(a.url, "local", jpeg).raise_for_status()
     wait_for(lambda: redis_server.cli("EXISTS", "rv:stream:local") == "1", what="the stream key")

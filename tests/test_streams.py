@@ -500,7 +500,7 @@ def test_part_is_built_once_with_headers():
 def test_wire_pieces_plain_and_chunked():
     _, stream = new_stream()
     frame = stream.publish(JPEG, INFO)
-    wire = FrameWire(WriteCounters())
+    wire = FrameWire(WriteCounters(), stream)
     part = build_part(JPEG, frame.timestamp)
     plain = wire.pieces(frame, chunked=False)
     assert b"".join(plain) == part
@@ -517,7 +517,7 @@ def test_wire_pieces_plain_and_chunked():
 def test_rest_of_the_pieces_from_any_offset():
     _, stream = new_stream()
     frame = stream.publish(JPEG, INFO)
-    wire = FrameWire(WriteCounters())
+    wire = FrameWire(WriteCounters(), stream)
     pieces = wire.pieces(frame, chunked=True)
     whole = b"".join(bytes(p) for p in pieces)
     head = len(wire.size_line)
@@ -531,7 +531,7 @@ def test_rest_of_the_pieces_from_any_offset():
 def test_wire_file_holds_the_chunk_and_a_newer_frame_closes_it():
     _, stream = new_stream()
     frame = stream.publish(JPEG, INFO)
-    wire = FrameWire(WriteCounters())
+    wire = FrameWire(WriteCounters(), stream)
     wire.sinks = SENDFILE_VIEWERS - 1
     assert wire.file(frame) is None  # too few viewers: not worth a memfd
     wire.sinks = SENDFILE_VIEWERS

@@ -32,11 +32,17 @@ def human(size: int) -> str:
 
 def free_bytes(path: Path) -> int:
     """Bytes available to this user on the file system holding ``path`` (or its parent)."""
+    return usage(path)[0]
+
+
+def usage(path: Path) -> tuple[int, int]:
+    """``(free, total)`` bytes of the file system holding ``path`` (or its nearest
+    existing parent); free is what this user may use (``df``'s Avail)."""
     probe = Path(path).absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     stats = os.statvfs(probe)
-    return stats.f_bavail * stats.f_frsize
+    return stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
 
 
 class SidecarCache:

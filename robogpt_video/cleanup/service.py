@@ -56,6 +56,10 @@ class CleanupService:
         self._cache = disk.SidecarCache()
         self._lock = asyncio.Lock()  # one disk sweep at a time (schedule vs. API)
         self._pause_reason: str | None = None
+        #: Bytes of recordings (video + sidecars) at the last listing, less what that
+        #: sweep deleted, and when it was listed (epoch seconds); ``None`` before one.
+        self.recordings_bytes: int | None = None
+        self.recordings_listed_at: float | None = None
         self._task: asyncio.Task | None = None
 
     # -- start / stop ------------------------------------------------------------------
@@ -138,6 +142,10 @@ class CleanupService:
             removed, dirs = await asyncio.to_thread(work, chosen, live, retention)
             if not dry_run:
                 self._apply_pause(plan)
+                if listing:
+                    freed = sum(item["size_bytes"] for item in removed)
+                    self.recordings_bytes = sum(s.size for s in segments) - freed
+                    self.recordings_listed_at = now
         if retention and not dry_run:
             self._log_summary(removed, dirs, len(segments))
         return {

@@ -1,15 +1,25 @@
 """``GET /metrics``: Prometheus text, read from the live objects at scrape time.
 
 Per-stream counters already live on each :class:`~robogpt_video.streams.Stream`
-(frames and bytes in, frames out and pushed, frames slow viewers never got), and the
-per-path counters on :class:`Metrics` are plain integers, so a custom collector reads
-them when Prometheus scrapes. Only the publish latency histogram and the rejection
-counter are prometheus-client instruments updated on the request path.
+(frames and bytes in, frames and bytes out, frames pushed, frames slow viewers never
+got), and the per-path counters on :class:`Metrics` are plain integers, so a custom
+collector reads them when Prometheus scrapes. Only the publish latency histogram and
+the rejection counter are prometheus-client instruments updated on the request path.
+Each scrape also asks ``runtime.problems()`` (``/health``) and, in a worker thread,
+``statvfs`` of the recordings directory. Names follow Prometheus' conventions: base
+units as the suffix (``_seconds``, ``_bytes``), ``_total`` on counters (added by
+prometheus-client), and labels only with bounded values (stream names, fixed codes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+import time
+from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,8 +38,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
+from ..cleanup import disk
 from ..runtime import Runtime
 from .mjpeg import FrameWires
+
+log = logging.getLogger(__name__)
 
 PREFIX = "robogpt_video"
 #: Publish handling time: reading the body, checking the JPEG, fan-out.
@@ -45,6 +58,27 @@ RECORDER_COUNTERS = (
     ("errors", "recording_errors", "Recording errors (failed opens, writes, closes)"),
 )
 RECORDER_GAUGES = (("queue_frames", "recording_queue_frames", "Frames waiting for the disk"),)
+#: The ``reason`` label of a ``/health`` problem: the code of the first pattern its text
+#: starts with, ``other`` if none does. The texts hold numbers and names that change;
+#: the codes are a fixed set, so each kind of problem is one series.
+PROBLEM_REASONS = (
+    (re.compile(r"recording paused: "), "recording_paused"),
+    (re.compile(r"recording of stream '[^']*' failed: "), "recording_failed"),
+    (re.compile(r"recording: no write completed "), "recording_stalled"),
+    (re.compile(r"recording: \d+ frame\(s\) dropped "), "recorder_dropping"),
+    (re.compile(r"disk space low: "), "disk_low"),
+    (re.compile(r"cluster: "), "cluster_disconnected"),
+)
+#: Seconds a scrape waits for ``statvfs`` of the recordings directory.
+DISK_TIMEOUT = 2.0
+
+
+def problem_reason(text: str) -> str:
+    """The stable ``reason`` code of one of ``runtime.problems()``."""
+    for pattern, code in PROBLEM_REASONS:
+        if pattern.match(text):
+            return code
+    return "other"
 
 
 class RuntimeCollector(Collector):
@@ -67,6 +101,8 @@ class RuntimeCollector(Collector):
             ("stream_frames_in", "Frames published", CounterMetricFamily, "total_frames"),
             ("stream_bytes_in", "JPEG bytes published", CounterMetricFamily, "bytes_in"),
             ("stream_frames_out", "Frames written to viewers", CounterMetricFamily, "frames_out"),
+            ("stream_bytes_out", "MJPEG part bytes written to viewers (boundary, part headers, "
+             "JPEG; not HTTP chunk framing)", CounterMetricFamily, "bytes_out"),
             ("stream_frames_pushed", "Frames publish wrote to idle viewers itself (fast path)",
              CounterMetricFamily, "frames_pushed"),
             ("stream_frames_dropped_slow_viewers", "Frames viewers never got (a full link)",
@@ -81,10 +117,35 @@ class RuntimeCollector(Collector):
         for stream in streams:
             viewers.add_metric([stream.name], len(stream.viewers))
         yield viewers
+        age = GaugeMetricFamily(
+            f"{PREFIX}_stream_frame_age_seconds",
+            "Seconds since the stream's last frame (since it was created, before its first)",
+            labels=["stream"],
+        )
+        now = time.monotonic()
+        for stream in streams:
+            latest = stream.latest
+            seconds = now - latest.monotonic if latest is not None else stream.inactive_seconds()
+            age.add_metric([stream.name], max(0.0, seconds))
+        yield age
+        yield from self._health()
         yield from self._paths()
         yield from self._recorder()
         if self.runtime.cluster is not None:
             yield from self.runtime.cluster.collect()
+
+    def _health(self) -> Iterator[Metric]:
+        problems = self.runtime.problems()
+        yield _gauge("degraded", "1 while /health says degraded (why: robogpt_video_problem)",
+                     1 if problems else 0)
+        family = GaugeMetricFamily(
+            f"{PREFIX}_problem",
+            "Current /health problems by kind; no sample for a kind that has none",
+            labels=["reason"],
+        )
+        for reason, count in sorted(Tally(map(problem_reason, problems)).items()):
+            family.add_metric([reason], count)
+        yield family
 
     def _paths(self) -> Iterator[Metric]:
         frames_in = CounterMetricFamily(
@@ -151,8 +212,24 @@ class RuntimeCollector(Collector):
             return
         yield _gauge("recording_queue_bytes", "JPEG bytes queued for the disk, all streams",
                      recorder.queue_bytes)
-        yield _gauge("recording_queue_bytes_max", "recording.max_queue_mb in bytes",
+        yield _gauge("recording_queue_max_bytes", "recording.max_queue_mb in bytes",
                      recorder.max_queue_bytes)
+        usage = self.metrics.disk
+        if usage is not None:
+            yield _gauge("recordings_disk_free_bytes",
+                         "Bytes the server may still use on the recordings directory's file "
+                         "system (df's Avail; what recording.min_free_gb is checked against)",
+                         usage[0])
+            yield _gauge("recordings_disk_total_bytes",
+                         "Size of the recordings directory's file system", usage[1])
+        cleanup = self.runtime.cleanup
+        if cleanup.recordings_bytes is not None:
+            yield _gauge("recordings_bytes",
+                         "Bytes of recordings (video and sidecars) when cleanup last listed "
+                         "them, less what it deleted then", cleanup.recordings_bytes)
+            yield _gauge("recordings_listed_timestamp_seconds",
+                         "When cleanup last listed the recordings (Unix time)",
+                         cleanup.recordings_listed_at)
         rows = _per_stream(recorder.stats())
         for specs, family_type in ((RECORDER_COUNTERS, CounterMetricFamily),
                                    (RECORDER_GAUGES, GaugeMetricFamily)):
@@ -173,6 +250,34 @@ def _per_stream(stats: Mapping) -> list[tuple[str, Mapping]]:
     return [(str(name), row) for name, row in stats.items() if isinstance(row, Mapping)]
 
 
+class DiskProbe:
+    """``(free, total)`` bytes of the recordings directory's file system, asked in a
+    worker thread: statvfs waits as long as the file system does (a dead network
+    mount). A scrape waits for it at most ``DISK_TIMEOUT`` and then goes without the
+    disk gauges; while a call is still waiting no other is started."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._call: asyncio.Future | None = None
+
+    async def read(self) -> tuple[int, int] | None:
+        """The file system's numbers, or ``None`` if it did not answer in time or failed."""
+        call = self._call
+        if call is None or call.done():
+            call = self._call = asyncio.ensure_future(asyncio.to_thread(self._usage))
+        try:
+            return await asyncio.wait_for(asyncio.shield(call), DISK_TIMEOUT)
+        except TimeoutError:
+            return None
+
+    def _usage(self) -> tuple[int, int] | None:
+        try:
+            return disk.usage(self.path)
+        except OSError as exc:
+            log.warning("cannot read the free space of %s: %s", self.path, exc)
+            return None
+
+
 class Metrics:
     """The app's Prometheus registry and the few instruments updated per request."""
 
@@ -186,6 +291,9 @@ class Metrics:
         self.timed_out = {"body": 0, "idle": 0}
         self.access = None  # set by watch_access
         self.connections = None  # set by watch_connections
+        recorder = runtime.recorder
+        self.disk_probe = DiskProbe(recorder.store.root) if recorder is not None else None
+        self.disk: tuple[int, int] | None = None  # what the probe said for the last scrape
         # A registry per app, not the global one.
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -214,13 +322,20 @@ class Metrics:
         self.connections = limits
 
     def render(self) -> bytes:
-        """The exposition text (reads /proc for process metrics: memory, no disk)."""
+        """The exposition text, with the disk numbers :meth:`scrape` read last (reads
+        /proc for process metrics)."""
         return generate_latest(self.registry)
+
+    async def scrape(self) -> bytes:
+        """Ask the recordings' file system (in a thread), then :meth:`render`."""
+        self.disk = await self.disk_probe.read() if self.disk_probe is not None else None
+        return self.render()
 
 
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition of this process."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    body = await request.app.state.metrics.scrape()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 def install(app, metrics: Metrics) -> Metrics:

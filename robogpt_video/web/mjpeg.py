@@ -54,9 +54,10 @@ class WriteCounters:
 class FrameWire:
     """One stream's latest frame, framed once for all of its MJPEG viewers."""
 
-    __slots__ = ("sinks", "counters", "seq", "head", "size_line", "part_size", "_fd")
+    __slots__ = ("stream", "sinks", "counters", "seq", "head", "size_line", "part_size", "_fd")
 
-    def __init__(self, counters: WriteCounters) -> None:
+    def __init__(self, counters: WriteCounters, stream: Stream) -> None:
+        self.stream = stream  # its sinks add the part bytes they write to stream.bytes_out
         self.sinks = 0
         self.counters = counters
         self.seq = -1
@@ -124,7 +125,7 @@ class FrameWires:
         """The stream's wire, with one more viewer on it."""
         wire = self._wires.get(stream)
         if wire is None:
-            wire = self._wires[stream] = FrameWire(self.counters)
+            wire = self._wires[stream] = FrameWire(self.counters, stream)
         wire.sinks += 1
         return wire
 
@@ -196,6 +197,7 @@ class MjpegSink:
         except RuntimeError:  # uvloop raises on a write to a handle that has closed
             return False
         wire.counters.writev += 1
+        wire.stream.bytes_out += wire.part_size
         return True
 
     def _sendfile(self, file: int, frame: Frame) -> bool:
@@ -214,4 +216,5 @@ class MjpegSink:
         if sent < size:
             self.transport.writelines(_rest(wire.pieces(frame, self.chunked), sent))
         wire.counters.sendfile += 1
+        wire.stream.bytes_out += wire.part_size
         return True
