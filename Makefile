@@ -30,6 +30,7 @@ define check_tools
 	@command -v ffmpeg >/dev/null || { echo "ffmpeg is required by the tests: apt-get install ffmpeg"; exit 1; }
 	@command -v redis-server >/dev/null || { echo "redis-server is required by tests/test_cluster.py: apt-get install redis-server"; exit 1; }
 	@command -v chromium >/dev/null || { echo "chromium is required by tests/test_browser.py: apt-get install chromium"; exit 1; }
+	@command -v promtool >/dev/null || { echo "promtool is required by tests/test_metrics.py: apt-get install prometheus"; exit 1; }
 endef
 
 test: $(STAMP)
