@@ -86,6 +86,8 @@ async def mpjpeg_ingest(request: web.Request, name: str, first: bytes = b"") -> 
     """
     runtime = request.app[RUNTIME]
     try:
+        if runtime.cluster is not None and runtime.registry.get(name) is None:
+            await runtime.cluster.admit(name)  # the cluster-wide limit (docs/cluster.md)
         counter = IngestCounter(runtime.registry, name, request.app[METRICS].frames_in, "mpjpeg")
     except ApiError as exc:
         return await _refuse(request, api_error(exc))
@@ -186,6 +188,8 @@ async def ws_publish(request: web.Request) -> web.StreamResponse:
     counter = None
     try:
         name = validate_stream_name(request.match_info["name"])
+        if runtime.cluster is not None and runtime.registry.get(name) is None:
+            await runtime.cluster.admit(name)  # the cluster-wide limit (docs/cluster.md)
         counter = IngestCounter(runtime.registry, name, request.app[METRICS].frames_in, "websocket")
         async for message in ws:
             if message.type == WSMsgType.BINARY:
