@@ -431,6 +431,10 @@ class Cluster:
         seq = self._published[name] = self._published.get(name, 0) + 1
         if name in self._watched:  # another node watches it: to Redis
             self._enqueue(name, seq, frame)
+        if self.mirrors:  # viewers who came here before this node was published to
+            mirror = self.mirrors.get(name)
+            if mirror is not None:
+                mirror.relay(frame.timestamp, frame.width, frame.height, frame.jpeg)
 
     def _enqueue(self, name: str, seq: int, frame: Frame) -> None:
         if not self.connected:
