@@ -48,8 +48,16 @@ class BenchServer:
     """One server process in its own temp directory; use as a context manager."""
 
     def __init__(
-        self, kind: str, workdir: Path, record: bool = True, cpus: set[int] | None = None
+        self,
+        kind: str,
+        workdir: Path,
+        record: bool = True,
+        cpus: set[int] | None = None,
+        workers: int = 1,
+        redis_url: str = "",
     ):
+        self.workers = workers  # ours: serve --workers N (needs redis_url)
+        self.redis_url = redis_url  # ours: cluster.redis_url
         self.kind = kind
         self.workdir = Path(workdir)
         self.record = record
@@ -74,9 +82,20 @@ class BenchServer:
             "recording": {"enabled": self.record, "directory": str(self.recordings)},
             "logging": {"level": "WARNING", "file": str(self.workdir / "logs" / "server.log")},
         }
+        if self.redis_url:
+            config["cluster"] = {"redis_url": self.redis_url}
         path = self.workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config))
-        return [sys.executable, "-m", "robogpt_video", "serve", "--config", str(path)]
+        workers = ["--workers", str(self.workers)] if self.workers > 1 else []
+        return [sys.executable, "-m", "robogpt_video", "serve", "--config", str(path), *workers]
+
+    def pids(self) -> list[int]:
+        """The server's processes: itself and, with workers, its children."""
+        if self.proc is None:
+            return []
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        children = [int(p) for p in path.read_text().split()] if path.exists() else []
+        return [self.proc.pid, *children]
 
     def start(self, timeout: float = 30.0) -> "BenchServer":
         """Start, learn the port it bound, and wait for ``/health``."""
@@ -97,8 +116,8 @@ class BenchServer:
             if self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError(f"{self.kind} server exited: {self.output()[-2000:]}")
-            if not self.port:
-                self.port = listening_port(self.proc.pid) or 0
+            if not self.port:  # with workers, the children listen (the parent holds the port)
+                self.port = next(filter(None, map(listening_port, self.pids())), 0)
                 if not self.port:
                     time.sleep(0.1)
                     continue

@@ -21,7 +21,19 @@ def _serve(args: argparse.Namespace) -> int:
     if args.recordings is not None:
         overrides.setdefault("recording", {})["directory"] = args.recordings
     try:
-        serve(load_settings(args.config, overrides))  # TLS files are checked before serving
+        settings = load_settings(args.config, overrides)
+        if args.workers > 1:
+            from .workers import run_workers
+
+            return run_workers(settings, args.workers, args.argv)
+        if args.worker_index is not None:  # one of --workers N: its own node name
+            import socket
+
+            base = settings.cluster.node_name or f"{socket.gethostname()}:{settings.server.port}"
+            overrides.setdefault("cluster", {})["node_name"] = f"{base}:{args.worker_index}"
+            settings = load_settings(args.config, overrides)
+        # TLS files are checked before serving
+        serve(settings, reuse_port=args.worker_index is not None)
     except ConfigError as exc:
         print(f"robogpt-video: {exc}", file=sys.stderr)
         return 2
@@ -40,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port, 0 for any free one (server.port)")
     serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (logging.level)")
     serve.add_argument("--recordings", type=Path, help="recording directory (recording.directory)")
+    serve.add_argument(
+        "--workers", type=int, default=1,
+        help="processes on this port (SO_REUSEPORT), sharing streams through cluster.redis_url",
+    )
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
     # Imported here, not at the top: the client needs none of the server's modules.
     from .client.cli import add_arguments, run
@@ -56,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``robogpt-video`` command."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args.func(args)
 
 

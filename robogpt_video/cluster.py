@@ -21,7 +21,9 @@ Publishing and the stream keys go through redis-py's asyncio client.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -36,15 +38,53 @@ from redis.connection import parse_url
 
 from .aio import cancel_and_wait
 from .config import Settings
-from .streams import Frame, Stream, StreamRegistry
+from .errors import StreamLimitReached
+from .streams import Frame, Stream, StreamRegistry, iso
 
 log = logging.getLogger(__name__)
 
-#: The head of each frame on ``rv:frames:<name>``: sequence, timestamp, width, height.
-HEADER = struct.Struct("!QdII")
+#: The head of each frame on ``rv:frames:<name>``: the sequence of the frame among those
+#: published to its node, timestamp, width, height, and the node's origin id (8 random
+#: bytes per process: a node ignores its own frames and counts gaps per origin).
+HEADER = struct.Struct("!QdII8s")
 FRAMES = "rv:frames:"
 STREAM = "rv:stream:"
+STREAMS = "rv:streams"  # the set of live stream names: the cluster-wide count
 CONTROL = "rv:control"
+NODE_FIELD = "s:"  # rv:stream:<name> field s:<node>: that node's part of the stream (JSON)
+
+#: Create a stream cluster-wide, atomically: prune names whose key expired (a node died
+#: or the stream went quiet), then return the stream's home node if it exists, or
+#: create it (home: this node) if fewer than the limit are live, or return nil.
+#: KEYS: rv:streams, rv:stream:<name>; ARGV: node, limit, ttl, key prefix, created_at, name.
+CLAIM = """
+local live = 0
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[4] .. n) == 1 then live = live + 1
+  else redis.call('SREM', KEYS[1], n) end
+end
+local home = redis.call('HGET', KEYS[2], 'node')
+if home then
+  redis.call('SADD', KEYS[1], ARGV[6])
+  return home
+end
+if live >= tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[2], 'node', ARGV[1], 'created_at', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[1], ARGV[6])
+return ARGV[1]
+"""
+#: Every live stream: {name, fields...} for each name of rv:streams whose key exists.
+#: KEYS: rv:streams; ARGV: key prefix.
+LIST = """
+local out = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local fields = redis.call('HGETALL', ARGV[1] .. n)
+  if #fields == 0 then redis.call('SREM', KEYS[1], n)
+  else table.insert(out, n); table.insert(out, fields) end
+end
+return out
+"""
 OUTBOX_FRAMES = 64  # frames waiting for Redis (all streams); beyond it the oldest drop
 MIRROR_GRACE_SECONDS = 5.0  # a mirror without viewers is dropped after this
 FIRST_FRAME_SECONDS = 2.0  # /snapshot of a new mirror waits this long for a frame
@@ -139,6 +179,18 @@ class Cluster:
         self._client: aioredis.Redis | None = None
         self._subscriber: _Subscriber | None = None
         self._tasks: list[asyncio.Task] = []
+        self.max_streams = settings.streams.max_concurrent
+        self.origin = os.urandom(8)  # this process in frame headers
+        self.cluster_streams = 0  # live streams cluster-wide, as of the last announcement
+        self.streams_timed_out = 0  # streams this node ended cluster-wide for inactivity
+        self._published: dict[str, int] = {}  # frames published here, per local stream
+        self._homes: dict[str, str] = {}  # local stream -> the node that created it
+        self._cofed: set[str] = set()  # local streams other nodes are published to as well
+        self._origins: dict[str, dict[bytes, int]] = {}  # stream -> origin -> last sequence
+        self._expiring: set[str] = set()
+        self._claim = None
+        self._list = None
+        self._subscribed: set[str] = set()  # local streams subscribed to (published elsewhere too)
 
     def set_address(self, host: str, port: int) -> None:
         """The address the server bound: the default node name becomes host:port."""
@@ -172,25 +224,238 @@ class Cluster:
         """Why /health is degraded because of us: Redis is unreachable."""
         return [] if self.connected else [f"cluster: {self.problem}"]
 
+    # -- one namespace: creation, listing, deletion, inactivity ------------------------------
+
+    async def admit(self, name: str) -> None:
+        """Before this node creates ``name``: claim it cluster-wide, or raise at the limit.
+
+        One Redis call per stream creation (never per frame). While Redis is unreachable
+        only this node's own limit applies.
+        """
+        if not self.connected or self._client is None or self._claim is None:
+            return
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                home = await self._claim(
+                    keys=[STREAMS, STREAM + name],
+                    args=[self.node_name, self.max_streams, self._ttl(), STREAM,
+                          repr(time.time()), name],
+                )
+        except (OSError, aioredis.RedisError, TimeoutError) as exc:
+            log.warning("claiming stream %s in Redis failed (only this node's limit applies): %s",
+                        name, exc)
+            return
+        if home is None:
+            raise StreamLimitReached(
+                f"cannot create stream '{name}': {self.max_streams} streams are live in the "
+                f"cluster (streams.max_concurrent = {self.max_streams})"
+            )
+        home = home.decode(errors="replace")
+        self._homes[name] = home
+        if home != self.node_name:  # published to another node as well
+            self._cofed.add(name)
+            self._send_control(b"feed:" + name.encode())
+
+    async def list_streams(self) -> list[dict] | None:
+        """Every live stream of the cluster (summaries), or ``None`` if Redis cannot say."""
+        if not self.connected or self._list is None:
+            return None
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                reply = await self._list(keys=[STREAMS], args=[STREAM])
+        except (OSError, aioredis.RedisError, TimeoutError) as exc:
+            log.warning("listing streams in Redis failed: %s", exc)
+            return None
+        out = {}
+        for i in range(0, len(reply) - 1, 2):
+            name = reply[i].decode(errors="replace")
+            flat = reply[i + 1]
+            fields = {flat[j].decode(): flat[j + 1] for j in range(0, len(flat) - 1, 2)}
+            out[name] = self._merged(name, fields)
+        for stream in self.registry:  # announced at most a second ago: add what is missing
+            if stream.name not in out:
+                out[stream.name] = self._merged(stream.name, {})
+        return list(out.values())
+
+    async def stream_stats(self, name: str) -> dict | None:
+        """The cluster-wide statistics of ``name``; ``None`` if no node has it."""
+        if not self.connected or self._client is None:
+            return None
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                raw = await self._client.hgetall(STREAM + name)
+        except (OSError, aioredis.RedisError, TimeoutError) as exc:
+            log.warning("reading stream %s from Redis failed: %s", name, exc)
+            return None
+        if not raw and self.registry.get(name) is None:
+            return None
+        return self._merged(name, {k.decode(): v for k, v in raw.items()}, stats=True)
+
+    def _merged(self, name: str, fields: dict[str, bytes], stats: bool = False) -> dict:
+        """One stream's summary from every node's part (``s:<node>``), this node's live."""
+        parts = {}
+        for key, value in fields.items():
+            if key.startswith(NODE_FIELD):
+                try:
+                    parts[key[len(NODE_FIELD):]] = json.loads(value)
+                except ValueError:
+                    continue
+        local = self.registry.get(name)
+        if local is not None:
+            parts[self.node_name] = self._part(local)
+        now = time.time()
+        try:
+            created = float(fields.get("created_at", b"") or now)
+        except ValueError:
+            created = now
+        if local is not None:
+            created = min(created, local.created_at)
+        newest = max(parts.values(), key=lambda p: p.get("t") or 0, default={})
+        last = newest.get("t")
+        home = fields.get("node", b"").decode(errors="replace") or self._homes.get(name)
+        summary = {
+            "name": name,
+            "created_at": iso(created),
+            "uptime_seconds": round(now - created, 3),
+            "total_frames": sum(p.get("frames", 0) for p in parts.values()),
+            "viewer_count": sum(p.get("viewers", 0) for p in parts.values()),
+            "inactive_seconds": round(max(0.0, now - (last or created)), 3),
+            "fps": round(sum(p.get("fps", 0.0) for p in parts.values()), 2),
+            "width": newest.get("w"),
+            "height": newest.get("h"),
+            "home": home,
+            "nodes": sorted(parts),
+        }
+        if not stats:
+            return summary
+        stats_out = local.stats() if local is not None else {
+            "buffer_size": 0, "max_buffer_frames": self.registry.settings.max_buffer_frames,
+            "frames_out": 0, "frames_pushed": 0, "frames_dropped_slow_viewers": 0,
+        }
+        return {
+            **stats_out,
+            **summary,
+            "last_frame_time": iso(last),
+            "has_current_frame": last is not None,
+            "bytes_in": sum(p.get("bytes", 0) for p in parts.values()),
+            "last_frame_size": newest.get("size"),
+        }
+
+    def _part(self, stream: Stream) -> dict:
+        """This node's part of a stream, as announced in ``s:<node>``."""
+        latest = stream.latest
+        return {
+            "frames": self._published.get(stream.name, 0),
+            "bytes": stream.bytes_in,
+            "viewers": len(stream.viewers),
+            "fps": round(stream.fps(), 2),
+            "t": latest.timestamp if latest else None,
+            "w": latest.width if latest else None,
+            "h": latest.height if latest else None,
+            "size": latest.size if latest else None,
+        }
+
+    async def delete(self, name: str, reason: str) -> bool:
+        """End ``name`` on every node (``DELETE /api/streams/<name>``); ``False`` if unknown."""
+        found = self.registry.get(name) is not None or self.mirrors.get(name) is not None
+        self._end(name, reason)
+        if self.connected and self._client is not None:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.delete(STREAM + name)
+            pipe.srem(STREAMS, name)
+            pipe.publish(CONTROL, f"delete:{name} {reason}".encode())
+            try:
+                async with asyncio.timeout(REDIS_TIMEOUT):
+                    deleted, _, _ = await pipe.execute()
+            except (OSError, aioredis.RedisError, TimeoutError) as exc:
+                log.warning("deleting stream %s in Redis failed: %s", name, exc)
+            else:
+                found = found or bool(deleted)
+        return found
+
+    def _end(self, name: str, reason: str) -> None:
+        self.registry.remove(name, reason)
+        if self.mirrors.get(name) is not None:
+            self._unsubscribe(name)
+            self.mirrors.remove(name, reason)
+
+    def may_expire(self, name: str) -> bool:
+        """The cleanup sweep found ``name`` idle here: may it be removed now?
+
+        A stream only this node is published to is removed by it (and ends everywhere:
+        ``closed:``). One published to other nodes as well is decided by its home node
+        from every node's last frame time in Redis, once, for all (:meth:`_expire`).
+        """
+        if not self.connected:
+            return True
+        if name not in self._cofed and self._homes.get(name, self.node_name) == self.node_name:
+            self.streams_timed_out += 1
+            log.info("stream %s timed out cluster-wide (only node: %s)", name, self.node_name)
+            return True
+        if name not in self._expiring:
+            self._expiring.add(name)
+            task = asyncio.create_task(self._expire(name))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+        return False
+
+    async def _expire(self, name: str) -> None:
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                raw = await self._client.hgetall(STREAM + name)
+        except (OSError, aioredis.RedisError, TimeoutError) as exc:
+            log.warning("reading stream %s from Redis failed: %s", name, exc)
+            return
+        finally:
+            self._expiring.discard(name)
+        fields = {k.decode(): v for k, v in raw.items()}
+        merged = self._merged(name, fields)
+        if merged["inactive_seconds"] < self.timeout:
+            return  # frames still come to another node
+        if self._homes.get(name) == self.node_name or fields.get("node", b"").decode() == self.node_name:
+            self.streams_timed_out += 1
+            reason = f"inactive for {merged['inactive_seconds']:.1f} s on every node"
+            log.info("stream %s timed out cluster-wide (home: %s)", name, self.node_name)
+            await self.delete(name, reason)
+        elif not fields:  # its home is gone and nobody announces it: end this node's part
+            self._end(name, f"inactive for {merged['inactive_seconds']:.1f} s, home gone")
+
     # -- publishing (listener of the local registry) ----------------------------------------
 
     def stream_opened(self, stream: Stream) -> None:
+        self._published[stream.name] = 0
         self._announce_now.set()
 
     def frame_published(self, stream: Stream, frame: Frame) -> None:
-        if stream.name not in self._watched:
-            return  # no other node watches it: nothing goes to Redis
+        name = stream.name
+        seq = self._published[name] = self._published.get(name, 0) + 1
+        if name in self._watched:  # another node watches it: to Redis
+            self._enqueue(name, seq, frame)
+        if self.mirrors:  # viewers who came here before this node was published to
+            mirror = self.mirrors.get(name)
+            if mirror is not None:
+                mirror.relay(frame.timestamp, frame.width, frame.height, frame.jpeg)
+
+    def _enqueue(self, name: str, seq: int, frame: Frame) -> None:
         if not self.connected:
             self.frames_dropped += 1
             return
         if len(self._outbox) >= OUTBOX_FRAMES:
             self._outbox.popleft()
             self.frames_dropped += 1
-        self._outbox.append((stream, frame))
+        self._outbox.append((name, seq, frame))
         self._wake.set()
 
     def stream_closed(self, stream: Stream, reason: str) -> None:
-        self._closed_here.append(stream.name)
+        name = stream.name
+        # Only the last node a stream is published to deletes its key.
+        self._closed_here.append((name, name not in self._cofed))
+        for table in (self._published, self._homes, self._origins):
+            table.pop(name, None)
+        self._cofed.discard(name)
+        if name in self._subscribed:
+            self._subscribed.discard(name)
+            self._unsubscribe(name)
         self._announce_now.set()
 
     async def _publish_forever(self) -> None:
@@ -203,9 +468,9 @@ class Cluster:
             self._outbox.clear()
             sent_at = time.monotonic()
             pipe = self._client.pipeline(transaction=False)
-            for stream, frame in batch:
-                head = HEADER.pack(frame.seq, frame.timestamp, frame.width, frame.height)
-                pipe.publish(_frames_channel(stream.name), head + frame.jpeg)
+            for name, seq, frame in batch:
+                head = HEADER.pack(seq, frame.timestamp, frame.width, frame.height, self.origin)
+                pipe.publish(_frames_channel(name), head + frame.jpeg)
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT):
                     receivers = await pipe.execute()
@@ -214,10 +479,14 @@ class Cluster:
                 self._lost(f"publishing to Redis failed: {exc or type(exc).__name__}")
                 continue
             self.frames_published += len(batch)
-            for (stream, _), count in zip(batch, receivers):
-                asked = self._watched.get(stream.name)
-                if count == 0 and asked is not None and asked < sent_at:
-                    del self._watched[stream.name]  # nobody listens any more
+            for (name, _, _), count in zip(batch, receivers):
+                asked = self._watched.get(name)
+                # Its own subscription (a stream published here and elsewhere) counts too.
+                if count <= (name in self._subscribed) and asked is not None and asked < sent_at:
+                    del self._watched[name]  # nobody listens any more
+
+    def _ttl(self) -> int:
+        return max(1, int(self.timeout))
 
     async def _announce_forever(self) -> None:
         announced: dict[str, float] = {}
@@ -233,11 +502,16 @@ class Cluster:
                 continue
             pipe = self._client.pipeline(transaction=False)
             closed, self._closed_here = self._closed_here, []
-            for name in closed:
+            for name, last in closed:
                 announced.pop(name, None)
-                if self.registry.get(name) is None:
+                if self.registry.get(name) is not None:
+                    continue  # created anew since
+                if last:
                     pipe.delete(STREAM + name)
+                    pipe.srem(STREAMS, name)
                     pipe.publish(CONTROL, b"closed:" + name.encode())
+                else:
+                    pipe.hdel(STREAM + name, NODE_FIELD + self.node_name)
             now = time.monotonic()
             for stream in self.registry:
                 latest = stream.latest
@@ -246,27 +520,32 @@ class Cluster:
                 if stream.name in announced and now - latest.monotonic > ANNOUNCE_SECONDS:
                     continue  # quiet since the last announcement: the key's TTL runs
                 key = STREAM + stream.name
+                pipe.hsetnx(key, "node", self.node_name)
                 pipe.hset(key, mapping={
-                    "node": self.node_name, "advertise_url": self.settings.advertise_url,
+                    "advertise_url": self.settings.advertise_url,
                     "last_frame_time": repr(latest.timestamp),
                     "width": latest.width, "height": latest.height,
+                    NODE_FIELD + self.node_name: json.dumps(self._part(stream)),
                 })
-                pipe.expire(key, max(1, int(self.timeout)))
+                pipe.expire(key, self._ttl())
+                pipe.sadd(STREAMS, stream.name)
                 announced[stream.name] = now
-            if not len(pipe):
-                continue
+            pipe.scard(STREAMS)
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT):
-                    await pipe.execute()
+                    replies = await pipe.execute()
             except (OSError, aioredis.RedisError, TimeoutError) as exc:
                 announced.clear()
                 self._lost(f"announcing streams to Redis failed: {exc or type(exc).__name__}")
+                continue
+            self.cluster_streams = replies[-1]
 
     # -- receiving ---------------------------------------------------------------------------
 
     def control(self, payload: bytes) -> None:
-        """A message on ``rv:control``: a node watches a stream, or a stream ended."""
+        """A message on ``rv:control``: a node watches a stream, feeds it, or it ended."""
         kind, _, raw = payload.partition(b":")
+        raw, _, why = raw.partition(b" ")
         name = raw.decode(errors="replace")
         if kind == b"watch":
             stream = self.registry.get(name)
@@ -275,31 +554,47 @@ class Cluster:
             self._watched[name] = time.monotonic()
             latest = stream.latest
             if latest is not None:  # the new watcher gets the current frame at once
-                self.frame_published(stream, latest)
+                self._enqueue(name, self._published.get(name, 0), latest)
+        elif kind == b"feed":  # another node is published to as well
+            if self.registry.get(name) is not None:
+                self._cofed.add(name)
+        elif kind == b"delete":
+            self._end(name, why.decode(errors="replace") or "deleted on another node")
         elif kind == b"closed":
             if self.mirrors.get(name) is not None:
                 self._unsubscribe(name)
                 self.mirrors.remove(name, "closed on its publishing node")
 
     def relay(self, channel: bytes, payload: bytes) -> None:
-        """The newest frame of a read for a mirror: hand it to the mirror's viewers."""
-        name = channel[len(FRAMES):].decode(errors="replace")
-        mirror = self.mirrors.get(name)
-        if mirror is None or len(payload) <= HEADER.size:
+        """The newest frame of a read for a stream: hand it to this node's viewers."""
+        if len(payload) <= HEADER.size:
             return
-        seq, timestamp, width, height = HEADER.unpack_from(payload)
-        latest = mirror.latest
-        if latest is not None:
-            if seq == latest.seq:
+        name = channel[len(FRAMES):].decode(errors="replace")
+        seq, timestamp, width, height, origin = HEADER.unpack_from(payload)
+        if origin == self.origin:
+            return  # our own frame (a stream published here and elsewhere)
+        mirror = self.mirrors.get(name)
+        target = mirror
+        if target is None and name in self._subscribed:
+            target = self.registry.get(name)
+        if target is None:
+            return
+        seen = self._origins.setdefault(name, {})
+        last = seen.get(origin)
+        if last is not None:
+            if seq == last:
                 return  # the current frame again (sent to a new watcher)
-            if seq < latest.seq:  # the stream was created anew on its node
+            if seq < last and target is mirror and len(seen) == 1:
+                # the stream was created anew on its only node
                 log.info("mirror %s: the stream restarted on its node; its viewers end", name)
                 self._unsubscribe(name)
                 self.mirrors.remove(name, "restarted on its publishing node")
                 return
-            self.frames_lost += seq - latest.seq - 1
+            if seq > last:
+                self.frames_lost += seq - last - 1
+        seen[origin] = seq
         self.frames_received += 1
-        mirror.relay(seq, timestamp, width, height, memoryview(payload)[HEADER.size:])
+        target.relay(timestamp, width, height, memoryview(payload)[HEADER.size:])
         waiting = self._first_frame.pop(name, None)
         if waiting is not None:
             waiting.set()
@@ -342,17 +637,21 @@ class Cluster:
         self._ask(name)
 
     def _ask(self, name: str) -> None:
+        self._send_control(b"watch:" + name.encode())
+
+    def _send_control(self, message: bytes) -> None:
+        """PUBLISH ``message`` on ``rv:control`` from a task of its own."""
         if self._client is not None:
-            task = asyncio.create_task(self._ask_for(name))
+            task = asyncio.create_task(self._control_task(message))
             self._tasks.append(task)
             task.add_done_callback(self._tasks.remove)
 
-    async def _ask_for(self, name: str) -> None:
+    async def _control_task(self, message: bytes) -> None:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
-                await self._client.publish(CONTROL, b"watch:" + name.encode())
+                await self._client.publish(CONTROL, message)
         except (OSError, aioredis.RedisError, TimeoutError) as exc:
-            log.warning("asking for stream %s through Redis failed: %s", name, exc)
+            log.warning("sending %r through Redis failed: %s", message[:80], exc)
 
     def _unsubscribe(self, name: str) -> None:
         self._idle_since.pop(name, None)
@@ -364,6 +663,22 @@ class Cluster:
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            # A local stream published to other nodes as well takes their frames while it
+            # has viewers here.
+            for name in list(self._cofed):
+                stream = self.registry.get(name)
+                if stream is None:
+                    continue
+                if stream.viewers:
+                    self._idle_since[name] = now
+                    if name not in self._subscribed and self.connected:
+                        self._subscribed.add(name)
+                        self._subscribe(name)
+                elif name in self._subscribed and (
+                    now - self._idle_since.setdefault(name, now) > MIRROR_GRACE_SECONDS
+                ):
+                    self._subscribed.discard(name)
+                    self._unsubscribe(name)
             for stream in self.mirrors:
                 if stream.viewers:
                     self._idle_since[stream.name] = now
@@ -403,8 +718,8 @@ class Cluster:
             self.connected = True
             self.problem = ""
             self._announce_now.set()
-            for stream in self.mirrors:  # ask again for what this node's viewers watch
-                self._ask(stream.name)
+            for name in [s.name for s in self.mirrors] + sorted(self._subscribed):
+                self._ask(name)  # ask again for what this node's viewers watch
             await subscriber.lost
             if self._subscriber is subscriber:
                 self._lost(f"Redis closed the connection ({self._shown_url()})")
@@ -414,6 +729,8 @@ class Cluster:
             self._client = aioredis.Redis.from_url(
                 self.url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
             )
+            self._claim = self._client.register_script(CLAIM)
+            self._list = self._client.register_script(LIST)
         async with asyncio.timeout(REDIS_TIMEOUT):
             await self._client.ping()
         options = parse_url(self.url)
@@ -431,7 +748,8 @@ class Cluster:
                 user = options.get("username")
                 auth = (user, options["password"]) if user else (options["password"],)
                 subscriber.send("AUTH", *auth)
-            channels = [CONTROL.encode()] + [_frames_channel(s.name) for s in self.mirrors]
+            names = [s.name for s in self.mirrors] + sorted(self._subscribed)
+            channels = [CONTROL.encode()] + [_frames_channel(name) for name in names]
             subscriber.send("SUBSCRIBE", *channels)
             try:
                 await subscriber.ready
@@ -461,9 +779,13 @@ class Cluster:
              self.frames_received),
             ("frames_lost", "Frames of watched remote streams never received (sequence gaps)",
              self.frames_lost),
+            ("streams_timed_out", "Streams this node ended on every node for inactivity",
+             self.streams_timed_out),
         ):
             yield CounterMetricFamily(f"{prefix}_{suffix}", text, value=value)
         yield GaugeMetricFamily(f"{prefix}_connected", "1 while Redis is reachable",
                                 value=int(self.connected))
         yield GaugeMetricFamily(f"{prefix}_mirrors", "Remote streams this node mirrors",
                                 value=len(self.mirrors))
+        yield GaugeMetricFamily(f"{prefix}_streams", "Live streams on every node (Redis, ≤ 1 s old)",
+                                value=self.cluster_streams)

@@ -39,6 +39,7 @@ class Runtime:
 
             self.cluster = Cluster(settings, self.registry)
             self.registry.listeners.append(self.cluster)
+            self.registry.may_expire = self.cluster.may_expire
             self.services.append(self.cluster)
         self.recorder: Recorder | None = None
         if settings.recording.enabled:

@@ -53,15 +53,20 @@ def connection_cap(configured: int) -> int:
     return cap
 
 
-def listening_socket(host: str, port: int, send_buffer_kb: int) -> socket.socket:
+def listening_socket(
+    host: str, port: int, send_buffer_kb: int, reuse_port: bool = False
+) -> socket.socket:
     """A bound, listening socket; accepted viewer sockets inherit its SO_SNDBUF.
 
     With the kernel's auto-tuned buffers (up to 4 MB) a slow viewer fell 7-14 s behind
-    live; capped at ≈128 KB it stays within a second (docs/bench.md).
+    live; capped at ≈128 KB it stays within a second (docs/bench.md). ``reuse_port``:
+    SO_REUSEPORT, so the workers of ``serve --workers N`` each listen on the same port.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if send_buffer_kb:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_kb * 1024)
     sock.bind((host, port))
@@ -187,7 +192,7 @@ def _loop_factory():
     return uvloop.new_event_loop
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, reuse_port: bool = False) -> None:
     """Serve until SIGINT/SIGTERM; a graceful stop returns normally (exit code 0).
 
     Raises :class:`ConfigError` before serving if the TLS files cannot be used.
@@ -196,7 +201,9 @@ def serve(settings: Settings) -> None:
     ssl_context = tls_context(server_settings)
     setup_logging(settings.logging, access_log=server_settings.debug)
     raise_fd_limit()
-    sock = listening_socket(server_settings.host, server_settings.port, server_settings.send_buffer_kb)
+    sock = listening_socket(
+        server_settings.host, server_settings.port, server_settings.send_buffer_kb, reuse_port
+    )
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run(settings, sock, ssl_context))

@@ -175,16 +175,16 @@ class Stream:
                 log.exception("listener %r failed on stream %s", listener, self.name)
         return frame
 
-    def relay(
-        self, seq: int, timestamp: float, width: int, height: int, jpeg: bytes | memoryview
-    ) -> Frame:
-        """Accept a frame of this stream published on another node (a mirror, cluster.py).
+    def relay(self, timestamp: float, width: int, height: int, jpeg: bytes | memoryview) -> Frame:
+        """Accept a frame of this stream published on another node (cluster.py).
 
-        It keeps its node's sequence and timestamp; listeners are not told (a mirror is
-        recorded by the node it was published to).
+        It keeps its node's timestamp and is numbered in this stream's own sequence (a
+        stream may be published to on several nodes, each numbering its own frames);
+        listeners are not told (a frame is recorded by the node it was published to).
         """
         mono = time.monotonic()
         self.total_frames += 1
+        seq = self.total_frames
         size = len(jpeg)
         frame = Frame(seq, timestamp, mono, width, height, size, jpeg)
         self.latest = frame
@@ -391,6 +391,9 @@ class StreamRegistry:
         self._clock = clock
         self._ticker: asyncio.Task | None = None
         self.accepting = True  # False once shutdown begins: no new streams
+        #: Asked by the inactivity sweep before it removes a stream (the cluster decides
+        #: for a stream published to several nodes); ``None``: always.
+        self.may_expire: Callable[[str], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._streams)

@@ -116,7 +116,9 @@ class ServerProcess:
         config: dict | None = None,
         env: dict | None = None,
         ca_file: Path | None = None,
+        args: list[str] | None = None,
     ):
+        self.args = list(args or [])  # more ``serve`` arguments (``--workers 2``)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config = merge(
@@ -173,7 +175,8 @@ class ServerProcess:
                 extra()
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "robogpt_video", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "robogpt_video", "serve", "--config", str(self.config_path),
+             *self.args],
             cwd=self.workdir,
             env=env,
             stdout=self._log,

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import die_with_parent, iter_parts, make_jpeg, publish, wait_for
+from helpers import ServerProcess, die_with_parent, iter_parts, make_jpeg, merge, publish, wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -213,3 +213,193 @@ def test_without_redis_url_redis_is_not_imported(tmp_path):
     )
     subprocess.run([os.sys.executable, "-c", code], check=True, cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+
+
+# -- one namespace (second slice) ----------------------------------------------------------
+
+
+@pytest.fixture
+def make_nodes(start_server, redis_server):
+    """``make_nodes(n, config)``: n nodes sharing the test's Redis."""
+
+    def make(count: int = 2, config: dict | None = None):
+        base = merge({"cluster": {"redis_url": redis_server.url},
+                      "recording": {"enabled": False}}, config or {})
+        return [start_server(base) for _ in range(count)]
+
+    return make
+
+
+def test_a_stream_on_one_node_is_listed_and_its_stats_read_on_another(nodes):
+    a, b = nodes
+    publish(a.url, "listed", make_jpeg(seed=1)).raise_for_status()
+    publish(a.url, "listed", make_jpeg(seed=2)).raise_for_status()
+    entry = wait_for(
+        lambda: next((s for s in httpx.get(f"{b.url}/api/streams").json()["streams"]
+                      if s["name"] == "listed" and s["total_frames"] == 2), None),
+        what="B to list A's stream",
+    )
+    assert entry["width"] == 320 and entry["height"] == 240
+    stats = httpx.get(f"{b.url}/api/streams/listed/stats")
+    assert stats.status_code == 200, stats.text
+    assert stats.json()["total_frames"] == 2 and stats.json()["has_current_frame"]
+    assert health(b)["active_streams"] == 1 or wait_for(
+        lambda: health(b)["active_streams"] == 1, what="B's /health to count A's stream")
+    assert health(b)["node_streams"] == 0
+    assert httpx.get(f"{b.url}/api/streams/nowhere/stats").status_code == 404
+
+
+def test_the_stream_limit_holds_across_nodes(make_nodes):
+    a, b = make_nodes(2, {"streams": {"max_concurrent": 2}})
+    publish(a.url, "one", make_jpeg(seed=1)).raise_for_status()
+    publish(b.url, "two", make_jpeg(seed=2)).raise_for_status()
+    for node in (a, b):
+        refused = publish(node.url, "three", make_jpeg(seed=3))
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"] == "stream_limit_reached"
+    # A stream that exists elsewhere takes no new place: B may be published to for "one".
+    publish(b.url, "one", make_jpeg(seed=4)).raise_for_status()
+    # Deleting one frees its place on every node.
+    assert httpx.delete(f"{a.url}/api/streams/two").status_code == 200
+    publish(a.url, "three", make_jpeg(seed=5)).raise_for_status()
+
+
+def test_delete_on_one_node_ends_the_stream_everywhere(make_nodes, redis_server):
+    a, b = make_nodes(2, {"recording": {"enabled": True}})
+    publish(a.url, "doomed", make_jpeg(seed=1)).raise_for_status()
+    viewer_a = Viewer(f"{a.url}/stream/doomed")
+    viewer_b = None
+    try:
+        wait_for(lambda: viewer_a.parts, what="A's viewer")
+        wait_for(lambda: redis_server.cli("EXISTS", "rv:stream:doomed") == "1", what="the key")
+        viewer_b = Viewer(f"{b.url}/stream/doomed")
+        wait_for(lambda: viewer_b.parts, what="B's viewer")
+        response = httpx.delete(f"{b.url}/api/streams/doomed")
+        assert response.status_code == 200, response.text
+        wait_for(lambda: not viewer_a._thread.is_alive(), what="A's viewer to end")
+        wait_for(lambda: not viewer_b._thread.is_alive(), what="B's viewer to end")
+        wait_for(lambda: httpx.get(f"{a.url}/snapshot/doomed").status_code == 404,
+                 what="A to forget the stream")
+        assert redis_server.cli("EXISTS", "rv:stream:doomed") == "0"
+        from recording_tools import sidecars
+
+        wait_for(lambda: [m["status"] for m in sidecars(a.recordings, "doomed")] == ["complete"],
+                 what="A's recording to close")
+        assert httpx.delete(f"{b.url}/api/streams/doomed").status_code == 404
+    finally:
+        viewer_a.close()
+        if viewer_b is not None:
+            viewer_b.close()
+
+
+def test_an_idle_stream_published_to_two_nodes_is_removed_once(make_nodes, redis_server):
+    a, b = make_nodes(2, {"streams": {"timeout_seconds": 2},
+                          "cleanup": {"interval_seconds": 0.5}})
+    publish(a.url, "quiet", make_jpeg(seed=1)).raise_for_status()
+    publish(b.url, "quiet", make_jpeg(seed=2)).raise_for_status()  # fed on both
+    for node in (a, b):
+        wait_for(lambda n=node: httpx.get(f"{n.url}/snapshot/quiet").status_code == 200,
+                 what="the stream on both")
+    assert health(a)["node_streams"] == health(b)["node_streams"] == 1
+    wait_for(lambda: all(health(n)["node_streams"] == 0 for n in (a, b)), timeout=20,
+             what="both parts to end")
+    assert redis_server.cli("EXISTS", "rv:stream:quiet") == "0"
+    # Removed once: one node (its home, A) ended it for all.
+    assert cluster_metric(a, "streams_timed_out") + cluster_metric(b, "streams_timed_out") == 1
+    logs = a.output() + b.output()
+    assert logs.count("stream quiet timed out cluster-wide") == 1, logs
+
+
+def test_a_viewer_gets_frames_published_to_another_node_of_the_same_stream(nodes):
+    a, b = nodes
+    publish(a.url, "both", make_jpeg(seed=1)).raise_for_status()
+    publish(b.url, "both", make_jpeg(seed=2)).raise_for_status()
+    viewer = Viewer(f"{a.url}/stream/both")
+    try:
+        wait_for(lambda: viewer.parts, what="A's current frame")
+        jpeg = make_jpeg(seed=3)
+
+        def arrived():  # B's frames reach A's viewer once A has subscribed
+            publish(b.url, "both", jpeg).raise_for_status()
+            return any(body == jpeg for _, body in viewer.parts)
+
+        wait_for(arrived, what="a frame published to B on A's viewer", step=0.2)
+        total = httpx.get(f"{b.url}/api/streams/both/stats").json()["total_frames"]
+        assert total >= 3  # both nodes' frames (A: 1, B: 2 or more)
+    finally:
+        viewer.close()
+
+
+# -- serve --workers N ----------------------------------------------------------------------
+
+
+def test_workers_without_redis_refuse(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("server: {host: 127.0.0.1, port: 0}\n")
+    done = subprocess.run(
+        [os.sys.executable, "-m", "robogpt_video", "serve", "--config", str(config),
+         "--workers", "2"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--workers 2 needs cluster.redis_url" in done.stderr
+
+
+def _node_of(url: str) -> str:
+    with httpx.Client() as client:  # a new connection: the kernel picks a worker
+        return client.get(f"{url}/health").json()["node"]
+
+
+def test_two_workers_serve_one_port_and_share_streams(tmp_path, redis_server):
+    server = ServerProcess(tmp_path / "workers",
+                           {"cluster": {"redis_url": redis_server.url},
+                            "recording": {"enabled": False}}, args=["--workers", "2"])
+    server.start()
+    try:
+        seen = wait_for(lambda: len({_node_of(server.url) for _ in range(20)}) == 2 or None,
+                        what="both workers to answer")
+        assert seen
+        nodes = {_node_of(server.url) for _ in range(20)}
+        assert all(n.endswith((":0", ":1")) and f":{server.port}:" in n for n in nodes), nodes
+        # Frames posted over separate connections land on both workers; every viewer,
+        # whichever worker it reached, gets them all.
+        publish(server.url, "spread", make_jpeg(seed=0)).raise_for_status()
+        viewers = [Viewer(f"{server.url}/stream/spread") for _ in range(6)]
+        try:
+            wait_for(lambda: all(v.parts for v in viewers), what="viewers to start")
+            last = None
+            for seed in range(1, 41):
+                last = make_jpeg(seed=seed)
+                publish(server.url, "spread", last).raise_for_status()  # a new connection each
+            wait_for(lambda: all(any(b == last for _, b in v.parts) for v in viewers),
+                     what="every viewer to get the last frame")
+            # Each worker announces its part at most a second after its last frame.
+            stats = wait_for(lambda: (r := httpx.get(f"{server.url}/api/streams/spread/stats")
+                                      .json())["total_frames"] == 41 and r,
+                             what="both workers' frames in the stats")
+            assert len(stats["nodes"]) == 2, stats  # published to both workers
+        finally:
+            for viewer in viewers:
+                viewer.close()
+        # kill -9 of one worker: the other keeps serving.
+        pids = worker_pids(server.proc.pid)
+        assert len(pids) == 2
+        os.kill(pids[0], 9)
+        wait_for(lambda: len(worker_pids(server.proc.pid)) == 1, what="the worker to die")
+        for seed in range(10):
+            publish(server.url, "after", make_jpeg(seed=seed)).raise_for_status()
+        assert server.proc.poll() is None
+    finally:
+        code = server.stop()
+    assert code == 1  # one worker was killed
+    assert not worker_pids_alive(pids)
+
+
+def worker_pids(parent: int) -> list[int]:
+    path = Path(f"/proc/{parent}/task/{parent}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def worker_pids_alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]

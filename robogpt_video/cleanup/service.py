@@ -123,7 +123,8 @@ class CleanupService:
         if not dry_run:
             for name in names:  # the registry logs the one line per stream, with this reason
                 reason = f"inactive for {idle[name]:.1f} s, timeout {timeout:g} s"
-                self.registry.remove(name, reason)
+                if self.registry.may_expire is None or self.registry.may_expire(name):
+                    self.registry.remove(name, reason)
         return [{"name": name, "inactive_seconds": round(idle[name], 3)} for name in names]
 
     async def sweep_disk(self, *, retention: bool, dry_run: bool = False) -> dict:

@@ -36,11 +36,11 @@ async def list_streams(request: Request) -> dict:
     """All live streams with their statistics."""
     visible = current_principal.get().can_see("view")
     authenticator = request.app.state.authenticator
-    streams = [
-        stream.summary()
-        for stream in request.app.state.runtime.registry
-        if not authenticator.enabled or visible(stream.name)
-    ]
+    runtime = request.app.state.runtime
+    every = await runtime.cluster.list_streams() if runtime.cluster is not None else None
+    if every is None:  # one process, or Redis cannot say: this node's streams
+        every = [stream.summary() for stream in runtime.registry]
+    streams = [s for s in every if not authenticator.enabled or visible(s["name"])]
     streams.sort(key=lambda s: s["name"])
     return {"count": len(streams), "streams": streams}
 
@@ -50,8 +50,15 @@ async def list_streams(request: Request) -> dict:
 )
 async def stream_stats(request: Request, name: str) -> dict:
     """Detailed statistics of one stream."""
+    runtime = request.app.state.runtime
+    recorder = runtime.recorder
+    if runtime.cluster is not None:  # every node's part of the stream
+        validate_stream_name(name)
+        stats = await runtime.cluster.stream_stats(name)
+        if stats is not None:
+            recording = recorder.stream_stats(name) if recorder is not None else None
+            return {**stats, "recording": recording}
     stream = _stream(request, name)
-    recorder = request.app.state.runtime.recorder
     recording = recorder.stream_stats(stream.name) if recorder is not None else None
     return {**stream.stats(), "recording": recording}
 
@@ -69,7 +76,14 @@ async def recent_frames(request: Request, name: str) -> dict:
 
 @router.delete("/api/streams/{name}", response_model=Success, responses=_ERRORS, tags=["streams"])
 async def delete_stream(request: Request, name: str) -> dict:
-    """Delete a stream: its viewers' responses end and its recording segment is closed."""
+    """Delete a stream: its viewers' responses end and its recording segment is closed
+    (with a cluster, on every node)."""
+    cluster = request.app.state.runtime.cluster
+    if cluster is not None:
+        validate_stream_name(name)
+        if not await cluster.delete(name, "deleted via API"):
+            raise StreamNotFound(f"stream '{name}' does not exist")
+        return {"status": "success", "message": f"Stream '{name}' deleted"}
     _stream(request, name)
     request.app.state.runtime.registry.remove(name, "deleted via API")
     return {"status": "success", "message": f"Stream '{name}' deleted"}
@@ -85,9 +99,17 @@ async def health(request: Request) -> dict:
     problems = runtime.problems()
     if request.app.state.authenticator.enabled and not current_principal.get().authenticated:
         return {"status": "degraded" if problems else "healthy"}
+    cluster = runtime.cluster
+    extra = {}
+    if cluster is not None:  # counts of every node, as of the last announcement (≤ 1 s)
+        extra = {"node": cluster.node_name, "node_streams": len(runtime.registry)}
+    active = len(runtime.registry)
+    if cluster is not None and cluster.connected:
+        active = max(active, cluster.cluster_streams)
     return {
+        **extra,
         "status": "degraded" if problems else "healthy",
-        "active_streams": len(runtime.registry),
+        "active_streams": active,
         "max_streams": settings.streams.max_concurrent,
         "recording_enabled": settings.recording.enabled,
         "config": {

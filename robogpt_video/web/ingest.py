@@ -90,6 +90,8 @@ async def mpjpeg_ingest(request: web.Request, name: str, first: bytes = b"") -> 
     """
     runtime = request.app[RUNTIME]
     try:
+        if runtime.cluster is not None and runtime.registry.get(name) is None:
+            await runtime.cluster.admit(name)  # the cluster-wide limit (docs/cluster.md)
         counter = IngestCounter(runtime.registry, name, request.app[METRICS].frames_in, "mpjpeg")
     except ApiError as exc:
         return await answer_and_close(request, api_error(exc))
@@ -226,6 +228,8 @@ async def ws_publish(request: web.Request) -> web.StreamResponse:
     idle = settings.streams.timeout_seconds
     try:
         name = validate_stream_name(request.match_info["name"])
+        if runtime.cluster is not None and runtime.registry.get(name) is None:
+            await runtime.cluster.admit(name)  # the cluster-wide limit (docs/cluster.md)
         counter = IngestCounter(runtime.registry, name, request.app[METRICS].frames_in, "websocket")
         async with Inactivity(idle) as clock:
             async for message in ws:

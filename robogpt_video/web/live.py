@@ -83,7 +83,12 @@ async def _publish(request: web.Request, started: float) -> web.StreamResponse:
             status_code=415,
         )
     info = inspect_jpeg(jpeg)
-    frame = runtime.registry.get_or_create(name).publish(jpeg, info)
+    stream = runtime.registry.get(name)
+    if stream is None:
+        if runtime.cluster is not None:  # claims it cluster-wide: on creation, not per frame
+            await runtime.cluster.admit(name)
+        stream = runtime.registry.get_or_create(name)
+    frame = stream.publish(jpeg, info)
     request.app[METRICS].frames_in["post"] += 1
     request.app[METRICS].publish_seconds.observe(time.perf_counter() - started)
     # Formatted by hand: json.dumps was ≈4 % of the server's time at 50 × 30 fps.
