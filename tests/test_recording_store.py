@@ -25,6 +25,16 @@ def test_same_second_gets_a_counter(tmp_path):
     assert parse_name(second.name) == ("cam_a", T0)
 
 
+def test_a_path_is_reserved_when_it_is_given(tmp_path):
+    """Two recorders of one stream in one folder (``serve --workers``) in the same
+    second: each gets its own file, even before either has written a byte (the second
+    name used to be the first again, and opening it truncated the other's segment)."""
+    first, second = RecordingStore(tmp_path), RecordingStore(tmp_path)
+    paths = [first.new_segment_path("cam", T0), second.new_segment_path("cam", T0)]
+    assert [p.name for p in paths] == ["cam_20260121_103000.mp4", "cam_20260121_103000-1.mp4"]
+    assert all(p.exists() for p in paths)
+
+
 @pytest.mark.parametrize(
     "name", ["x.mp4", "cam_2026_1030.mp4", "../cam_20260121_103000.mp4", "cam_20260121_103000.avi"]
 )
@@ -81,6 +91,7 @@ def test_what_is_opened_is_checked_not_only_the_name(tmp_path):
 def test_a_fifo_named_like_a_recording_is_not_a_recording(tmp_path):
     store = RecordingStore(tmp_path)
     path = store.new_segment_path("cam", T0)
+    path.unlink()  # reserved empty: make it a FIFO instead
     os.mkfifo(path)
     rec = RecordingFile("cam", path, T0)
     assert store.list() == []

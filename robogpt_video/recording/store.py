@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -106,16 +107,23 @@ class RecordingStore:
         return self.root / validate_stream_name(stream)
 
     def new_segment_path(self, stream: str, start: datetime) -> Path:
-        """A free path for a segment of ``stream`` starting at ``start`` (UTC)."""
+        """A path for a new segment of ``stream`` starting at ``start`` (UTC), created
+        empty and so reserved: another process recording the same stream into this
+        folder (``serve --workers``) in the same second gets the next name, never this
+        file (the check and the creation are one ``O_EXCL`` open)."""
         folder = self.stream_dir(stream)
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{stream}_{start.astimezone(timezone.utc).strftime(STAMP)}"
-        path = folder / f"{stem}{VIDEO_SUFFIX}"
-        n = 0
-        while path.exists() or path.with_suffix(SIDECAR_SUFFIX).exists():
-            n += 1
-            path = folder / f"{stem}-{n}{VIDEO_SUFFIX}"
-        return path
+        for n in itertools.count():
+            path = folder / (f"{stem}{VIDEO_SUFFIX}" if n == 0 else f"{stem}-{n}{VIDEO_SUFFIX}")
+            if path.with_suffix(SIDECAR_SUFFIX).exists():
+                continue
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            except FileExistsError:
+                continue
+            return path
+        raise AssertionError("unreachable")  # itertools.count() never ends
 
     @contextmanager
     def _root_fd(self) -> Iterator[int | None]:
