@@ -67,7 +67,20 @@ class HttpConnection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, head: bytes, body: tuple = ()) -> tuple[ResponseHead, bytes]:
-        """Send a request head (ending in a blank line) and body pieces; return the response."""
+        """Send a request head (ending in a blank line) and body pieces; return the response.
+
+        A kept-alive connection the server closed while it was idle (its keep-alive
+        timeout) is replaced and the request sent once more, as HTTP clients do."""
+        reused = self.writer is not None
+        try:
+            return await self._request(head, body)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            partial = getattr(exc, "partial", b"")
+            if not reused or partial:
+                raise
+        return await self._request(head, body)
+
+    async def _request(self, head: bytes, body: tuple) -> tuple[ResponseHead, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         try:
