@@ -56,11 +56,13 @@ def build_part(jpeg: bytes, timestamp: float) -> bytes:
 class WriteCounters:
     """How viewer frames left the process: per-path counts for ``/metrics``."""
 
-    __slots__ = ("writev", "sendfile")
+    __slots__ = ("writev", "sendfile", "lowat_on", "lowat_off")
 
     def __init__(self) -> None:
         self.writev = 0  # frames written with transport.writelines
         self.sendfile = 0  # frames sent (at least partly) with os.sendfile from a memfd
+        self.lowat_on = 0  # viewer sockets given TCP_NOTSENT_LOWAT
+        self.lowat_off = 0  # viewer sockets it could not be set on
 
 
 class FrameWire:
@@ -187,7 +189,10 @@ class MjpegSink:
         self.wire = wire
         self.chunked = chunked
         self.fd = self._socket_fd(transport)
-        limit_unsent(transport)
+        if limit_unsent(transport):
+            wire.counters.lowat_on += 1
+        else:
+            wire.counters.lowat_off += 1
         # Full as soon as anything waits in the transport, drained once it is empty: at
         # most what the socket did not take of one frame waits here, and the frame sent
         # next is the newest when the transport has emptied.
