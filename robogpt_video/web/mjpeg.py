@@ -35,7 +35,7 @@ CRLF = b"\r\n"
 CHUNK_END = b"\r\n\r\n"  # the part's CRLF, then the chunk's
 #: Unsent bytes at which a viewer's socket stops taking writes (Linux TCP_NOTSENT_LOWAT;
 #: bytes sent and not yet acknowledged do not count). A write taken below the mark can
-#: still queue a whole segment beyond it: up to ≈64 KB unsent were measured.
+#: still queue a whole segment beyond it: up to 96 KB unsent were measured (docs/bench.md).
 NOTSENT_LOWAT = 16 * 1024
 _TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 
