@@ -229,6 +229,27 @@ def test_viewer_that_stops_reading_gets_whole_parts_when_it_reads_again(server):
             viewer.close()
 
 
+def viewer_sockets(server) -> dict[str, float]:
+    """``robogpt_video_viewer_sockets_total`` by whether TCP_NOTSENT_LOWAT is on."""
+    return by_label(server, "robogpt_video_viewer_sockets_total", "notsent_lowat")
+
+
+def test_viewer_sockets_hold_little_unsent_data(server):
+    # A viewer's socket takes writes only while little of what it holds is unsent
+    # (TCP_NOTSENT_LOWAT), so a slow link keeps the backlog in the transport, where the
+    # sink sees it and skips frames. Every viewer socket must get it, and say so.
+    assert viewer_sockets(server) == {"on": 0, "off": 0}
+    publish(server.url, "cam", make_jpeg())
+    viewers = [RawChunks(server.port, "/stream/cam") for _ in range(2)]
+    try:
+        for viewer in viewers:
+            viewer.chunk()
+        assert viewer_sockets(server) == {"on": 2, "off": 0}
+    finally:
+        for viewer in viewers:
+            viewer.close()
+
+
 def frames_in(server) -> dict[str, float]:
     """``robogpt_video_frames_in_total`` by ingest kind."""
     return by_label(server, "robogpt_video_frames_in_total", "via")

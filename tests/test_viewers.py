@@ -128,6 +128,40 @@ def test_slow_viewer_does_not_slow_a_fast_one(start_server):
     assert "ERROR" not in srv.output()
 
 
+def test_viewer_that_stops_reading_resumes_near_live(server):
+    # Frames published while a viewer reads nothing wait for it only in the server's
+    # buffers; once it reads again, what it gets before the newest frame is that
+    # backlog. With TCP_NOTSENT_LOWAT on its socket and a transport that counts as full
+    # once anything waits in it, that is the frame the link was taking (one, here);
+    # without them the socket's send buffer and the transport held five of these
+    # ≈50 KB frames (four with the transport limit alone).
+    jpegs = [make_jpeg(640, 480, seed=s, quality=95) for s in range(24)]
+    publish(server.url, "cam", jpegs[0])
+    viewer = socket.socket()
+    viewer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: not auto-tuned
+    viewer.settimeout(10)
+    viewer.connect(("127.0.0.1", server.port))
+    try:
+        viewer.sendall(b"GET /stream/cam HTTP/1.1\r\nHost: x\r\n\r\n")
+        parts = iter_parts(iter(lambda: viewer.recv(65536), b""))
+        assert next(parts)[1] == jpegs[0]
+        with httpx.Client(timeout=10) as client:  # while the viewer reads nothing
+            for jpeg in jpegs[1:]:
+                publish(server.url, "cam", jpeg, client).raise_for_status()
+        backlog = []
+        for _, body in parts:  # it reads again, up to the newest frame
+            if body == jpegs[-1]:
+                break
+            backlog.append(jpegs.index(body))
+        else:
+            raise AssertionError(f"the newest frame never came; got {backlog}")
+    finally:
+        viewer.close()
+    assert backlog == sorted(backlog) and len(backlog) <= 2, backlog
+    stats = httpx.get(f"{server.url}/api/streams/cam/stats").json()
+    assert stats["frames_dropped_slow_viewers"] > 0
+
+
 def test_ffmpeg_decodes_the_live_stream(shared_server, tmp_path):
     server = shared_server
     pub = Publisher(server.url, "ffmpeg_view", fps=15)

@@ -163,6 +163,15 @@ class RuntimeCollector(Collector):
         writes.add_metric(["writev"], counters.writev)
         writes.add_metric(["sendfile"], counters.sendfile)
         yield writes
+        sockets = CounterMetricFamily(
+            f"{PREFIX}_viewer_sockets",
+            "MJPEG viewer sockets, by whether TCP_NOTSENT_LOWAT could be set on them "
+            "(off: a viewer on a slow link falls a send buffer behind)",
+            labels=["notsent_lowat"],
+        )
+        sockets.add_metric(["on"], counters.lowat_on)
+        sockets.add_metric(["off"], counters.lowat_off)
+        yield sockets
         connections = self.metrics.connections
         timed_out = dict(self.metrics.timed_out)
         if connections is not None:

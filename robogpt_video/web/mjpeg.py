@@ -11,11 +11,18 @@ and sent with ``os.sendfile`` to every viewer whose transport has nothing queued
 kernel then queues the file's pages instead of copying the chunk into each socket
 (docs/bench.md). Only public interfaces are used: aiohttp's ``request.transport``
 and the asyncio transport's buffer size and limits, and ``writer.drain()``.
+
+A viewer's link, not its buffers, decides when it gets the next frame: its socket
+takes a write only while fewer than ``NOTSENT_LOWAT`` of its bytes wait unsent
+(``TCP_NOTSENT_LOWAT``), and its transport counts as full as soon as anything waits
+in it. A viewer on a slow link is then about two frames behind what the link carries
+instead of a send buffer and a transport buffer behind (docs/bench.md).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterable
 from weakref import WeakKeyDictionary
 
@@ -26,6 +33,11 @@ CONTENT_TYPE = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
 SENDFILE_VIEWERS = 8  # a frame's memfd pays off from about this many viewers
 CRLF = b"\r\n"
 CHUNK_END = b"\r\n\r\n"  # the part's CRLF, then the chunk's
+#: Unsent bytes at which a viewer's socket stops taking writes (Linux TCP_NOTSENT_LOWAT;
+#: bytes sent and not yet acknowledged do not count). A write taken below the mark can
+#: still queue a whole segment beyond it: up to 96 KB unsent were measured (docs/bench.md).
+NOTSENT_LOWAT = 16 * 1024
+_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", None)
 
 
 def part_head(size: int, timestamp: float) -> bytes:
@@ -44,11 +56,13 @@ def build_part(jpeg: bytes, timestamp: float) -> bytes:
 class WriteCounters:
     """How viewer frames left the process: per-path counts for ``/metrics``."""
 
-    __slots__ = ("writev", "sendfile")
+    __slots__ = ("writev", "sendfile", "lowat_on", "lowat_off")
 
     def __init__(self) -> None:
         self.writev = 0  # frames written with transport.writelines
         self.sendfile = 0  # frames sent (at least partly) with os.sendfile from a memfd
+        self.lowat_on = 0  # viewer sockets given TCP_NOTSENT_LOWAT
+        self.lowat_off = 0  # viewer sockets it could not be set on
 
 
 class FrameWire:
@@ -149,6 +163,22 @@ def _rest(pieces: Iterable, start: int) -> list:
     return out
 
 
+def limit_unsent(transport) -> bool:
+    """Set ``NOTSENT_LOWAT`` on the transport's TCP socket; ``False`` where it cannot be.
+
+    With it the socket is writable only while it holds fewer unsent bytes than that,
+    so what the link has not taken yet stays in the transport, where the sink sees it.
+    """
+    sock = transport.get_extra_info("socket")
+    if _TCP_NOTSENT_LOWAT is None or sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+    except (AttributeError, OSError):  # not TCP, or a kernel without the option
+        return False
+    return True
+
+
 class MjpegSink:
     """A viewer's ``/stream`` response, written to its transport directly."""
 
@@ -160,6 +190,14 @@ class MjpegSink:
         self.wire = wire
         self.chunked = chunked
         self.fd = self._socket_fd(transport)
+        if limit_unsent(transport):
+            wire.counters.lowat_on += 1
+        else:
+            wire.counters.lowat_off += 1
+        # Full as soon as anything waits in the transport, drained once it is empty: at
+        # most what the socket did not take of one frame waits here, and the frame sent
+        # next is the newest when the transport has emptied.
+        transport.set_write_buffer_limits(high=0, low=0)
         self.high = transport.get_write_buffer_limits()[1]
 
     @staticmethod
