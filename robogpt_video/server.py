@@ -59,7 +59,9 @@ def listening_socket(
     """A bound, listening socket; accepted viewer sockets inherit its SO_SNDBUF.
 
     With the kernel's auto-tuned buffers (up to 4 MB) a slow viewer fell 7-14 s behind
-    live; capped at ≈128 KB it stays within a second (docs/bench.md). ``reuse_port``:
+    live; capped at ≈128 KB it still held about 8 frames (3.5 s at 100 KB/s). What keeps
+    it about two frames behind its link now is ``TCP_NOTSENT_LOWAT`` on each viewer
+    socket (web/mjpeg.py; docs/bench.md "Slow viewers"). ``reuse_port``:
     SO_REUSEPORT, so the workers of ``serve --workers N`` each listen on the same port.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
