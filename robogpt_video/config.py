@@ -87,6 +87,12 @@ class RecordingSettings(_Section):
     max_queue_mb: float = Field(
         256, gt=0, description="JPEG MiB queued for the disk by all streams together before drops"
     )
+    stall_seconds: float = Field(
+        5, gt=0, description="/health is degraded while frames wait this long for a write to end"
+    )
+    health_window_seconds: float = Field(
+        60, gt=0, description="/health reports frames the disk queue dropped this recently"
+    )
     max_total_gb: float = Field(0, ge=0, description="Cap on all recordings (0 = off)")
     min_free_gb: float = Field(0, ge=0, description="Keep this much disk free (0 = off)")
 

@@ -69,6 +69,10 @@ class _Track:
         self.dequeued = 0  # frames ever taken off pending (to be written, or dropped)
         self.limit = queue_frames
         self.scheduled = False
+        self.serving = False  # a writer holds frames of this stream it has not written yet
+        # When the frames waiting now began to wait for a write: the last time a write
+        # of this stream ended, or when a frame arrived with nothing else waiting.
+        self.waiting_since = 0.0
         self.close_reason: str | None = None
         self.segment: Segment | None = None
         self.open_path: Path | None = None  # read from other threads; set by the writer
@@ -143,6 +147,9 @@ class Recorder:
         # queue are forgotten lazily: from the front, and by _compact.
         self._arrivals: deque[tuple[_Track, int]] = deque()
         self._compact_at = _COMPACT_MIN
+        # [second of time.monotonic(), frames dropped from the disk queues in it], oldest
+        # first, reaching back recording.health_window_seconds. Event loop only.
+        self._queue_drops: deque[list[int]] = deque()
         self._exit = False  # writer threads return at their next tick
         self._threads: list[threading.Thread] = []
         self._paused: str | None = None
@@ -224,10 +231,13 @@ class Recorder:
             return
         with track.lock:
             added = frame.size
+            if not track.pending and not track.serving:
+                track.waiting_since = frame.monotonic
             if len(track.pending) >= track.limit:
                 added -= track.pending.popleft().size
                 track.dequeued += 1
                 track.frames_dropped += 1
+                self._count_queue_drop(frame.monotonic)
             track.pending.append(frame)
             number = track.enqueued
             track.enqueued = number + 1
@@ -266,7 +276,19 @@ class Recorder:
                     track.pending_bytes -= size
                     track.dequeued += 1
                     track.frames_dropped += 1
+                    self._count_queue_drop(time.monotonic())
             arrivals.popleft()
+
+    def _count_queue_drop(self, mono: float) -> None:
+        # Event loop only: one [second, drops] entry per second with drops, for /health.
+        second = int(mono)
+        drops = self._queue_drops
+        if drops and drops[-1][0] == second:
+            drops[-1][1] += 1
+            return
+        drops.append([second, 1])
+        while drops[0][0] < second - self.settings.health_window_seconds:
+            drops.popleft()
 
     def _compact(self) -> None:
         # An entry of a frame still queued keeps every later entry in arrivals, even
@@ -336,11 +358,35 @@ class Recorder:
         return track.stats() if track is not None else None
 
     def problems(self) -> list[str]:
-        """Why recording is not working right now (``/health`` shows these)."""
+        """Why recording is not working right now (``/health`` shows these).
+
+        Besides a pause and failing streams: streams whose frames have waited
+        ``recording.stall_seconds`` or more for a write to end (a stalled or too slow
+        disk), and frames dropped from the disk queues (full) within the last
+        ``recording.health_window_seconds``.
+        """
         found = [f"recording paused: {self._paused}"] if self._paused else []
         for track in list(self._tracks.values()):
             if track.error:
                 found.append(f"recording of stream '{track.name}' failed: {track.error}")
+        now = time.monotonic()
+        waits = [
+            now - track.waiting_since
+            for track in self._all()
+            if track.pending or track.serving
+        ]
+        stalled = [wait for wait in waits if wait >= self.settings.stall_seconds]
+        if stalled:
+            found.append(
+                f"recording: no write completed for {max(stalled):.0f} s on "
+                f"{len(stalled)} stream(s) (the disk is stalled or too slow)"
+            )
+        window = self.settings.health_window_seconds
+        dropped = sum(n for second, n in list(self._queue_drops) if second >= now - window)
+        if dropped:
+            found.append(
+                f"recording: {dropped} frame(s) dropped from the disk queue in the last {window:g} s"
+            )
         return found
 
     async def _tick_forever(self) -> None:
@@ -397,16 +443,20 @@ class Recorder:
             self._bytes_out[writer] += track.pending_bytes
             track.pending_bytes = 0
             reason, track.close_reason = track.close_reason, None
+            track.serving = True
         try:
             for frame in frames:
                 self._write(track, frame)
                 if track.segment is not None and track.segment.unflushed >= MAX_FRAGMENT_FRAMES:
                     self._flush(track)
+                track.waiting_since = time.monotonic()
             self._flush(track)  # one fragment per stream per batch
+            track.waiting_since = time.monotonic()
             if reason is not None and track.segment is not None:
                 self._close(track, "complete", reason)
         finally:
             with track.lock:
+                track.serving = False
                 track.scheduled = False
                 if track.pending or track.close_reason is not None:
                     self._schedule(track)

@@ -1,0 +1,205 @@
+"""Disk faults against a real server: a stalled disk, a full disk, resolution flips.
+
+The recordings live on a file system mounted for the test: a small tmpfs fills up
+for real (ENOSPC), and an ext4 image on a loop device can be frozen with
+``fsfreeze`` (every write to it blocks until it is thawed, as behind a hung disk).
+Mounting needs root (CAP_SYS_ADMIN); without it these tests are skipped and say so.
+Every mount is thawed and unmounted when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import make_jpeg, publish, wait_for
+from recording_tools import decode, sidecars
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+class Mounts:
+    """File systems mounted under ``tmp_path`` for one test."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.mounted: list[Path] = []
+        self.frozen: set[Path] = set()
+
+    def _mount(self, *command: str, target: Path) -> Path:
+        target.mkdir(parents=True)
+        done = _run(*command, str(target))
+        if done.returncode:
+            pytest.skip(f"cannot mount a test file system ({' '.join(command)}): "
+                        f"{done.stderr.strip()} - these tests need root (CAP_SYS_ADMIN)")
+        self.mounted.append(target)
+        return target
+
+    def tmpfs(self, size: str) -> Path:
+        """A tmpfs of ``size`` (e.g. ``"1m"``): writes past it fail with ENOSPC."""
+        return self._mount("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                           target=self.root / f"tmpfs{len(self.mounted)}")
+
+    def resize(self, path: Path, size: str) -> None:
+        done = _run("mount", "-o", f"remount,size={size}", str(path))
+        assert done.returncode == 0, done.stderr
+
+    def ext4(self, size_mb: int = 64) -> Path:
+        """An ext4 image on a loop device (it can be frozen)."""
+        image = self.root / f"disk{len(self.mounted)}.img"
+        with open(image, "wb") as fh:
+            fh.truncate(size_mb * 1024 * 1024)
+        made = _run("mkfs.ext4", "-q", "-F", str(image))
+        if made.returncode:
+            pytest.skip(f"cannot make an ext4 image: {made.stderr.strip()}")
+        return self._mount("mount", "-o", "loop", str(image),
+                           target=self.root / f"ext4{len(self.mounted)}")
+
+    def freeze(self, path: Path) -> None:
+        done = _run("fsfreeze", "-f", str(path))
+        assert done.returncode == 0, done.stderr
+        self.frozen.add(path)
+
+    def thaw(self, path: Path) -> None:
+        if path in self.frozen:
+            self.frozen.discard(path)
+            done = _run("fsfreeze", "-u", str(path))
+            assert done.returncode == 0, done.stderr
+
+    def release(self) -> None:
+        """Thaw and unmount everything (lazily if a process still holds a file)."""
+        for path in list(self.frozen):
+            _run("fsfreeze", "-u", str(path))
+        self.frozen.clear()
+        for path in reversed(self.mounted):
+            if _run("umount", str(path)).returncode:
+                _run("umount", "-l", str(path))
+        self.mounted.clear()
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """Test file systems; take it before ``start_server`` so the servers stop first."""
+    found = Mounts(tmp_path)
+    try:
+        yield found
+    finally:
+        found.release()
+
+
+class Publishers:
+    """One thread publishing ``count`` streams round-robin, every frame kept per stream."""
+
+    def __init__(self, url: str, names: list[str], pause: float = 0.01, size=(320, 240)):
+        self.url, self.names, self.pause, self.size = url, names, pause, size
+        self.sent: dict[str, list[bytes]] = {name: [] for name in names}
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            i = 0
+            while not self.stop.is_set():
+                for name in self.names:
+                    jpeg = make_jpeg(*self.size, seed=i)
+                    response = publish(self.url, name, jpeg, client)
+                    if response.status_code != 200:
+                        self.errors.append(response.text)
+                        return
+                    self.sent[name].append(jpeg)
+                i += 1
+                self.stop.wait(self.pause)
+
+    def __enter__(self) -> "Publishers":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+    def frames(self) -> int:
+        return min(len(sent) for sent in self.sent.values())
+
+
+def _health(server) -> dict:
+    return httpx.get(f"{server.url}/health", timeout=10).json()
+
+
+def _recording(server, name: str) -> dict:
+    """The stream's recording stats (empty before its first frame)."""
+    response = httpx.get(f"{server.url}/api/streams/{name}/stats", timeout=10)
+    return response.json()["recording"] if response.status_code == 200 else {}
+
+
+def _subsequence(part: list[bytes], whole: list[bytes]) -> bool:
+    found = iter(whole)
+    return all(any(item == other for other in found) for item in part)
+
+
+def _close_streams(server, names) -> None:
+    for name in names:
+        assert httpx.delete(f"{server.url}/api/streams/{name}", timeout=10).status_code == 200
+
+
+def _closed(root: Path, name: str) -> list[dict] | None:
+    """Every sidecar of ``name`` once none says ``recording`` any more."""
+    found = sidecars(root, name)
+    return found if found and all(m["status"] != "recording" for m in found) else None
+
+
+def test_a_stalled_disk_degrades_health_with_the_reason_until_writes_complete(
+    mounts, start_server
+):
+    disk = mounts.ext4()
+    server = start_server({"recording": {
+        "directory": str(disk / "recordings"), "queue_frames": 20,
+        "stall_seconds": 1, "health_window_seconds": 2,
+    }})
+    names = ["a", "b", "c"]
+    with Publishers(server.url, names, pause=0.04) as publishers:
+        wait_for(lambda: all(_recording(server, n).get("frames_written", 0) >= 5 for n in names),
+                 what="every stream recording")
+        assert _health(server)["status"] == "healthy"
+        mounts.freeze(disk)
+        try:
+            health = wait_for(
+                lambda: (h := _health(server))["status"] == "degraded"
+                and len(h["problems"]) == 2 and h,
+                timeout=30, what="/health degraded for both reasons while the disk is frozen",
+            )
+            frozen_stats = {n: _recording(server, n) for n in names}
+        finally:
+            mounts.thaw(disk)
+        stalled, dropped = sorted(health["problems"], key=lambda p: "dropped" in p)
+        assert stalled.startswith("recording: no write completed for ")
+        assert stalled.endswith(" on 3 stream(s) (the disk is stalled or too slow)")
+        assert "recording: " in dropped and " frame(s) dropped from the disk queue in the last 2 s" in dropped
+        assert all(frozen_stats[n]["frames_dropped"] > 0 for n in names)
+        # Writes complete again, the window passes without drops: healthy again.
+        wait_for(lambda: _health(server)["status"] == "healthy", timeout=30,
+                 what="/health healthy after the thaw")
+        recovered_at = publishers.frames()
+        wait_for(lambda: publishers.frames() >= recovered_at + 5, what="frames after the thaw")
+    assert not publishers.errors
+    wait_for(lambda: all(_recording(server, n)["queue_frames"] == 0 for n in names),
+             what="queues drained")
+    stats = {n: _recording(server, n) for n in names}
+    _close_streams(server, names)
+    for name in names:
+        metas = wait_for(lambda: _closed(server.recordings, name), what=f"{name} closed")
+        packets = [p for m in metas for p in decode(Path(m["recording_path"])).packets]
+        sent = publishers.sent[name]
+        # What was kept was written once, in order, up to the last frame sent.
+        assert _subsequence(packets, sent) and packets[-1] == sent[-1]
+        assert len(packets) == sum(m["total_frames"] for m in metas) == stats[name]["frames_written"]
+        assert sum(m["frames_dropped"] for m in metas) == stats[name]["frames_dropped"] > 0
+        assert all(m["status"] == "complete" for m in metas)
