@@ -230,6 +230,7 @@ class PassthroughSegment(Segment):
         """Create the file and write PyAV's ``ftyp``+``moov`` for this frame size."""
         self._pending: list[tuple[int, Frame]] = []  # (pts in ms, frame) not written yet
         self._sequence = 0
+        self._complete = 0  # file size up to the end of the last whole write
         header, self._scale = self._header(self.width, self.height)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         self._fd = os.open(self.path, flags, 0o644)
@@ -307,15 +308,27 @@ class PassthroughSegment(Segment):
         self._write_all([b"".join(head), *(frame.jpeg for _, frame in frames)])
 
     def _write_all(self, pieces: list) -> None:
+        """Write every piece, or raise with the file cut back to the last whole write
+        (a fragment the disk took only part of would end the file in a torn frame)."""
         views = [memoryview(piece) for piece in pieces]
-        while views:
-            written = os.writev(self._fd, views)
-            if not written:
-                raise OSError(f"write to {self.path} wrote nothing")
-            while views and written >= len(views[0]):
-                written -= len(views.pop(0))
-            if views and written:
-                views[0] = views[0][written:]
+        total = sum(len(view) for view in views)
+        try:
+            while views:
+                written = os.writev(self._fd, views)
+                if not written:
+                    raise OSError(f"write to {self.path} wrote nothing")
+                while views and written >= len(views[0]):
+                    written -= len(views.pop(0))
+                if views and written:
+                    views[0] = views[0][written:]
+        except BaseException:
+            try:
+                os.ftruncate(self._fd, self._complete)
+                os.lseek(self._fd, self._complete, os.SEEK_SET)
+            except OSError:
+                log.debug("cannot cut %s back after a failed write", self.path, exc_info=True)
+            raise
+        self._complete += total
 
     def close(self) -> None:
         """Write the last fragment and close the file."""
