@@ -9,6 +9,7 @@ Every mount is thawed and unmounted when the test ends, whatever happened.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import threading
 import time
@@ -203,3 +204,59 @@ def test_a_stalled_disk_degrades_health_with_the_reason_until_writes_complete(
         assert len(packets) == sum(m["total_frames"] for m in metas) == stats[name]["frames_written"]
         assert sum(m["frames_dropped"] for m in metas) == stats[name]["frames_dropped"] > 0
         assert all(m["status"] == "complete" for m in metas)
+
+
+def _litter(root: Path) -> list[str]:
+    """Empty videos, temp files and sidecars without a video under ``root``."""
+    found = [f"empty {p.name}" for p in root.rglob("*.mp4") if p.stat().st_size == 0]
+    found += [f"temp {p.name}" for p in root.rglob("*.tmp")]
+    found += [f"orphan {p.name}" for p in root.rglob("*.json")
+              if not p.with_suffix(".mp4").exists()]
+    return found
+
+
+def test_a_full_disk_leaves_no_litter_and_torn_segments_are_described_once_space_returns(
+    mounts, start_server
+):
+    disk = mounts.tmpfs("1m")
+    server = start_server({"recording": {"directory": str(disk / "recordings")}})
+    root = server.recordings
+    names = [f"cam{i}" for i in range(8)]
+    started = time.monotonic()
+    with Publishers(server.url, names, pause=0.04) as publishers:
+        # Every stream meets the full disk, then tries a new segment after its back-off
+        # twice (1 s, then 2 s later): a file made by each try must not stay behind.
+        wait_for(lambda: all(_recording(server, n).get("errors", 0) >= 3 for n in names),
+                 timeout=60, what="every stream failing and retrying on the full disk")
+        elapsed = time.monotonic() - started
+        errors = {n: _recording(server, n)["errors"] for n in names}
+        assert _litter(root) == []
+        # Back-off, not a tight loop: at most one try at 0, 1, 3, 7, 15 … s after the
+        # first failure, which came after the test started.
+        assert max(errors.values()) <= 2 + math.log2(1 + elapsed)
+        mounts.resize(disk, "32m")  # space returns: writing resumes
+        resumed = publishers.frames()
+        wait_for(lambda: publishers.frames() >= resumed + 10, what="frames after space returned")
+        wait_for(lambda: all(_recording(server, n)["error"] is None for n in names),
+                 what="every stream recording again")
+        # The segments torn by the full disk say what their files hold now, not after a
+        # restart: only the segment each stream is writing says "recording".
+        open_now = {_recording(server, n)["segment"] for n in names}
+        wait_for(lambda: all(m["status"] != "recording" or m["recording_path"] in open_now
+                             for n in names for m in sidecars(root, n)),
+                 what="torn segments described")
+    assert not publishers.errors
+    _close_streams(server, names)
+    torn = 0
+    for name in names:
+        metas = wait_for(lambda: _closed(root, name), what=f"{name} closed")
+        assert {m["status"] for m in metas} <= {"complete", "torn"}
+        for meta in metas:
+            video = Path(meta["recording_path"])
+            got = decode(video)
+            assert meta["total_frames"] == got.frames > 0
+            assert meta["size_bytes"] == video.stat().st_size
+            assert _subsequence(got.packets, publishers.sent[name])
+            torn += meta["status"] == "torn"
+    assert torn >= 1
+    assert _litter(root) == []

@@ -100,6 +100,27 @@ def test_disk_error_keeps_live_view_and_degrades_health(tmp_path):
     assert "File too large" in server.output()
     metas = sidecars(server.recordings, "cam")
     assert len(metas) >= 2
-    # The segment that hit the error says what the file really holds.
-    assert metas[0]["status"] == "recovered"
-    assert metas[0]["total_frames"] == decode(Path(metas[0]["recording_path"])).frames > 0
+    # The segment that hit the error says what the file really holds: the file is cut
+    # back to its last whole fragment, so every frame in it is whole.
+    assert metas[0]["status"] == "torn"
+    torn = decode(Path(metas[0]["recording_path"]))
+    assert metas[0]["total_frames"] == torn.frames > 0
+    assert all(p[-2:] == b"\xff\xd9" for p in torn.packets)
+    assert all(p.stat().st_size > 0 for p in server.recordings.rglob("*.mp4"))
+    assert not list(server.recordings.rglob("*.tmp"))
+
+
+def test_restart_removes_what_interrupted_writes_left(start_server, tmp_path):
+    workdir = tmp_path / "node"
+    folder = workdir / "recordings" / "cam"
+    folder.mkdir(parents=True)
+    empty = folder / "cam_20260101_000000.mp4"  # created, header refused (disk full)
+    empty.write_bytes(b"")
+    temp = folder / ".cam_20260101_000001.json.tmp"  # a sidecar write cut short
+    temp.write_text('{"stream_name": "ca')
+    other = folder / "notes.tmp"  # not a sidecar's temp file: left alone
+    other.write_text("mine")
+    server = start_server(workdir=workdir)
+    wait_for(lambda: not empty.exists() and not temp.exists(), what="leftovers removed")
+    assert other.exists()
+    assert httpx.get(f"{server.url}/api/recordings").json()["recordings"] == []

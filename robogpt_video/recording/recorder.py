@@ -12,7 +12,9 @@ a second joins only while the first has spent more than a tick on a batch; the
 transcoding codecs use 2-4 writers that all take work. While a write is slow, the
 streams behind it wait and their queues absorb it (``queue_frames`` per stream,
 ``max_queue_mb`` in all). A disk error stops that stream's recording, is logged and
-shown by ``/health``, and is retried with back-off; live viewing never notices.
+shown by ``/health``, and is retried with back-off; live viewing never notices. A
+write that does not return (a stalled disk) and frames dropped from full queues show
+in ``/health`` too (:meth:`Recorder.problems`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from ..aio import cancel_and_wait
 from ..config import RecordingSettings
 from ..streams import Frame, Stream
-from .recovery import recover, repair
+from .recovery import recover, remove_file, repair, sidecar_temp
 from .segment import MAX_FRAGMENT_FRAMES, Segment, open_segment
 from .store import RecordingFile, RecordingStore
 
@@ -157,6 +159,12 @@ class Recorder:
         self._created: set[Path] = set()  # files this process made: recovery skips them
         self._ticker: asyncio.Task | None = None
         self._recovery: threading.Thread | None = None
+        # Sidecars the disk refused (full): video path -> what to write. Writer 0 tries
+        # again after a back-off, and at once after a new segment's sidecar was written.
+        self._unwritten: dict[Path, dict] = {}
+        self._unwritten_lock = threading.Lock()
+        self._unwritten_at = 0.0  # monotonic time of the next try
+        self._unwritten_backoff = 0.0
         # Passthrough: writer 0 serves every tick; the others only while it is behind.
         # Two writers sharing light work cost ≈15 % more server CPU at 50 × 30 fps
         # (GIL hand-offs); with PyAV's muxer one alone fell behind at 300 × 30 fps and
@@ -193,6 +201,10 @@ class Recorder:
             await asyncio.sleep(0.02)
         self._exit = True
         await asyncio.to_thread(self._join, deadline)
+        # A last try (not behind a writer still stuck in a write: it would hang too);
+        # what is still refused says "recording", and start-up recovery describes it.
+        if self._unwritten and not any(thread.is_alive() for thread in self._threads):
+            await asyncio.to_thread(self._write_unwritten)
 
     def _join(self, deadline: float) -> None:
         for thread in self._threads:
@@ -416,6 +428,8 @@ class Recorder:
                     self._lead_busy_since = 0.0
             elif self._lead_behind():
                 self._write_ready(index)
+            if index == 0 and self._unwritten and time.monotonic() >= self._unwritten_at:
+                self._write_unwritten()
 
     def _lead_behind(self) -> bool:
         """Writer 0 has spent more than a tick on its current batch."""
@@ -509,18 +523,20 @@ class Recorder:
         try:
             segment = open_segment(path, track.name, frame, self.settings.codec, self.settings.fps)
         except BaseException:
+            remove_file(path)  # created, but its header could not be written (disk full)
             track.open_path = None
             raise
         try:
             segment.write(frame)  # so the first sidecar describes a file that holds a frame
             segment.flush()
-            segment.write_sidecar("recording")
+            self._write_sidecar(path, segment.sidecar("recording"))
         except BaseException:
             segment.abort()
-            self._describe_torn(segment)
+            self._torn(segment)
             track.open_path = None
             raise
         track.segment = segment
+        self._unwritten_at = 0.0  # the disk takes sidecars: try the refused ones now
         log.info("recording %s to %s", track.name, path)
         return segment
 
@@ -529,14 +545,20 @@ class Recorder:
             return  # _fail has closed it and described what the file holds
         # open_path stays set until the sidecar says how the file ended: until then the
         # file is still being written, and cleanup and DELETE must leave it alone.
-        segment, track.segment = track.segment, None
+        segment = track.segment
         self._settle_drops(track, segment)
         try:
             segment.close()
-            segment.write_sidecar(status)
+        except Exception as exc:  # the last fragment or the trailer: the file is torn
+            self._fail(track, exc)
+            return
+        track.segment = None
+        try:
+            self._write_sidecar(segment.path, segment.sidecar(status))
         except Exception as exc:
-            log.error("closing recording %s failed: %s", segment.path, exc)
+            log.error("closing recording %s: cannot write its sidecar: %s", segment.path, exc)
             track.errors += 1
+            self._write_later(segment.path, segment.sidecar(status))
             return
         finally:
             track.open_path = None
@@ -557,7 +579,7 @@ class Recorder:
             track.bytes_written -= before - segment.bytes_written
             lost += kept_back
             self._settle_drops(track, segment)
-            self._describe_torn(segment)
+            self._torn(segment)
         track.open_path = None  # after the sidecar describes what the file holds
         track.errors += 1
         with track.lock:
@@ -568,17 +590,67 @@ class Recorder:
         track.error = f"{exc} (retrying in {track.backoff:.0f} s)"
         log.error("recording of stream %s failed: %s", track.name, track.error)
 
-    def _describe_torn(self, segment: Segment) -> None:
-        # The last write may be torn: describe what the file really holds, as recovery
-        # would. If the disk refuses even that, startup recovery does it later.
+    def _torn(self, segment: Segment) -> None:
+        """After a failed write: remove a file that holds no frame (and its sidecar), or
+        describe what the file really holds (status ``torn``), as recovery would. If the
+        disk refuses the sidecar, it is written once the disk takes writes again."""
+        if segment.frames == 0:  # after abort(): frames in complete fragments only
+            remove_file(segment.path)
+            remove_file(segment.path.with_suffix(".json"))
+            log.info("removed %s: the disk failed before it held a frame", segment.path)
+            return
         start = datetime.fromtimestamp(segment.start_ts, timezone.utc)
         recording = RecordingFile(segment.stream, segment.path, start)
         try:
-            self.store.write_sidecar(
-                segment.path, repair(self.store, recording, segment.sidecar("recording"))
-            )
-        except Exception as exc:
+            meta = repair(self.store, recording, segment.sidecar("recording"))
+        except Exception as exc:  # gone (deleted), a link, or unreadable: nothing to describe
             log.warning("cannot describe %s after the error: %s", segment.path, exc)
+            return
+        meta["status"] = "torn"
+        try:
+            self._write_sidecar(segment.path, meta)
+        except Exception as exc:
+            log.warning("cannot describe %s after the error yet: %s", segment.path, exc)
+            self._write_later(segment.path, meta)
+
+    def _write_sidecar(self, video: Path, meta: dict) -> None:
+        """Write a sidecar; a failed write leaves no temp file behind."""
+        try:
+            self.store.write_sidecar(video, meta)
+        except BaseException:
+            remove_file(sidecar_temp(video))
+            raise
+
+    def _write_later(self, video: Path, meta: dict) -> None:
+        with self._unwritten_lock:
+            self._unwritten[video] = meta
+            if self._unwritten_backoff == 0.0:
+                self._unwritten_backoff = 1.0
+                self._unwritten_at = time.monotonic() + 1.0
+
+    def _write_unwritten(self) -> None:
+        """Write the sidecars the disk refused; after a refusal, wait longer (up to 30 s)."""
+        with self._unwritten_lock:
+            waiting = list(self._unwritten.items())
+        for video, meta in waiting:
+            try:
+                if video.exists():  # not deleted meanwhile (no sidecar without its video)
+                    self._write_sidecar(video, meta)
+            except Exception as exc:
+                with self._unwritten_lock:
+                    self._unwritten_backoff = min(
+                        MAX_BACKOFF, max(1.0, self._unwritten_backoff * 2)
+                    )
+                    self._unwritten_at = time.monotonic() + self._unwritten_backoff
+                log.debug("sidecar of %s still refused: %s", video, exc)
+                return
+            with self._unwritten_lock:
+                if self._unwritten.get(video) is meta:
+                    del self._unwritten[video]
+            log.info("sidecar of %s written after the disk refused it (%s)", video, meta["status"])
+        with self._unwritten_lock:
+            if not self._unwritten:
+                self._unwritten_backoff = 0.0
 
     @staticmethod
     def _settle_drops(track: _Track, segment: Segment) -> None:

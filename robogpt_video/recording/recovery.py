@@ -17,7 +17,7 @@ import av
 
 from ..errors import NotFound
 from .segment import sidecar_dict
-from .store import RecordingFile, RecordingStore, fd_path
+from .store import RecordingFile, RecordingStore, fd_path, parse_name
 
 log = logging.getLogger(__name__)
 
@@ -90,26 +90,105 @@ def repair(store: RecordingStore, recording: RecordingFile, old: dict | None) ->
     )
 
 
+def sidecar_temp(video: Path) -> Path:
+    """The temp file :meth:`RecordingStore.write_sidecar` writes before its rename."""
+    sidecar = video.with_suffix(".json")
+    return sidecar.with_name(f".{sidecar.name}.tmp")
+
+
+def remove_file(path: Path) -> None:
+    """Delete ``path`` if it is there; a failure is logged, not raised."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
+
+
+_TEMP_PREFIX, _TEMP_SUFFIX = ".", ".json.tmp"
+
+
+def remove_temp_files(store: RecordingStore, skip: Callable[[Path], bool]) -> int:
+    """Delete sidecar temp files a stop left behind mid-write; returns how many.
+
+    Only ``.<segment>.json.tmp`` in the stream folders, never through a link below the
+    root, and none of a segment ``skip`` names (this process is writing it).
+    """
+    try:
+        root = os.open(store.root, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    try:
+        with os.scandir(root) as entries:
+            folders = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        for folder in folders:
+            try:
+                fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root)
+            except OSError:
+                continue
+            try:
+                removed += _remove_temps(fd, store.root / folder, skip)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root)
+    return removed
+
+
+def _remove_temps(fd: int, folder: Path, skip: Callable[[Path], bool]) -> int:
+    with os.scandir(fd) as entries:
+        names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
+    removed = 0
+    for name in names:
+        if not (name.startswith(_TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)):
+            continue
+        video = folder / (name[len(_TEMP_PREFIX) : -len(_TEMP_SUFFIX)] + ".mp4")
+        if parse_name(video.name) is None or skip(video):
+            continue
+        try:
+            os.unlink(name, dir_fd=fd)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def _parse_iso(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def recover(store: RecordingStore, skip: Callable[[Path], bool] = lambda p: False) -> int:
-    """Repair every sidecar left ``recording`` and add missing ones; returns how many."""
-    repaired = 0
+    """Repair every sidecar left ``recording`` and add missing ones; returns how many.
+
+    Also removes what an interrupted write leaves: sidecar temp files, and videos of 0
+    bytes without a sidecar (made, then the disk refused their header).
+    """
+    temps = remove_temp_files(store, skip)
+    if temps:
+        log.info("recovery: %d unfinished sidecar temp file(s) removed", temps)
+    repaired = empty = 0
     for recording in store.list():
         if skip(recording.path):
             continue
         old = store.read_sidecar(recording)
         if old is not None and old.get("status") != "recording":
             continue
+        info = store.stat(recording)  # None: a link, or gone
+        if old is None and info is not None and info.st_size == 0:  # made, never written
+            store.delete(recording)
+            empty += 1
+            continue
         try:
             store.write_sidecar(recording.path, repair(store, recording, old))
         except (NotFound, OSError) as exc:
+            remove_file(sidecar_temp(recording.path))
             log.error("cannot repair the sidecar of %s: %s", recording.path, exc)
             continue
         repaired += 1
         log.warning("recovered %s after an unclean stop", recording.path)
+    if empty:
+        log.info("recovery: %d empty video file(s) without a sidecar removed", empty)
     if repaired:
         log.info("recovery: %d recording(s) repaired", repaired)
     return repaired
+
