@@ -87,6 +87,10 @@ class RecordingSettings(_Section):
     max_queue_mb: float = Field(
         256, gt=0, description="JPEG MiB queued for the disk by all streams together before drops"
     )
+    max_segments_per_minute: int = Field(
+        6, ge=1, description="Segments a stream may open in any 60 s; past it, frames of "
+        "another resolution than the open segment's are not recorded"
+    )
     stall_seconds: float = Field(
         5, gt=0, description="/health is degraded while frames wait this long for a write to end"
     )

@@ -260,3 +260,38 @@ def test_a_full_disk_leaves_no_litter_and_torn_segments_are_described_once_space
             torn += meta["status"] == "torn"
     assert torn >= 1
     assert _litter(root) == []
+
+
+def test_a_resolution_flip_per_frame_makes_a_bounded_number_of_segments(start_server):
+    # Two robots publishing under one name: every frame has the other size.
+    server = start_server({"recording": {"fps": 1000}})
+    sizes = [(320, 240), (480, 360)]
+    sent = [make_jpeg(*sizes[i % 2], seed=i) for i in range(40)]
+    started = time.monotonic()
+    with httpx.Client(timeout=10) as client:
+        for jpeg in sent:
+            assert publish(server.url, "shared", jpeg, client).status_code == 200
+    wait_for(lambda: (r := _recording(server, "shared"))["queue_frames"] == 0
+             and r["frames_written"] + r.get("frames_skipped_resolution", 0) == len(sent),
+             what="every frame written or skipped")
+    stats = _recording(server, "shared")
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    line = 'robogpt_video_recording_frames_skipped_resolution_total{stream="shared"} '
+    [counted] = [float(row[len(line):]) for row in metrics.splitlines() if row.startswith(line)]
+    assert counted == stats["frames_skipped_resolution"]
+    _close_streams(server, ["shared"])
+    metas = wait_for(lambda: _closed(server.recordings, "shared"), what="segments closed")
+    minutes = 1 + int((time.monotonic() - started) // 60)
+    assert len(metas) <= 6 * minutes  # recording.max_segments_per_minute's default
+    assert len(list(server.recordings.rglob("*.mp4"))) == len(metas)
+    packets = []
+    for meta in metas:
+        got = decode(Path(meta["recording_path"]))
+        assert (got.width, got.height) == (meta["width"], meta["height"])
+        assert got.frames == meta["total_frames"]
+        packets += got.packets
+    # The first frames each opened a segment while the budget lasted; after that,
+    # frames of the other size than the open segment's were skipped, and counted.
+    assert packets[:6] == sent[:6] and _subsequence(packets, sent)
+    assert len(packets) == stats["frames_written"]
+    assert stats["frames_skipped_resolution"] == len(sent) - len(packets) > 0

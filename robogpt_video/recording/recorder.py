@@ -89,6 +89,11 @@ class _Track:
         self.frames_dropped = 0
         self.drops_settled = 0  # frames_dropped already reported by a closed segment
         self.frames_skipped = 0  # above recording.fps: not recorded, by design
+        # Of another size than the open segment's while max_segments_per_minute were
+        # opened: not recorded. Writer thread only.
+        self.frames_skipped_resolution = 0
+        self.opened: deque[float] = deque()  # arrival of each segment's first frame, last 60 s
+        self.skip_logged = 0.0  # opened[-1] when skipping was last logged
         self.errors = 0
         self.error: str | None = None
         self.retry_at = 0.0
@@ -111,6 +116,7 @@ class _Track:
             "frames_written": self.frames_written,
             "frames_dropped": self.frames_dropped,
             "frames_skipped_fps": self.frames_skipped,
+            "frames_skipped_resolution": self.frames_skipped_resolution,
             "errors": self.errors,
             "error": self.error,
             "queue_frames": len(self.pending),
@@ -484,6 +490,9 @@ class Recorder:
             return
         segment = track.segment
         if segment is not None and not segment.fits(frame, self.settings.segment_seconds):
+            if self._over_budget(track, segment, frame):
+                track.frames_skipped_resolution += 1
+                return
             self._close(track, "complete", "rotation")
             segment = None
         try:
@@ -501,6 +510,28 @@ class Recorder:
         if track.error is not None:
             log.info("recording of stream %s works again", track.name)
             track.error, track.backoff = None, 0.0
+
+    def _over_budget(self, track: _Track, segment: Segment, frame: Frame) -> bool:
+        """``frame`` has another size than ``segment`` and the stream has opened
+        ``max_segments_per_minute`` segments in the 60 s before it (two cameras under
+        one name would otherwise make a file per frame). A segment past its
+        ``segment_seconds`` is replaced anyway: that rotation is the operator's."""
+        if frame.monotonic - segment.start_mono >= self.settings.segment_seconds:
+            return False
+        opened = track.opened
+        while opened and opened[0] <= frame.monotonic - 60.0:
+            opened.popleft()
+        if len(opened) < self.settings.max_segments_per_minute:
+            return False
+        if opened[-1] > track.skip_logged:  # once per run of skipped frames
+            track.skip_logged = opened[-1]
+            log.warning(
+                "stream %s changes resolution too often (%d segments in a minute, "
+                "recording.max_segments_per_minute): frames of another size than %dx%d "
+                "are not recorded for now", track.name, len(opened), segment.width,
+                segment.height,
+            )
+        return True
 
     def _flush(self, track: _Track) -> bool:
         """Put the segment's kept-back frames on disk; ``False`` if that failed."""
@@ -536,6 +567,7 @@ class Recorder:
             track.open_path = None
             raise
         track.segment = segment
+        track.opened.append(frame.monotonic)
         self._unwritten_at = 0.0  # the disk takes sidecars: try the refused ones now
         log.info("recording %s to %s", track.name, path)
         return segment

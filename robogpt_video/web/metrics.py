@@ -55,6 +55,9 @@ RECORDER_COUNTERS = (
     ("frames_written", "recording_frames", "Frames written to recording files"),
     ("frames_dropped", "recording_frames_dropped", "Frames the disk queue dropped (oldest first)"),
     ("frames_skipped_fps", "recording_frames_skipped_fps", "Frames above recording.fps, not recorded"),
+    ("frames_skipped_resolution", "recording_frames_skipped_resolution",
+     "Frames of another size than the open segment's while the stream was over "
+     "recording.max_segments_per_minute, not recorded"),
     ("errors", "recording_errors", "Recording errors (failed opens, writes, closes)"),
 )
 RECORDER_GAUGES = (("queue_frames", "recording_queue_frames", "Frames waiting for the disk"),)
