@@ -127,6 +127,10 @@ class ServerSettings(_Section):
         ["*"], description="Origins whose pages may use the API ('*': any; docs/security.md)"
     )
     max_frame_size_mb: float = Field(10, gt=0, le=1024)
+    max_frame_memory_mb: float = Field(
+        512, gt=0, description="MiB of JPEG frames held at once (latest frames, uploads being "
+        "read, frames queued or being written to disk); past it the oldest queued frames drop"
+    )
     max_connections: int = Field(
         10_000, ge=1, description="Open connections in all; more are refused with 503"
     )

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from .cleanup import CleanupService
 from .config import Settings
+from .memory import FrameMemory
 from .recording.recorder import Recorder
 from .streams import StreamRegistry
 
@@ -32,7 +33,10 @@ class Runtime:
         self.settings = settings
         self.started_at = time.time()
         self.registry = StreamRegistry(settings.streams)
-        self.services: list[Service] = [self.registry]
+        # Follows each stream's latest frame before the recorder reads the total.
+        self.memory = FrameMemory(settings.server.max_frame_memory_mb)
+        self.registry.listeners.append(self.memory)
+        self.services: list[Service] = [self.registry, self.memory]
         self.cluster = None
         if settings.cluster.enabled:  # only then is Redis imported (docs/cluster.md)
             from .cluster import Cluster
@@ -43,7 +47,8 @@ class Runtime:
             self.services.append(self.cluster)
         self.recorder: Recorder | None = None
         if settings.recording.enabled:
-            self.recorder = Recorder(settings.recording)
+            self.recorder = Recorder(settings.recording, memory=self.memory)
+            self.memory.recorder_bytes = lambda: self.recorder.held_bytes
             self.registry.listeners.append(self.recorder)
             self.services.append(self.recorder)
         # Last, so it starts after (and stops before) the recorder whose files it deletes.

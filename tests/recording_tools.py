@@ -96,18 +96,26 @@ def decode(path: Path) -> Decoded:
                        context.width, context.height)
 
 
-def run_recorder(tmp_path, body, hold: bool = False, **settings) -> None:
+def run_recorder(
+    tmp_path, body, hold: bool = False, frame_memory_mb: float | None = None, **settings
+) -> None:
     """Run ``await body(recorder, registry)`` with a real Recorder following a registry.
 
     ``hold``: the writers take no frame until the test sets ``recorder.writing``.
+    ``frame_memory_mb``: a frame budget (``recorder.memory``), wired as the runtime does.
     """
     from robogpt_video.config import RecordingSettings, StreamsSettings
+    from robogpt_video.memory import FrameMemory
     from robogpt_video.recording.recorder import Recorder
     from robogpt_video.streams import StreamRegistry
 
     async def main():
-        recorder = Recorder(RecordingSettings(directory=tmp_path, **settings))
+        memory = FrameMemory(frame_memory_mb) if frame_memory_mb is not None else None
+        recorder = Recorder(RecordingSettings(directory=tmp_path, **settings), memory=memory)
         registry = StreamRegistry(StreamsSettings())
+        if memory is not None:
+            memory.recorder_bytes = lambda: recorder.held_bytes
+            registry.listeners.append(memory)
         registry.listeners.append(recorder)
         if hold:
             recorder.writing.clear()

@@ -1,4 +1,5 @@
-"""Disk faults against a real server: a stalled disk, a full disk, resolution flips.
+"""Faults against a real server: a stalled disk, a full disk, resolution flips, and
+memory pressure from very large frames behind a stalled disk (docs/reliability.md).
 
 The recordings live on a file system mounted for the test: a small tmpfs fills up
 for real (ENOSPC), and an ext4 image on a loop device can be frozen with
@@ -18,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.memory_pressure import MIB, big_jpeg
+from bench.procstat import memory_kb
 from helpers import make_jpeg, publish, wait_for
 from recording_tools import decode, sidecars
 
@@ -295,3 +298,65 @@ def test_a_resolution_flip_per_frame_makes_a_bounded_number_of_segments(start_se
     assert packets[:6] == sent[:6] and _subsequence(packets, sent)
     assert len(packets) == stats["frames_written"]
     assert stats["frames_skipped_resolution"] == len(sent) - len(packets) > 0
+
+
+def _memory_kb(server) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of the server process, in KiB."""
+    return memory_kb(server.proc.pid)
+
+
+def _metric(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name)] in " {")
+
+
+@pytest.mark.parametrize("queue_mb, reason", [
+    (256, "dropped from the disk queue in the last 60 s"),  # the default cap, mostly
+    (4096, "to keep the frames held within server.max_frame_memory_mb (512 MiB)"),
+], ids=["default-queue-cap", "frame-budget"])
+def test_ten_publishers_of_big_frames_stay_under_a_gigabyte_and_memory_returns(
+    mounts, start_server, queue_mb, reason
+):
+    # The issue's case: 10 publishers of 9.5 MiB frames behind a disk that takes
+    # nothing (frozen). With the default queue cap, 256 MiB of them wait for the disk;
+    # with a cap far above the frame budget, server.max_frame_memory_mb (512 MiB by
+    # default) is what bounds the process.
+    disk = mounts.ext4(size_mb=2048)
+    server = start_server({
+        "recording": {"directory": str(disk / "recordings"), "max_queue_mb": queue_mb},
+    })
+    jpeg = big_jpeg(int(9.5 * MIB), seed=1)
+    names = [f"big{i}" for i in range(10)]
+    idle = _memory_kb(server)["VmRSS"]
+    codes: list[int] = []
+
+    def publisher(name: str) -> None:
+        with httpx.Client(timeout=60) as client:
+            for _ in range(15):  # 1.4 GiB in all
+                response = client.post(f"{server.url}/publish/{name}", content=jpeg,
+                                       headers={"Content-Type": "image/jpeg"})
+                codes.append(response.status_code)
+
+    mounts.freeze(disk)
+    try:
+        threads = [threading.Thread(target=publisher, args=(n,)) for n in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        health = _health(server)
+        peak = _memory_kb(server)["VmHWM"]
+    finally:
+        mounts.thaw(disk)
+    assert codes == [200] * 150  # publishes are still accepted
+    assert peak < 1024 * 1024, f"peak RSS {peak / 1024:.0f} MiB"
+    assert any(reason in p for p in health["problems"]), health["problems"]
+    assert sum(_recording(server, n)["frames_dropped"] for n in names) > 0
+    wait_for(lambda: _metric(server, "robogpt_video_recording_queue_bytes") == 0,
+             timeout=60, what="the queued frames written")
+    _close_streams(server, names)
+    # The frames are let go, and the process gives the memory back (glibc keeps freed
+    # heap blocks for reuse until trimmed), within a margin for what the work left.
+    wait_for(lambda: _memory_kb(server)["VmRSS"] < idle + 128 * 1024, timeout=30,
+             what=f"RSS back near its idle {idle / 1024:.0f} MiB")

@@ -157,3 +157,48 @@ def test_max_queue_mb_is_read_from_the_environment_and_validated(tmp_path, monke
     monkeypatch.setenv("ROBOGPT_RECORDING__MAX_QUEUE_MB", "0")
     with pytest.raises(ConfigError, match="recording.max_queue_mb"):
         load_settings()
+
+
+def test_the_frame_budget_leaves_the_queues_what_latest_frames_and_uploads_do_not_hold(
+    tmp_path
+):
+    jpeg = make_jpeg(160, 120, seed=5)
+    size = len(jpeg)
+
+    async def body(recorder, registry):
+        memory = recorder.memory
+        assert memory.budget == int(10.5 * size)
+        cams = [registry.get_or_create(f"cam{i}") for i in range(4)]
+        for _ in range(10):
+            for cam in cams:
+                cam.publish(jpeg, inspect_jpeg(jpeg))
+                assert memory.held() <= memory.budget
+        # 4 latest frames leave 6.5 frames of room: the 6 newest stay queued (4 of them
+        # are also their stream's latest frame: counted twice), 34 dropped and counted.
+        assert memory.latest == 4 * size and recorder.held_bytes == 6 * size
+        assert sum(s["frames_dropped"] for s in recorder.stats().values()) == 34
+        [problem] = [p for p in recorder.problems() if "max_frame_memory_mb" in p]
+        assert problem.startswith("recording: 34 frame(s) dropped from the disk queue")
+        memory.uploads = 3 * size  # bodies being read take their share too
+        cams[0].publish(jpeg, inspect_jpeg(jpeg))
+        assert recorder.held_bytes == 3 * size
+        memory.uploads = 0
+        recorder.writing.set()
+        await _until(lambda: recorder.held_bytes == 0)
+        assert sum(s["frames_written"] for s in recorder.stats().values()) == 3
+        for cam in cams:
+            registry.remove(cam.name, "test over")
+        assert memory.latest == 0 and memory.held() == 0
+
+    _run(tmp_path, body, fps=1000, queue_frames=1000, frame_memory_mb=10.5 * size / MIB)
+
+
+def test_max_frame_memory_mb_is_read_from_the_environment_and_validated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ROBOGPT_CONFIG", raising=False)
+    assert load_settings().server.max_frame_memory_mb == 512
+    monkeypatch.setenv("ROBOGPT_SERVER__MAX_FRAME_MEMORY_MB", "64")
+    assert load_settings().server.max_frame_memory_mb == 64
+    monkeypatch.setenv("ROBOGPT_SERVER__MAX_FRAME_MEMORY_MB", "0")
+    with pytest.raises(ConfigError, match="server.max_frame_memory_mb"):
+        load_settings()

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..aio import cancel_and_wait
 from ..config import RecordingSettings
+from ..memory import FrameMemory
 from ..streams import Frame, Stream
 from .recovery import recover, remove_file, repair, sidecar_temp
 from .segment import MAX_FRAGMENT_FRAMES, Segment, open_segment
@@ -133,10 +134,17 @@ class Recorder:
     fill the queues deterministically). :meth:`stop` sets it again.
     """
 
-    def __init__(self, settings: RecordingSettings, writer_threads: int | None = None):
+    def __init__(
+        self,
+        settings: RecordingSettings,
+        writer_threads: int | None = None,
+        memory: FrameMemory | None = None,
+    ):
         self.settings = settings
         #: Cap on :attr:`queue_bytes` (``recording.max_queue_mb``).
         self.max_queue_bytes = int(settings.max_queue_mb * 1024 * 1024)
+        #: The frame budget (``server.max_frame_memory_mb``) queued frames yield to.
+        self.memory = memory
         self.writing = threading.Event()
         self.writing.set()
         self.store = RecordingStore(settings.directory)
@@ -150,14 +158,19 @@ class Recorder:
         self._bytes_in = 0
         self._bytes_out = [0] * self.writer_threads
         self._bytes_out_seen = 0  # sum(_bytes_out) when the event loop last added it up
+        # Bytes each writer has finished with (its batch written): _bytes_out - _bytes_done
+        # is what writers hold; only writer i changes _bytes_done[i].
+        self._bytes_done = [0] * self.writer_threads
         # (track, frame number) of queued frames in arrival order, for dropping the
         # oldest across streams. Event loop only. Entries whose frame has left its
         # queue are forgotten lazily: from the front, and by _compact.
         self._arrivals: deque[tuple[_Track, int]] = deque()
         self._compact_at = _COMPACT_MIN
         # [second of time.monotonic(), frames dropped from the disk queues in it], oldest
-        # first, reaching back recording.health_window_seconds. Event loop only.
+        # first, reaching back recording.health_window_seconds: for the queues' own caps,
+        # and for the frame budget. Event loop only.
         self._queue_drops: deque[list[int]] = deque()
+        self._memory_drops: deque[list[int]] = deque()
         self._exit = False  # writer threads return at their next tick
         self._threads: list[threading.Thread] = []
         self._paused: str | None = None
@@ -226,11 +239,13 @@ class Recorder:
     def frame_published(self, stream: Stream, frame: Frame) -> None:
         """Queue ``frame`` for its stream's writer; drop the oldest queued one if full.
 
-        Then, while all queues together hold more than :attr:`max_queue_bytes`, the
-        oldest queued frames of any stream are dropped (globally oldest first; the new
-        frame goes too if it alone is larger than the cap). Every drop is counted in
-        its stream's ``frames_dropped``. O(1) per frame on average; it never waits
-        for a write, only for locks that are held around a few deque operations.
+        Then, while all queues together hold more than :attr:`max_queue_bytes`, or
+        more than the frame budget leaves them (:attr:`memory`: its budget less the
+        latest frames, uploads being read and what the writers hold), the oldest
+        queued frames of any stream are dropped (globally oldest first; the new frame
+        goes too if it alone is larger than the cap). Every drop is counted in its
+        stream's ``frames_dropped``. O(1) per frame on average; it never waits for a
+        write, only for locks that are held around a few deque operations.
         """
         if not self._running:
             return
@@ -255,7 +270,7 @@ class Recorder:
                 added -= track.pending.popleft().size
                 track.dequeued += 1
                 track.frames_dropped += 1
-                self._count_queue_drop(frame.monotonic)
+                self._count_drop(self._queue_drops, frame.monotonic)
             track.pending.append(frame)
             number = track.enqueued
             track.enqueued = number + 1
@@ -268,17 +283,28 @@ class Recorder:
         # unlocked read of ``dequeued`` can only be behind: an entry may stay a while.
         while arrivals and arrivals[0][1] < arrivals[0][0].dequeued:
             arrivals.popleft()
+        cap, drops = self.max_queue_bytes, self._queue_drops
+        memory = self.memory
+        if memory is not None:
+            # What the budget leaves for queued frames once everything else is counted
+            # (a stream's latest frame may be queued too: counted twice, never missed).
+            done = sum(self._bytes_done)  # first: a writer finishing later only adds
+            self._bytes_out_seen = sum(self._bytes_out)
+            room = memory.budget - memory.unqueued - (self._bytes_out_seen - done)
+            if room < cap:
+                cap, drops = room, self._memory_drops
         # _bytes_out only grows, so the sum last seen gives an upper bound without
         # adding up the writers' numbers for every frame.
-        if self._bytes_in - self._bytes_out_seen > self.max_queue_bytes:
+        if self._bytes_in - self._bytes_out_seen > cap:
             self._bytes_out_seen = sum(self._bytes_out)
-            if self._bytes_in - self._bytes_out_seen > self.max_queue_bytes:
-                self._drop_oldest()
+            if self._bytes_in - self._bytes_out_seen > cap:
+                self._drop_oldest(cap, drops)
         elif len(arrivals) > self._compact_at:
             self._compact()
 
-    def _drop_oldest(self) -> None:
-        """Drop the globally oldest queued frames until the queues fit under the cap."""
+    def _drop_oldest(self, cap: int, drops: deque[list[int]]) -> None:
+        """Drop the globally oldest queued frames until the queues fit under ``cap``
+        (counted in ``drops`` as well as in each stream's ``frames_dropped``)."""
         arrivals = self._arrivals
         while arrivals:
             track, number = arrivals[0]
@@ -287,20 +313,19 @@ class Recorder:
                 # one of the same stream came first in arrivals.
                 if number == track.dequeued:
                     self._bytes_out_seen = sum(self._bytes_out)  # a writer may have taken some
-                    if self._bytes_in - self._bytes_out_seen <= self.max_queue_bytes:
+                    if self._bytes_in - self._bytes_out_seen <= cap:
                         return
                     size = track.pending.popleft().size
                     self._bytes_in -= size
                     track.pending_bytes -= size
                     track.dequeued += 1
                     track.frames_dropped += 1
-                    self._count_queue_drop(time.monotonic())
+                    self._count_drop(drops, time.monotonic())
             arrivals.popleft()
 
-    def _count_queue_drop(self, mono: float) -> None:
+    def _count_drop(self, drops: deque[list[int]], mono: float) -> None:
         # Event loop only: one [second, drops] entry per second with drops, for /health.
         second = int(mono)
-        drops = self._queue_drops
         if drops and drops[-1][0] == second:
             drops[-1][1] += 1
             return
@@ -362,6 +387,14 @@ class Recorder:
         return {name: track.stats() for name, track in list(self._tracks.items())}
 
     @property
+    def held_bytes(self) -> int:
+        """JPEG bytes queued for the disk or taken by a writer and not written yet (the
+        recorder's part of the frame budget). Like :attr:`queue_bytes`, it may lag a
+        writer read from another thread."""
+        done = sum(self._bytes_done)
+        return self._bytes_in - done
+
+    @property
     def queue_bytes(self) -> int:
         """JPEG bytes queued for the disk by all streams (closed ones still draining
         too). At most :attr:`max_queue_bytes` except while :meth:`frame_published`
@@ -404,6 +437,13 @@ class Recorder:
         if dropped:
             found.append(
                 f"recording: {dropped} frame(s) dropped from the disk queue in the last {window:g} s"
+            )
+        dropped = sum(n for second, n in list(self._memory_drops) if second >= now - window)
+        if dropped and self.memory is not None:
+            found.append(
+                f"recording: {dropped} frame(s) dropped from the disk queue in the last "
+                f"{window:g} s to keep the frames held within server.max_frame_memory_mb "
+                f"({self.memory.budget / 1024 / 1024:g} MiB)"
             )
         return found
 
@@ -460,7 +500,8 @@ class Recorder:
             frames = list(track.pending)
             track.pending.clear()
             track.dequeued += len(frames)
-            self._bytes_out[writer] += track.pending_bytes
+            taken = track.pending_bytes
+            self._bytes_out[writer] += taken
             track.pending_bytes = 0
             reason, track.close_reason = track.close_reason, None
             track.serving = True
@@ -475,6 +516,7 @@ class Recorder:
             if reason is not None and track.segment is not None:
                 self._close(track, "complete", reason)
         finally:
+            self._bytes_done[writer] += taken
             with track.lock:
                 track.serving = False
                 track.scheduled = False

@@ -62,10 +62,14 @@ async def _publish(request: web.Request, started: float) -> web.StreamResponse:
     content_type = request.headers.get("Content-Type", "")
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
-        body = await read_limited(request, limit + MULTIPART_SLACK, timeout)
+        # Counted against server.max_frame_memory_mb while read (a longer declared
+        # length is refused before any byte is read).
+        with runtime.memory.reading(min(request.content_length or 0, limit + MULTIPART_SLACK)):
+            body = await read_limited(request, limit + MULTIPART_SLACK, timeout)
         jpeg = frame_from_multipart(body, content_type, limit)
     elif media in RAW_TYPES:
-        jpeg = await read_limited(request, limit, timeout)
+        with runtime.memory.reading(min(request.content_length or 0, limit)):
+            jpeg = await read_limited(request, limit, timeout)
     elif media in ("multipart/x-mixed-replace", "multipart/mixed"):
         return await mpjpeg_ingest(request, name)
     elif media == "":

@@ -133,6 +133,7 @@ class RuntimeCollector(Collector):
         yield age
         yield from self._health()
         yield from self._paths()
+        yield from self._memory()
         yield from self._recorder()
         if self.runtime.cluster is not None:
             yield from self.runtime.cluster.collect()
@@ -217,6 +218,23 @@ class RuntimeCollector(Collector):
                 yield CounterMetricFamily(
                     f"{PREFIX}_jwks_fetch_failures", "Fetches of auth.jwt.jwks_url that failed",
                     value=jwks.failures)
+
+    def _memory(self) -> Iterator[Metric]:
+        memory = self.runtime.memory
+        held = GaugeMetricFamily(
+            f"{PREFIX}_frame_memory_bytes",
+            "JPEG bytes held, by where (counted against server.max_frame_memory_mb)",
+            labels=["held"],
+        )
+        held.add_metric(["latest"], memory.latest)
+        held.add_metric(["uploads"], memory.uploads)
+        held.add_metric(["recorder"], memory.recorder_bytes())
+        yield held
+        yield _gauge("frame_memory_bytes_max", "server.max_frame_memory_mb in bytes",
+                     memory.budget)
+        yield CounterMetricFamily(
+            f"{PREFIX}_malloc_trims", "Times freed memory was handed back (malloc_trim)",
+            value=memory.trims)
 
     def _recorder(self) -> Iterator[Metric]:
         recorder = self.runtime.recorder
