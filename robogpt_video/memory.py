@@ -8,11 +8,12 @@ them while the total is over the budget (``Recorder.frame_published``); publishe
 always accepted. docs/reliability.md has the estimates of what is not counted.
 
 glibc keeps freed heap blocks for reuse (a freed 9.5 MiB frame raises its mmap
-threshold, so later big frames come from the heap too): once frames held fall by
-:data:`TRIM_STEP` from their highest since the last trim, :class:`FrameMemory` calls
-``malloc_trim(0)`` in a thread, which hands free heap pages back to the kernel.
-Fixing the mmap threshold instead cost ≈0.8 ms of page faults per MiB of every frame
-above it (docs/bench.md, "Memory under pressure").
+threshold, so later big frames come from the heap too). Once a second, in a thread,
+:class:`FrameMemory` compares the process's RSS with the frames it holds: when RSS is
+:data:`TRIM_STEP` above the frames held plus what stayed after the last trim (at
+start: the idle process), it calls ``malloc_trim(0)``, which hands free heap pages
+back to the kernel. Fixing the mmap threshold instead cost ≈0.8 ms of page faults per
+MiB of every frame above it (docs/bench.md, "Memory under pressure").
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -28,11 +30,18 @@ from .aio import cancel_and_wait
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-#: Trim once frames held have fallen this far below their highest since the last trim.
+#: Trim once RSS exceeds the frames held by this much more than after the last trim.
 TRIM_STEP = 64 * MIB
-#: How often frames held are looked at, and the least time between two trims.
+#: How often RSS is compared with frames held, and the least time between two trims.
 CHECK_SECONDS = 1.0
 TRIM_MIN_SECONDS = 5.0
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm", "rb") as fh:
+        return int(fh.read().split()[1]) * _PAGE
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -64,6 +73,8 @@ class FrameMemory:
         self._latest: dict[str, int] = {}
         self._trim = _malloc_trim()
         self._task: asyncio.Task | None = None
+        self._floor: int | None = None  # RSS less frames held, after the last trim
+        self._trimmed_at = 0.0
 
     # -- StreamListener -------------------------------------------------------------------
 
@@ -116,20 +127,28 @@ class FrameMemory:
         self._task = None
 
     async def _watch(self) -> None:
-        highest, trimmed_at = 0, 0.0
         while True:
             await asyncio.sleep(CHECK_SECONDS)
-            held = self.held()
-            highest = max(highest, held)
-            now = time.monotonic()
-            if highest - held >= TRIM_STEP and now - trimmed_at >= TRIM_MIN_SECONDS:
-                # In a thread: it holds each malloc arena's lock while it walks it.
-                started = time.perf_counter()
-                await asyncio.to_thread(self._trim, 0)
-                self.trims += 1
-                log.debug("malloc_trim after frames held fell from %.0f to %.0f MiB: %.1f ms",
-                          highest / MIB, held / MIB, 1000 * (time.perf_counter() - started))
-                highest, trimmed_at = held, time.monotonic()
+            # In a thread: /proc is read, and malloc_trim holds each malloc arena's lock
+            # while it walks it.
+            await asyncio.to_thread(self._check)
+
+    def _check(self) -> None:
+        excess = rss_bytes() - self.held()
+        if self._floor is None:  # the first look: the idle process
+            self._floor = excess
+            return
+        if excess - self._floor < TRIM_STEP:
+            return
+        if time.monotonic() - self._trimmed_at < TRIM_MIN_SECONDS:
+            return
+        started = time.perf_counter()
+        self._trim(0)
+        self.trims += 1
+        self._trimmed_at = time.monotonic()
+        self._floor = rss_bytes() - self.held()  # what trimming cannot give back
+        log.debug("malloc_trim: RSS was %.0f MiB over the frames held, now %.0f (%.1f ms)",
+                  excess / MIB, self._floor / MIB, 1000 * (time.perf_counter() - started))
 
 
 class _Reading:
