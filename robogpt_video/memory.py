@@ -67,8 +67,9 @@ class FrameMemory:
         self.budget = int(budget_mb * MIB)
         self.latest = 0  # bytes of every stream's latest frame
         self.uploads = 0  # declared bytes of upload bodies being read
-        #: Bytes the recorder holds (queued or being written); set by the runtime.
-        self.recorder_bytes: Callable[[], int] = lambda: 0
+        #: Bytes the recorder holds (queued or being written); set by the runtime when
+        #: recording is on (the budget is enforced by the recorder's queues).
+        self.recorder_bytes: Callable[[], int] | None = None
         self.trims = 0
         self._latest: dict[str, int] = {}
         self._trim = _malloc_trim()
@@ -103,11 +104,12 @@ class FrameMemory:
 
     def held(self) -> int:
         """Every frame byte counted against the budget."""
-        return self.unqueued + self.recorder_bytes()
+        recorder = self.recorder_bytes() if self.recorder_bytes is not None else 0
+        return self.unqueued + recorder
 
     def problems(self) -> list[str]:
         """Over the budget with nothing the recorder could drop (``/health``)."""
-        if self.unqueued <= self.budget:
+        if self.recorder_bytes is None or self.unqueued <= self.budget:
             return []
         return [
             f"memory: {self.unqueued / MIB:.0f} MiB of frames are held by live streams' "

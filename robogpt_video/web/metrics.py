@@ -228,7 +228,7 @@ class RuntimeCollector(Collector):
         )
         held.add_metric(["latest"], memory.latest)
         held.add_metric(["uploads"], memory.uploads)
-        held.add_metric(["recorder"], memory.recorder_bytes())
+        held.add_metric(["recorder"], memory.held() - memory.unqueued)
         yield held
         yield _gauge("frame_memory_bytes_max", "server.max_frame_memory_mb in bytes",
                      memory.budget)
