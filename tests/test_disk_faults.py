@@ -359,7 +359,7 @@ def test_ten_publishers_of_big_frames_stay_under_a_gigabyte_and_memory_returns(
     wait_for(lambda: _metric(server, "robogpt_video_recording_queue_bytes") == 0,
              timeout=60, what="the queued frames written")
     _close_streams(server, names)
-    assert _metric(server, "robogpt_video_frame_memory_bytes_max") == 512 * MIB
+    assert _metric(server, "robogpt_video_frame_memory_max_bytes") == 512 * MIB
     assert _metric(server, "robogpt_video_frame_memory_bytes") == 0  # nothing held
     # The frames are let go, and the process gives the memory back (glibc keeps freed
     # heap blocks for reuse until trimmed), within a margin for what the work left.

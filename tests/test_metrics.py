@@ -237,6 +237,11 @@ def test_problem_texts_map_to_a_fixed_set_of_reasons():
         "cluster: Redis unreachable at unix:///run/redis.sock: Connection refused":
             "cluster_disconnected",
         "cluster: Redis not connected yet": "cluster_disconnected",
+        "recording: 107 frame(s) dropped from the disk queue in the last 60 s to keep the "
+        "frames held within server.max_frame_memory_mb (512 MiB)": "recorder_dropping",
+        "memory: 600 MiB of frames are held by live streams' latest frames and uploads "
+        "being read, over server.max_frame_memory_mb (512 MiB): no frame can wait for the "
+        "disk": "frame_memory_over_budget",
         "something new": "other",
     }
     assert {text: problem_reason(text) for text in texts} == texts

@@ -71,6 +71,7 @@ PROBLEM_REASONS = (
     (re.compile(r"recording: \d+ frame\(s\) dropped "), "recorder_dropping"),
     (re.compile(r"disk space low: "), "disk_low"),
     (re.compile(r"cluster: "), "cluster_disconnected"),
+    (re.compile(r"memory: "), "frame_memory_over_budget"),
 )
 #: Seconds a scrape waits for ``statvfs`` of the recordings directory.
 DISK_TIMEOUT = 2.0
@@ -230,7 +231,7 @@ class RuntimeCollector(Collector):
         held.add_metric(["uploads"], memory.uploads)
         held.add_metric(["recorder"], memory.held() - memory.unqueued)
         yield held
-        yield _gauge("frame_memory_bytes_max", "server.max_frame_memory_mb in bytes",
+        yield _gauge("frame_memory_max_bytes", "server.max_frame_memory_mb in bytes",
                      memory.budget)
         yield CounterMetricFamily(
             f"{PREFIX}_malloc_trims", "Times freed memory was handed back (malloc_trim)",
