@@ -1,5 +1,6 @@
 """kill -9 and disk errors against a real server process."""
 
+import os
 import resource
 import signal
 import threading
@@ -124,3 +125,24 @@ def test_restart_removes_what_interrupted_writes_left(start_server, tmp_path):
     wait_for(lambda: not empty.exists() and not temp.exists(), what="leftovers removed")
     assert other.exists()
     assert httpx.get(f"{server.url}/api/recordings").json()["recordings"] == []
+
+
+def test_recovery_leaves_files_newer_than_its_start_to_the_process_writing_them(tmp_path):
+    # serve --workers: another process records into the same folders and reserves each
+    # new segment as an empty file; what changed after this process started is its.
+    from robogpt_video.recording.recovery import recover
+    from robogpt_video.recording.store import RecordingStore
+
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    names = ["cam_20260101_000000.mp4", ".cam_20260101_000000.json.tmp",
+             "cam_20260101_000001.mp4", ".cam_20260101_000001.json.tmp"]
+    old_video, old_temp, new_video, new_temp = (folder / n for n in names)
+    for path in (old_video, old_temp, new_video, new_temp):
+        path.write_bytes(b"")
+    for path in (old_video, old_temp):
+        os.utime(path, (1_000_000, 1_000_000))
+    recover(RecordingStore(tmp_path), before=time.time() - 60)
+    assert not old_video.exists() and not old_temp.exists()
+    assert new_video.exists() and new_temp.exists()
+    assert not new_video.with_suffix(".json").exists()  # no "recovered" sidecar for it

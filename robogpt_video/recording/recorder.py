@@ -178,6 +178,7 @@ class Recorder:
         self._created: set[Path] = set()  # files this process made: recovery skips them
         self._ticker: asyncio.Task | None = None
         self._recovery: threading.Thread | None = None
+        self._started_at = 0.0  # wall clock: leftovers are older than this
         # Sidecars the disk refused (full): video path -> what to write. Writer 0 tries
         # again after a back-off, and at once after a new segment's sidecar was written.
         self._unwritten: dict[Path, dict] = {}
@@ -196,6 +197,7 @@ class Recorder:
     async def start(self) -> None:
         """Start the writer threads, the idle ticker and (in a thread) crash recovery."""
         self._running = True
+        self._started_at = time.time()
         for i in range(self.writer_threads):
             thread = threading.Thread(
                 target=self._writer, args=(i,), name=f"recorder-{i}", daemon=True
@@ -738,6 +740,6 @@ class Recorder:
 
     def _recover(self) -> None:
         try:
-            recover(self.store, lambda path: path in self._created)
+            recover(self.store, lambda path: path in self._created, before=self._started_at)
         except Exception:  # recovery is best effort; serving and recording go on
             log.exception("recovery of recordings in %s failed", self.store.root)

@@ -107,11 +107,14 @@ def remove_file(path: Path) -> None:
 _TEMP_PREFIX, _TEMP_SUFFIX = ".", ".json.tmp"
 
 
-def remove_temp_files(store: RecordingStore, skip: Callable[[Path], bool]) -> int:
+def remove_temp_files(
+    store: RecordingStore, skip: Callable[[Path], bool], before: float = float("inf")
+) -> int:
     """Delete sidecar temp files a stop left behind mid-write; returns how many.
 
-    Only ``.<segment>.json.tmp`` in the stream folders, never through a link below the
-    root, and none of a segment ``skip`` names (this process is writing it).
+    Only ``.<segment>.json.tmp`` in the stream folders last changed before ``before``
+    (wall clock: another process recording here may be writing a newer one), never
+    through a link below the root, and none of a segment ``skip`` names.
     """
     try:
         root = os.open(store.root, os.O_RDONLY | os.O_DIRECTORY)
@@ -127,7 +130,7 @@ def remove_temp_files(store: RecordingStore, skip: Callable[[Path], bool]) -> in
             except OSError:
                 continue
             try:
-                removed += _remove_temps(fd, store.root / folder, skip)
+                removed += _remove_temps(fd, store.root / folder, skip, before)
             finally:
                 os.close(fd)
     finally:
@@ -135,7 +138,7 @@ def remove_temp_files(store: RecordingStore, skip: Callable[[Path], bool]) -> in
     return removed
 
 
-def _remove_temps(fd: int, folder: Path, skip: Callable[[Path], bool]) -> int:
+def _remove_temps(fd: int, folder: Path, skip: Callable[[Path], bool], before: float) -> int:
     with os.scandir(fd) as entries:
         names = [e.name for e in entries if e.is_file(follow_symlinks=False)]
     removed = 0
@@ -146,6 +149,8 @@ def _remove_temps(fd: int, folder: Path, skip: Callable[[Path], bool]) -> int:
         if parse_name(video.name) is None or skip(video):
             continue
         try:
+            if os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime >= before:
+                continue
             os.unlink(name, dir_fd=fd)
             removed += 1
         except FileNotFoundError:
@@ -157,13 +162,19 @@ def _parse_iso(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def recover(store: RecordingStore, skip: Callable[[Path], bool] = lambda p: False) -> int:
+def recover(
+    store: RecordingStore,
+    skip: Callable[[Path], bool] = lambda p: False,
+    before: float = float("inf"),
+) -> int:
     """Repair every sidecar left ``recording`` and add missing ones; returns how many.
 
     Also removes what an interrupted write leaves: sidecar temp files, and videos of 0
-    bytes without a sidecar (made, then the disk refused their header).
+    bytes without a sidecar (reserved, then the disk refused their header), if last
+    changed before ``before`` (wall clock): another process recording into the same
+    folders (``serve --workers``) reserves its paths as empty files.
     """
-    temps = remove_temp_files(store, skip)
+    temps = remove_temp_files(store, skip, before)
     if temps:
         log.info("recovery: %d unfinished sidecar temp file(s) removed", temps)
     repaired = empty = 0
@@ -174,10 +185,13 @@ def recover(store: RecordingStore, skip: Callable[[Path], bool] = lambda p: Fals
         if old is not None and old.get("status") != "recording":
             continue
         info = store.stat(recording)  # None: a link, or gone
-        if old is None and info is not None and info.st_size == 0:  # made, never written
-            store.delete(recording)
-            empty += 1
-            continue
+        if old is None and info is not None:
+            if info.st_mtime >= before:  # another process's new segment, before its sidecar
+                continue
+            if info.st_size == 0:  # reserved, never written
+                store.delete(recording)
+                empty += 1
+                continue
         try:
             store.write_sidecar(recording.path, repair(store, recording, old))
         except (NotFound, OSError) as exc:
