@@ -19,34 +19,13 @@ import time
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 
-from .errors import ApiError
+from .errors import Unauthorized
 
 #: Every action a permission can grant (docs/security.md says which route needs which).
 ACTIONS = ("publish", "view", "playback", "admin", "metrics")
 #: The user whose permissions apply to requests that bring no credentials.
 ANONYMOUS = "any"
 SESSION_PREFIX = "rgv1."
-
-
-class Unauthorized(ApiError):
-    """No usable credentials: 401 with a challenge."""
-
-    status_code = 401
-    code = "unauthorized"
-
-
-class Forbidden(ApiError):
-    """Known credentials without the permission asked for: 403."""
-
-    status_code = 403
-    code = "forbidden"
-
-
-class TooManyFailures(ApiError):
-    """Too many failed authentications from one client address: 429."""
-
-    status_code = 429
-    code = "too_many_failures"
 
 
 def digest(secret: str) -> bytes:

@@ -69,3 +69,24 @@ class ViewerLimitReached(ApiError):
     status_code = 503
     code = "viewer_limit_reached"
     retry_after = 10
+
+
+class Unauthorized(ApiError):
+    """No usable credentials: 401 with a challenge."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    """Known credentials without the permission asked for: 403."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class TooManyFailures(ApiError):
+    """Too many failed authentications from one client address: 429."""
+
+    status_code = 429
+    code = "too_many_failures"

@@ -39,7 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import TypeAdapter, ValidationError
 
-from .auth import Principal, Unauthorized
+from .auth import Principal
+from .errors import Unauthorized
 from .config import JwtSettings, PermissionSettings
 from .errors import ApiError
 

@@ -233,3 +233,16 @@ def test_a_connected_publisher_holds_no_stream_until_its_first_frame(start_serve
         wait_for(lambda: stats(server, "real")["total_frames"] == 2)
     names = [s["name"] for s in httpx.get(f"{server.url}/api/streams").json()["streams"]]
     assert names == ["real"]
+
+
+def test_each_refusal_has_its_close_code():
+    """A WebSocket refused because the server is stopping is told "going away" (1001),
+    not "invalid payload" (1007)."""
+    from robogpt_video.errors import ApiError, FrameTooLarge, InvalidFrame, StreamLimitReached
+    from robogpt_video.web.ingest import _close_code
+
+    assert _close_code(ApiError("stopping", code="shutting_down", status_code=503)) == 1001
+    assert _close_code(StreamLimitReached("full")) == 1013
+    assert _close_code(FrameTooLarge("big")) == 1009
+    assert _close_code(ApiError("bad", code="invalid_stream_name")) == 1008
+    assert _close_code(InvalidFrame("not a jpeg", code="not_jpeg")) == 1007

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import ServerProcess, iter_parts, make_jpeg, publish, wait_for
-from robogpt_video.auth import Authenticator, Unauthorized
+from robogpt_video.auth import Authenticator
+from robogpt_video.errors import Unauthorized
 from robogpt_video.config import ConfigError, load_settings
 from robogpt_video.jwt_auth import (
     MAX_FETCHES_PER_MINUTE,

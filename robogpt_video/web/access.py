@@ -27,8 +27,8 @@ from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from ..auth import NOBODY, Authenticator, Forbidden, Principal, TooManyFailures, Unauthorized
-from ..errors import ApiError
+from ..auth import NOBODY, Authenticator, Principal
+from ..errors import ApiError, Forbidden, TooManyFailures, Unauthorized
 from .errors import api_error
 
 log = logging.getLogger(__name__)

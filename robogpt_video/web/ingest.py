@@ -187,6 +187,8 @@ def _close_code(exc: ApiError) -> int:
         return WS_TRY_AGAIN_LATER
     if exc.code == "invalid_stream_name":
         return WS_POLICY_VIOLATION
+    if exc.code == "shutting_down":  # opened while the server stops
+        return WSCloseCode.GOING_AWAY
     return WS_INVALID_PAYLOAD
 
 

@@ -293,10 +293,10 @@ def _publish(method: str) -> dict:
 _CLOSE_CODES = f"""
 | Close code | When (reason `<error>: <message>`, at most {WS_MAX_REASON} bytes) |
 |---|---|
-| {int(WSCloseCode.GOING_AWAY)} | the server is shutting down (reason `server shutdown`) |
+| {int(WSCloseCode.GOING_AWAY)} | the server is shutting down (reason `server shutdown`, or `shutting_down: …` for a connection opened while it stops) |
 | {WS_UNSUPPORTED_DATA} | `unsupported_data`: a text message (send frames as binary messages) |
 | {WS_INVALID_PAYLOAD} | `empty_frame`, `not_jpeg`, `truncated_jpeg`, `corrupt_jpeg`: not a whole \
-JPEG; also `shutting_down` for a connection opened while the server stops |
+JPEG |
 | {WS_POLICY_VIOLATION} | `invalid_stream_name` |
 | {WS_MESSAGE_TOO_BIG} | `frame_too_large`: a message over `server.max_frame_size_mb` (over it by \
 more than 4 MB: aiohttp closes with its own reason) |
