@@ -183,7 +183,12 @@ def test_a_stalled_disk_degrades_health_with_the_reason_until_writes_complete(
                 and len(h["problems"]) == 2 and h,
                 timeout=30, what="/health degraded for both reasons while the disk is frozen",
             )
-            frozen_stats = {n: _recording(server, n) for n in names}
+            # Every stream drops once its queue is full; /health may say so sooner.
+            frozen_stats = wait_for(
+                lambda: (stats := {n: _recording(server, n) for n in names})
+                and all(stats[n]["frames_dropped"] > 0 for n in names) and stats,
+                timeout=30, what="every stream dropping while the disk is frozen",
+            )
         finally:
             mounts.thaw(disk)
         stalled, dropped = sorted(health["problems"], key=lambda p: "dropped" in p)
@@ -290,12 +295,15 @@ def test_a_resolution_flip_per_frame_makes_a_bounded_number_of_segments(start_se
     minutes = 1 + int((time.monotonic() - started) // 60)
     assert len(metas) <= 6 * minutes  # recording.max_segments_per_minute's default
     assert len(list(server.recordings.rglob("*.mp4"))) == len(metas)
-    packets = []
+    segments = []
     for meta in metas:
         got = decode(Path(meta["recording_path"]))
         assert (got.width, got.height) == (meta["width"], meta["height"])
         assert got.frames == meta["total_frames"]
-        packets += got.packets
+        segments.append(got.packets)
+    # In publish order: segments opened within one millisecond share a start_time.
+    segments.sort(key=lambda packets: sent.index(packets[0]))
+    packets = [packet for segment in segments for packet in segment]
     # The first frames each opened a segment while the budget lasted; after that,
     # frames of the other size than the open segment's were skipped, and counted.
     assert packets[:6] == sent[:6] and _subsequence(packets, sent)
