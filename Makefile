@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `make run` installs only what serving needs; `make test` adds the extras.
+RUN_STAMP := $(VENV)/.installed-run
 # The same suite on the oldest versions pyproject.toml allows (constraints/oldest.txt).
 OLDEST       ?= .venv-oldest
 OLDEST_STAMP := $(OLDEST)/.installed
@@ -21,24 +23,25 @@ $(OLDEST_STAMP): pyproject.toml constraints/oldest.txt
 	$(OLDEST)/bin/pip install --quiet -c constraints/oldest.txt -e '.[client,test,bench,cluster]'
 	touch $(OLDEST_STAMP)
 
+$(RUN_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUN_STAMP)
+
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/robogpt-video serve --config config.yaml
 
-define check_tools
-	@command -v ffmpeg >/dev/null || { echo "ffmpeg is required by the tests: apt-get install ffmpeg"; exit 1; }
-	@command -v redis-server >/dev/null || { echo "redis-server is required by tests/test_cluster.py: apt-get install redis-server"; exit 1; }
-	@command -v chromium >/dev/null || { echo "chromium is required by tests/test_browser.py: apt-get install chromium"; exit 1; }
-	@command -v promtool >/dev/null || { echo "promtool is required by tests/test_metrics.py: apt-get install prometheus"; exit 1; }
-endef
-
+# The system programs the tests run: installed with apt-get as root, else the command
+# that installs them is printed (tools/test-packages).
 test: $(STAMP)
-	$(check_tools)
+	tools/test-packages
 	$(BIN)/python -m pytest -q
 
 test-oldest: $(OLDEST_STAMP)
-	$(check_tools)
+	tools/test-packages
 	$(OLDEST)/bin/python -m pytest -q
 
 # Standard benchmark set, ours vs the Flask baseline (~4 min): writes bench/REPORT.md.

@@ -29,6 +29,28 @@ BACKLOG = 2048
 FD_RESERVE = 256
 
 
+def lan_address() -> str | None:
+    """This machine's address on its default route, if it has one (no packet is sent:
+    connecting a UDP socket only picks the route)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never answered, only routed
+            return probe.getsockname()[0]
+        except OSError:
+            return None
+
+
+def first_steps(scheme: str, host: str, port: int) -> str:
+    """Where the dashboard is and how to publish a first frame (printed at start)."""
+    wildcard = host in ("0.0.0.0", "::", "")
+    local = f"{scheme}://{'localhost' if wildcard else host}:{port}"
+    where = f"dashboard: {local}/"
+    lan = lan_address() if wildcard else None
+    if lan is not None and not lan.startswith("127."):
+        where += f" (on the network: {scheme}://{lan}:{port}/)"
+    return f"{where}; publish a frame: curl -F frame=@photo.jpg {local}/publish/camera1"
+
+
 def raise_fd_limit() -> int:
     """Raise the soft limit of open files to the hard one; returns the soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -172,6 +194,7 @@ async def run(
             port,
             settings.recording.directory,
         )
+        log.info("%s", first_steps("https" if ssl_context else "http", host, port))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

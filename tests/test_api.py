@@ -1,6 +1,8 @@
 """The brief's endpoints against a real server: every field, every error."""
 
+import json
 import re
+import subprocess
 from datetime import datetime
 
 import httpx
@@ -221,3 +223,19 @@ def test_log_file_is_written_without_a_line_per_frame(server):
     log = (server.workdir / "logs" / "server.log").read_text()
     assert "stream cam created" in log
     assert len(log.splitlines()) < 20
+
+
+@pytest.mark.parametrize("host, shown", [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "localhost")])
+def test_start_up_says_where_the_dashboard_is_and_how_to_publish(start_server, tmp_path,
+                                                                 host, shown):
+    server = start_server({"server": {"host": host}})
+    local = f"http://{shown}:{server.port}"
+    line = next(row for row in server.output().splitlines() if "dashboard: " in row)
+    assert f"dashboard: {local}/" in line
+    command = line.split("publish a frame: ", 1)[1]
+    assert command == f"curl -F frame=@photo.jpg {local}/publish/camera1"
+    (tmp_path / "photo.jpg").write_bytes(make_jpeg())
+    done = subprocess.run(command.split() + ["--silent", "--show-error"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "success"

@@ -3,7 +3,7 @@
 No Docker engine runs here, so the Dockerfile is checked statically and its
 HEALTHCHECK command is run against a real server. The unit is checked with
 ``systemd-analyze verify`` and the nginx example with ``nginx -t`` and a real nginx
-proxying a real server (.ci/run installs both tools).
+proxying a real server (`make test` installs both: tools/test-packages).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def test_systemd_unit_restarts_and_is_sandboxed():
 def test_systemd_analyze_verifies_the_unit(tmp_path):
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        pytest.skip("systemd-analyze is missing (apt-get install systemd; .ci/run does)")
+        pytest.skip("systemd-analyze is missing (apt-get install systemd; `make test` does as root)")
     # The unit names /opt/robogpt-video; verify checks that ExecStart exists, so point
     # it at this checkout's interpreter and entry point.
     home = tmp_path / "opt"
@@ -154,7 +154,7 @@ def nginx_setup(tmp_path, hold_port, upstream_port: int) -> tuple[str, int, obje
     """
     tool = shutil.which("nginx")
     if tool is None:
-        pytest.skip("nginx is missing (apt-get install nginx-light; .ci/run does)")
+        pytest.skip("nginx is missing (apt-get install nginx-light; `make test` does as root)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

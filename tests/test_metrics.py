@@ -16,7 +16,7 @@ from helpers import REPO, iter_parts, make_jpeg, publish, wait_for
 from robogpt_video.web.metrics import problem_reason
 from robogpt_video.web.mjpeg import SENDFILE_VIEWERS
 
-# Debian's prometheus package; `make test` refuses to start without it (.ci/run installs it).
+# Debian's prometheus package, which `make test` installs (tools/test-packages).
 PROMTOOL = shutil.which("promtool") or "promtool"
 ALERTS = REPO / "deploy" / "prometheus" / "robogpt-video-alerts.yml"
 

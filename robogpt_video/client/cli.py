@@ -103,9 +103,15 @@ def run(args: argparse.Namespace) -> int:
         except PublisherError as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             code = 1
-    printer.update(publisher.stats(), force=True)
+    stats = publisher.stats()
+    printer.update(stats, force=True)
     if printer.tty:
         print()
+    if code == 0 and stats["frames_sent"] == 0:
+        # Nothing arrived: say why, whole (the status line shortens it), and fail.
+        reason = stats["last_error"] or "no frame was sent"
+        print(f"error: nothing was published to {publisher.url}: {reason}", file=sys.stderr)
+        code = 1
     return code
 
 
