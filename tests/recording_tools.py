@@ -22,8 +22,11 @@ BRIEF_FIELDS = {
 def publish_paced(url: str, name: str, intervals: list[float], size=(320, 240), seed=0):
     """Publish ``len(intervals)`` frames; frame i is followed by a pause of intervals[i].
 
-    Returns (jpegs, covered) where ``covered`` is the wall time from the first frame to
-    the last one plus the last interval (what the file should last).
+    Returns (jpegs, covered) where ``covered`` is the time from the first frame to the
+    last one plus the last interval (what the file should last), from the frames'
+    arrival times at the server (``/api/streams/<name>/frames``) when it still lists
+    them all: a busy machine delays some requests more than others, and the file keeps
+    arrival times. Otherwise from the client's send times.
     """
     jpegs, sent = [], []
     with httpx.Client(timeout=10) as client:
@@ -38,6 +41,9 @@ def publish_paced(url: str, name: str, intervals: list[float], size=(320, 240), 
             assert response.status_code == 200, response.text
             jpegs.append(jpeg)
             due += pause
+    frames = httpx.get(f"{url}/api/streams/{name}/frames", timeout=10).json()["frames"]
+    if len(frames) == len(sent):
+        sent = [frame["timestamp"] for frame in frames]
     last_gap = sent[-1] - sent[-2] if len(sent) > 1 else intervals[-1]
     return jpegs, sent[-1] - sent[0] + last_gap
 
