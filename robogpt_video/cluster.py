@@ -630,11 +630,12 @@ class Cluster:
         self._rec[name] = FOLLOWER
         self._watched[name] = now  # our frames go to the holder through Redis
         kept = self._orphans.get(name)
-        if kept:
-            for seq, frame, sent in list(kept):
-                if not sent:
-                    self._enqueue(name, seq, frame)
-            kept.clear()
+        if kept:  # not sent yet: to the holder now; sent to no one: kept for a takeover
+            unsent = [(seq, frame) for seq, frame, sent in kept if not sent]
+            self._orphans[name] = deque(((seq, frame, True) for seq, frame, sent in kept if sent),
+                                        maxlen=ORPHAN_FRAMES)
+            for seq, frame in unsent:
+                self._enqueue(name, seq, frame)
 
     def _go_local(self, name: str) -> None:
         """Redis is unreachable: this node records the frames published to it."""
