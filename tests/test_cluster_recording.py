@@ -211,3 +211,18 @@ def test_a_paused_holder_stops_writing_before_another_starts(recording_nodes):
     # The old holder, resumed, records nothing more (it follows the new holder).
     assert [s["status"] for s in sidecars(holder.recordings, "cam")] == ["fenced"]
     assert_no_overlap(segments(holder, "cam") + new)
+
+
+def test_without_redis_every_node_records_its_own_frames(recording_nodes, redis_server):
+    a, b = recording_nodes
+    redis_server.stop()
+    wait_for(lambda: any("each node records" in p
+                         for p in httpx.get(f"{a.url}/health", timeout=5).json()["problems"]),
+             what="/health to say how recording goes without Redis")
+    with httpx.Client(timeout=10) as client:
+        for i in range(6):
+            jpeg = make_jpeg(160, 120, seed=i)
+            assert publish((a, b)[i % 2].url, "cam", jpeg, client).status_code == 200
+    for node in (a, b):  # nothing lost: each records what it got, without a fence
+        found = wait_for(lambda: sidecars(node.recordings, "cam"), what="a segment on each")
+        assert found[0]["status"] == "recording" and "fence" not in found[0]
