@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -85,6 +86,43 @@ for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return out
 """
+#: Recording leases (one recorder per stream): for each stream, KEYS rv:rec:<name> and
+#: rv:recfence:<name>. A lease that is ours is extended; a free one is taken with a new
+#: fencing token (INCR); one held by another node is left. ARGV: holder id, ttl in ms.
+#: Returns, per stream, the fencing token if ours now, else the holder's id.
+LEASE = """
+local out = {}
+for i = 1, #KEYS, 2 do
+  local holder = redis.call('GET', KEYS[i])
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    table.insert(out, tonumber(redis.call('GET', KEYS[i + 1]) or 0))
+  elseif holder then
+    table.insert(out, holder)
+  else
+    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+    table.insert(out, redis.call('INCR', KEYS[i + 1]))
+  end
+end
+return out
+"""
+#: Give a lease back if it is still ours. KEYS: rv:rec:<name>...; ARGV: holder id.
+RELEASE = """
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+end
+return 0
+"""
+LEASE_KEY = "rv:rec:"
+FENCE_KEY = "rv:recfence:"
+LEASE_TTL = 1.5  # seconds a recording lease lasts unless renewed
+LEASE_RENEW = 0.5  # the holder renews (and others try to take free leases) this often
+#: The holder stops writing this long before its lease can expire for the other nodes:
+#: the lease is reckoned from before the renewal was sent, so Redis' expiry is later.
+LEASE_MARGIN = 0.3
+ORPHAN_FRAMES = 64  # per stream: frames not known to reach a recorder, kept for a takeover
+HOLDER, FOLLOWER, PENDING, LOCAL = "holder", "follower", "pending", "local"
+
 OUTBOX_FRAMES = 64  # frames waiting for Redis (all streams); beyond it the oldest drop
 MIRROR_GRACE_SECONDS = 5.0  # a mirror without viewers is dropped after this
 FIRST_FRAME_SECONDS = 2.0  # /snapshot of a new mirror waits this long for a frame
@@ -131,9 +169,13 @@ class _Subscriber(asyncio.Protocol):
             if kind != b"message":
                 if kind == b"subscribe" and channel == CONTROL.encode() and not self.ready.done():
                     self.ready.set_result(None)
+                elif kind == b"subscribe":
+                    self.cluster.acked(channel)
                 continue
             if channel == b"rv:control":
                 self.cluster.control(payload)
+            elif channel in self.cluster.recording_channels:
+                self.cluster.relay(channel, payload)  # every frame: it is recorded here
             else:
                 if channel in newest:
                     self.cluster.frames_skipped += 1
@@ -191,11 +233,26 @@ class Cluster:
         self._claim = None
         self._list = None
         self._subscribed: set[str] = set()  # local streams subscribed to (published elsewhere too)
+        # One recorder per stream (docs/cluster.md): the recorder is fed through here.
+        self.recorder = None
+        self.lease_id = f"{self.node_name}/{self.origin.hex()}"
+        self._rec: dict[str, str] = {}  # local stream -> HOLDER, FOLLOWER, PENDING or LOCAL
+        self._fences: dict[str, int] = {}  # stream -> fencing token of the lease we hold
+        self._orphans: dict[str, deque] = {}  # stream -> (seq, frame, sent) not yet recorded
+        self._recsub: set[str] = set()  # streams subscribed to for the recording lease
+        self._acks: set[bytes] = set()  # channels the current subscriber confirmed
+        self._acked = asyncio.Event()
+        self._lease_now = asyncio.Event()
+        self.recording_channels: set[bytes] = set()  # frames channels of streams held here
+        self._lease_script = None
+        self._release_script = None
+        self.leases_lost = 0
 
     def set_address(self, host: str, port: int) -> None:
         """The address the server bound: the default node name becomes host:port."""
         if not self.settings.node_name:
             self.node_name = f"{socket.gethostname()}:{port}"
+        self.lease_id = f"{self.node_name}/{self.origin.hex()}"
 
     # -- service ---------------------------------------------------------------------------
 
@@ -207,10 +264,15 @@ class Cluster:
             asyncio.create_task(self._announce_forever(), name="cluster-announce"),
             asyncio.create_task(self._sweep_forever(), name="cluster-mirrors"),
         ]
+        if self.recorder is not None:
+            self._tasks.append(asyncio.create_task(self._lease_forever(), name="cluster-leases"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             await cancel_and_wait(task)
+        # The recorder has stopped (services stop in reverse): give the leases back, so
+        # another node takes over at once rather than after LEASE_TTL.
+        await self._release([name for name, state in self._rec.items() if state == HOLDER])
         await self.mirrors.stop()
         self._drop_subscriber()
         if self._client is not None:
@@ -222,7 +284,13 @@ class Cluster:
 
     def problems(self) -> list[str]:
         """Why /health is degraded because of us: Redis is unreachable."""
-        return [] if self.connected else [f"cluster: {self.problem}"]
+        if self.connected:
+            return []
+        found = [f"cluster: {self.problem}"]
+        if self.recorder is not None:
+            found.append("recording: Redis unreachable: each node records the frames "
+                         "published to it (no lease)")
+        return found
 
     # -- one namespace: creation, listing, deletion, inactivity ------------------------------
 
@@ -435,6 +503,180 @@ class Cluster:
             mirror = self.mirrors.get(name)
             if mirror is not None:
                 mirror.relay(frame.timestamp, frame.width, frame.height, frame.jpeg)
+        if self.recorder is not None:
+            self._record(stream, seq, frame)
+
+    # -- one recorder per stream ---------------------------------------------------------------
+
+    def _record(self, stream: Stream, seq: int, frame: Frame) -> None:
+        """A frame published here: record it (we hold the lease, or Redis is down), or
+        leave it to the holder, to whom it goes through Redis (``_watched``)."""
+        name = stream.name
+        state = self._rec.get(name)
+        if state == HOLDER or state == LOCAL:
+            self.recorder.frame_published(stream, frame)
+            return
+        if state is None:
+            if not self.connected:
+                self._rec[name] = LOCAL
+                self.recorder.set_lease(name, None, math.inf)
+                self.recorder.frame_published(stream, frame)
+                return
+            self._rec[name] = PENDING
+            self._lease_now.set()
+        if state == FOLLOWER and name in self._watched:
+            return  # on its way to the holder
+        # Not known to reach a recorder yet: kept for a takeover (or sent when the
+        # holder is known).
+        self._orphan(name, seq, frame, name in self._watched)
+
+    def _orphan(self, name: str, seq: int, frame: Frame, sent: bool) -> None:
+        kept = self._orphans.get(name)
+        if kept is None:
+            kept = self._orphans[name] = deque(maxlen=ORPHAN_FRAMES)
+        kept.append((seq, frame, sent))
+
+    def acked(self, channel: bytes) -> None:
+        """Redis confirmed a SUBSCRIBE of ours."""
+        self._acks.add(channel)
+        self._acked.set()
+
+    async def _lease_forever(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(LEASE_RENEW):
+                    await self._lease_now.wait()
+            except TimeoutError:
+                pass
+            self._lease_now.clear()
+            try:
+                await self._lease_round()
+            except Exception:  # never lose the task; the writer fences on its own
+                log.exception("cluster: renewing recording leases failed")
+
+    async def _lease_round(self) -> None:
+        for name in [n for n in self._rec if self.registry.get(n) is None]:
+            self._forget(name)
+        names = sorted(self._rec)
+        if not self.connected or self._client is None or self._lease_script is None:
+            for name in names:  # Redis is down: every node records its own frames
+                if self._rec[name] != LOCAL:
+                    self._go_local(name)
+            return
+        # Subscribed before taking a lease: a node that learns who holds it forwards its
+        # frames, and they must reach the holder.
+        for name in names:
+            if name not in self._recsub:
+                self._recsub.add(name)
+                if self._subscriber is not None:
+                    self._subscriber.send("SUBSCRIBE", _frames_channel(name))
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                while not all(_frames_channel(n) in self._acks for n in names):
+                    self._acked.clear()
+                    await self._acked.wait()
+        except TimeoutError:
+            names = [n for n in names if _frames_channel(n) in self._acks]
+        if not names:
+            return
+        keys = []
+        for name in names:
+            keys += [LEASE_KEY + name, FENCE_KEY + name]
+        sent_at = time.monotonic()
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                replies = await self._lease_script(
+                    keys=keys, args=[self.lease_id, int(LEASE_TTL * 1000)]
+                )
+        except (OSError, aioredis.RedisError, TimeoutError) as exc:
+            self._lost(f"renewing recording leases failed: {exc or type(exc).__name__}")
+            return  # the recorder stops writing at each lease's end on its own
+        until = sent_at + LEASE_TTL - LEASE_MARGIN
+        now = time.monotonic()
+        for name, reply in zip(names, replies):
+            if name not in self._rec:
+                continue  # closed meanwhile
+            if isinstance(reply, int):
+                self._hold(name, reply, until)
+            else:
+                self._follow(name, reply.decode(errors="replace"), now)
+
+    def _hold(self, name: str, fence: int, until: float) -> None:
+        state = self._rec[name]
+        self._fences[name] = fence
+        self.recorder.set_lease(name, fence, until)
+        if state == HOLDER:
+            return
+        self._rec[name] = HOLDER
+        self.recording_channels.add(_frames_channel(name))
+        log.info("recording stream %s here (lease, fence %d)", name, fence)
+        stream = self.registry.get(name)
+        kept = {seq: frame for seq, frame, _ in self._orphans.pop(name, ())}
+        recent = time.monotonic() - 2 * LEASE_TTL
+        for seq in sorted(kept):  # frames no recorder had, in the order they came
+            if kept[seq].monotonic >= recent and stream is not None:
+                self.recorder.frame_published(stream, kept[seq])
+
+    def _follow(self, name: str, holder: str, now: float) -> None:
+        state = self._rec[name]
+        if state == HOLDER:
+            self.leases_lost += 1
+            log.warning("recording lease of stream %s lost to %s: closing its segment",
+                        name, holder)
+        if state in (HOLDER, LOCAL):
+            self.recorder.revoke(name, f"recorded by {holder}")
+        self.recording_channels.discard(_frames_channel(name))
+        self._fences.pop(name, None)
+        self._rec[name] = FOLLOWER
+        self._watched[name] = now  # our frames go to the holder through Redis
+        kept = self._orphans.get(name)
+        if kept:  # not sent yet: to the holder now; sent to no one: kept for a takeover
+            unsent = [(seq, frame) for seq, frame, sent in kept if not sent]
+            self._orphans[name] = deque(((seq, frame, True) for seq, frame, sent in kept if sent),
+                                        maxlen=ORPHAN_FRAMES)
+            for seq, frame in unsent:
+                self._enqueue(name, seq, frame)
+
+    def _go_local(self, name: str) -> None:
+        """Redis is unreachable: this node records the frames published to it."""
+        if self._rec[name] == HOLDER:
+            log.warning("stream %s: Redis unreachable; recording the frames published here",
+                        name)
+        self._rec[name] = LOCAL
+        self.recording_channels.discard(_frames_channel(name))
+        self._fences.pop(name, None)
+        self.recorder.set_lease(name, None, math.inf)
+        stream = self.registry.get(name)
+        for _, frame, _ in self._orphans.pop(name, ()):
+            if stream is not None:
+                self.recorder.frame_published(stream, frame)
+
+    def _forget(self, name: str) -> None:
+        state = self._rec.pop(name, None)
+        self._orphans.pop(name, None)
+        self._fences.pop(name, None)
+        self.recording_channels.discard(_frames_channel(name))
+        if name in self._recsub:
+            self._recsub.discard(name)
+            self._acks.discard(_frames_channel(name))
+            self._unsubscribe(name)
+        if state == HOLDER:
+            self._spawn(self._release([name]))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _release(self, names: list[str]) -> None:
+        if not names or not self.connected or self._release_script is None:
+            return
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self._release_script(keys=[LEASE_KEY + n for n in names],
+                                           args=[self.lease_id])
+        except (OSError, aioredis.RedisError, TimeoutError) as exc:
+            log.warning("giving back recording leases failed (they expire): %s", exc)
 
     def _enqueue(self, name: str, seq: int, frame: Frame) -> None:
         if not self.connected:
@@ -456,6 +698,9 @@ class Cluster:
         if name in self._subscribed:
             self._subscribed.discard(name)
             self._unsubscribe(name)
+        if self.recorder is not None:
+            self.recorder.stream_closed(stream, reason)
+            self._forget(name)
         self._announce_now.set()
 
     async def _publish_forever(self) -> None:
@@ -479,10 +724,13 @@ class Cluster:
                 self._lost(f"publishing to Redis failed: {exc or type(exc).__name__}")
                 continue
             self.frames_published += len(batch)
-            for (name, _, _), count in zip(batch, receivers):
+            for (name, seq, frame), count in zip(batch, receivers):
                 asked = self._watched.get(name)
                 # Its own subscription (a stream published here and elsewhere) counts too.
-                if count <= (name in self._subscribed) and asked is not None and asked < sent_at:
+                own = name in self._subscribed or name in self._recsub
+                if count <= own and self._rec.get(name) in (FOLLOWER, PENDING):
+                    self._orphan(name, seq, frame, True)  # no holder got it (it died?)
+                if count <= own and asked is not None and asked < sent_at:
                     del self._watched[name]  # nobody listens any more
 
     def _ttl(self) -> int:
@@ -575,7 +823,8 @@ class Cluster:
             return  # our own frame (a stream published here and elsewhere)
         mirror = self.mirrors.get(name)
         target = mirror
-        if target is None and name in self._subscribed:
+        recording = self._rec.get(name) == HOLDER
+        if target is None and (name in self._subscribed or recording):
             target = self.registry.get(name)
         if target is None:
             return
@@ -594,7 +843,9 @@ class Cluster:
                 self.frames_lost += seq - last - 1
         seen[origin] = seq
         self.frames_received += 1
-        target.relay(timestamp, width, height, memoryview(payload)[HEADER.size:])
+        frame = target.relay(timestamp, width, height, memoryview(payload)[HEADER.size:])
+        if recording and target is not mirror:
+            self.recorder.frame_published(target, frame)
         waiting = self._first_frame.pop(name, None)
         if waiting is not None:
             waiting.set()
@@ -655,6 +906,8 @@ class Cluster:
 
     def _unsubscribe(self, name: str) -> None:
         self._idle_since.pop(name, None)
+        if name in self._recsub:
+            return  # still wanted: the recording lease
         if self._subscriber is not None:
             self._subscriber.send("UNSUBSCRIBE", _frames_channel(name))
 
@@ -731,6 +984,8 @@ class Cluster:
             )
             self._claim = self._client.register_script(CLAIM)
             self._list = self._client.register_script(LIST)
+            self._lease_script = self._client.register_script(LEASE)
+            self._release_script = self._client.register_script(RELEASE)
         async with asyncio.timeout(REDIS_TIMEOUT):
             await self._client.ping()
         options = parse_url(self.url)
@@ -748,7 +1003,8 @@ class Cluster:
                 user = options.get("username")
                 auth = (user, options["password"]) if user else (options["password"],)
                 subscriber.send("AUTH", *auth)
-            names = [s.name for s in self.mirrors] + sorted(self._subscribed)
+            names = [s.name for s in self.mirrors] + sorted(self._subscribed | self._recsub)
+            self._acks.clear()
             channels = [CONTROL.encode()] + [_frames_channel(name) for name in names]
             subscriber.send("SUBSCRIBE", *channels)
             try:

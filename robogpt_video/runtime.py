@@ -49,7 +49,10 @@ class Runtime:
         if settings.recording.enabled:
             self.recorder = Recorder(settings.recording, memory=self.memory)
             self.memory.recorder_bytes = lambda: self.recorder.held_bytes
-            self.registry.listeners.append(self.recorder)
+            if self.cluster is not None:  # one recorder per stream: fed through the lease
+                self.cluster.recorder = self.recorder
+            else:
+                self.registry.listeners.append(self.recorder)
             self.services.append(self.recorder)
         # Last, so it starts after (and stops before) the recorder whose files it deletes.
         self.cleanup = CleanupService(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
@@ -99,6 +100,12 @@ class _Track:
         self.error: str | None = None
         self.retry_at = 0.0
         self.backoff = 0.0
+        # The cluster's recording lease (docs/cluster.md), set on the event loop, read by
+        # the writer: the fencing token its segments carry, and the time.monotonic()
+        # after which this node may no longer write the stream (inf: no lease needed).
+        self.fence: int | None = None
+        self.lease_until = math.inf
+        self.frames_fenced = 0  # not written: the lease ran out before their write
 
     def admit(self, mono: float) -> bool:
         """Cap the recorded rate at ``fps`` with a token bucket: on average no faster
@@ -123,6 +130,8 @@ class _Track:
             "queue_frames": len(self.pending),
             "queue_bytes": self.pending_bytes,
             "segment": str(self.open_path) if self.open_path else None,
+            "fence": self.fence,
+            "frames_fenced": self.frames_fenced,
         }
 
 
@@ -253,9 +262,7 @@ class Recorder:
             return
         track = self._tracks.get(stream.name)
         if track is None:
-            track = self._tracks[stream.name] = _Track(
-                stream.name, self.settings.queue_frames, self.settings.fps
-            )
+            track = self._track(stream.name)
         track.last_arrival = frame.monotonic
         if self._paused is not None:
             with track.lock:
@@ -379,6 +386,28 @@ class Recorder:
         if self._paused is not None:
             log.info("recording resumed")
         self._paused = None
+
+    def set_lease(self, name: str, fence: int | None, until: float) -> None:
+        """The cluster's lease for ``name`` (event loop): segments opened from now on carry
+        ``fence``; an open segment of another fence is closed before the next frame is
+        written; nothing is written at or after ``until`` (``time.monotonic()``)."""
+        track = self._track(name)
+        track.fence, track.lease_until = fence, until
+
+    def revoke(self, name: str, reason: str) -> None:
+        """This node no longer records ``name``: close its segment (a normal close while
+        the lease lasts; after it, what is on disk stays and nothing more is written)."""
+        track = self._tracks.get(name)
+        if track is not None:
+            self._request_close(track, reason)
+
+    def _track(self, name: str) -> _Track:
+        track = self._tracks.get(name)
+        if track is None:
+            track = self._tracks[name] = _Track(
+                name, self.settings.queue_frames, self.settings.fps
+            )
+        return track
 
     def open_paths(self) -> set[Path]:
         """Video files being written right now (cleanup must not delete them)."""
@@ -527,12 +556,52 @@ class Recorder:
                 elif track.segment is None:
                     self._retired.discard(track)
 
+    @staticmethod
+    def _fenced(track: _Track) -> bool:
+        """The lease has run out (or is about to: the cluster sets ``lease_until`` a
+        safety margin before the key can expire for other nodes)."""
+        return time.monotonic() >= track.lease_until
+
+    def _fence(self, track: _Track) -> None:
+        """The lease ran out with a segment open: stop writing it at once. The frames it
+        kept back are not written; its sidecar describes what the file holds (status
+        ``fenced``). Writing the sidecar touches only the ``.json``."""
+        segment, track.segment = track.segment, None
+        if segment is None:
+            return
+        kept_back = segment.unflushed
+        segment.abort()
+        track.frames_written -= kept_back
+        track.frames_fenced += kept_back
+        self._settle_drops(track, segment)
+        start = datetime.fromtimestamp(segment.start_ts, timezone.utc)
+        meta = segment.sidecar("fenced")
+        try:
+            meta = repair(self.store, RecordingFile(segment.stream, segment.path, start), meta)
+            meta["status"] = "fenced"
+            if segment.fence is not None:
+                meta["fence"] = segment.fence
+            self._write_sidecar(segment.path, meta)
+        except Exception as exc:
+            log.warning("cannot describe fenced recording %s: %s", segment.path, exc)
+        finally:
+            track.open_path = None
+        log.warning("recording %s fenced: the lease of stream %s ran out", segment.path.name,
+                    track.name)
+
     def _write(self, track: _Track, frame: Frame) -> None:
         if track.error is not None and frame.monotonic < track.retry_at:
             with track.lock:
                 track.frames_dropped += 1
             return
+        if self._fenced(track):
+            self._fence(track)
+            track.frames_fenced += 1
+            return
         segment = track.segment
+        if segment is not None and segment.fence != track.fence:
+            self._close(track, "complete", "new lease")
+            segment = track.segment
         if segment is not None and not segment.fits(frame, self.settings.segment_seconds):
             if self._over_budget(track, segment, frame):
                 track.frames_skipped_resolution += 1
@@ -582,6 +651,9 @@ class Recorder:
         segment = track.segment
         if segment is None or not segment.unflushed:
             return True
+        if self._fenced(track):  # the cluster's lease ran out: write nothing more
+            self._fence(track)
+            return False
         try:
             segment.flush()
         except Exception as exc:
@@ -597,6 +669,7 @@ class Recorder:
         track.open_path = path
         try:
             segment = open_segment(path, track.name, frame, self.settings.codec, self.settings.fps)
+            segment.fence = track.fence
         except BaseException:
             remove_file(path)  # created, but its header could not be written (disk full)
             track.open_path = None

@@ -74,7 +74,7 @@ def repair(store: RecordingStore, recording: RecordingFile, old: dict | None) ->
     start_ts = (
         _parse_iso(start) if isinstance(start, str) else recording.start.timestamp()
     )
-    return sidecar_dict(
+    meta = sidecar_dict(
         stream=recording.stream,
         path=old.get("recording_path") or recording.path,
         start_ts=start_ts,
@@ -88,6 +88,9 @@ def repair(store: RecordingStore, recording: RecordingFile, old: dict | None) ->
         size=size,
         dropped=old.get("frames_dropped") or 0,
     )
+    if old.get("fence") is not None:  # the cluster's fencing token (docs/cluster.md)
+        meta["fence"] = old["fence"]
+    return meta
 
 
 def sidecar_temp(video: Path) -> Path:

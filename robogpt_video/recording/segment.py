@@ -58,6 +58,7 @@ class Segment:
         self.frames = 0
         self.frames_dropped = 0
         self.bytes_written = 0
+        self.fence: int | None = None  # the cluster's fencing token (docs/cluster.md)
         self._last_pts = -1
         self._last_duration = max(1, round(1000 / target_fps))
         self._open()
@@ -164,7 +165,7 @@ class Segment:
             size = self.path.stat().st_size
         except OSError:
             size = None
-        return sidecar_dict(
+        meta = sidecar_dict(
             stream=self.stream,
             path=self.path,
             start_ts=self.start_ts,
@@ -178,6 +179,9 @@ class Segment:
             size=size,
             dropped=self.frames_dropped,
         )
+        if self.fence is not None:
+            meta["fence"] = self.fence
+        return meta
 
     def write_sidecar(self, status: str) -> None:
         """Write the sidecar atomically."""
