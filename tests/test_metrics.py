@@ -242,6 +242,8 @@ def test_problem_texts_map_to_a_fixed_set_of_reasons():
         "memory: 600 MiB of frames are held by live streams' latest frames and uploads "
         "being read, over server.max_frame_memory_mb (512 MiB): no frame can wait for the "
         "disk": "frame_memory_over_budget",
+        "recording: Redis unreachable: each node records the frames published to it "
+        "(no lease)": "recording_without_lease",
         "something new": "other",
     }
     assert {text: problem_reason(text) for text in texts} == texts

@@ -71,6 +71,7 @@ PROBLEM_REASONS = (
     (re.compile(r"recording: \d+ frame\(s\) dropped "), "recorder_dropping"),
     (re.compile(r"disk space low: "), "disk_low"),
     (re.compile(r"cluster: "), "cluster_disconnected"),
+    (re.compile(r"recording: Redis unreachable: "), "recording_without_lease"),
     (re.compile(r"memory: "), "frame_memory_over_budget"),
 )
 #: Seconds a scrape waits for ``statvfs`` of the recordings directory.
