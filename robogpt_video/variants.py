@@ -7,7 +7,9 @@ served by the same engine and framed once per frame like any stream's. The paren
 ``publish`` feeds each frame to its variants (one ``if self.variants`` when there are
 none); a variant encodes at most one frame at a time in a worker thread, and a frame
 that arrives while it is busy replaces the one waiting, so nothing queues up behind a
-slow encoder (the replaced frame counts as ``variant_frames_skipped_busy``).
+slow encoder (the replaced frame counts as ``variant_frames_skipped_busy``). When
+every viewer of a variant has an ``?fps=`` cap, only frames one of them is due to
+take are encoded.
 
 Resizing is libjpeg-turbo's (simplejpeg): the JPEG is decoded straight at the
 smallest of its DCT scales (1/8 steps) that is at least the asked size, which is
@@ -88,6 +90,8 @@ class Variant:
             if self.waiting is not None:
                 self.parent.variant_frames_skipped_busy += 1
             self.waiting = frame
+        elif not self._wanted(frame):
+            return
         elif frame.width <= self.width:  # no upscaling: the frame as it is
             self.source_seq = frame.seq
             self.stream.relay(frame.timestamp, frame.width, frame.height, frame.jpeg)
@@ -97,6 +101,14 @@ class Variant:
                 self.executor, resize_jpeg, frame.jpeg, self.width, self.quality
             )
             future.add_done_callback(lambda done: self._encoded(frame, done))
+
+    def _wanted(self, frame: Frame) -> bool:
+        """Whether a viewer would take ``frame``: one without a cap, or one whose next
+        frame is due (the check ``Stream._skip`` makes, a little later, on the result)."""
+        for viewer in self.stream.viewers:
+            if not viewer.interval or frame.monotonic >= viewer.due - viewer.interval / 4:
+                return True
+        return not self.stream.viewers  # the first viewer is on its way
 
     def _encoded(self, frame: Frame, done: asyncio.Future) -> None:
         self.busy = False

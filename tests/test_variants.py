@@ -176,3 +176,19 @@ def test_snapshot_width(shared_server):
         _, body = next(iter_parts(view.iter_raw()))
         r = httpx.get(f"{server.url}/snapshot/snap_small_cam?width=160&quality=50", timeout=10)
         assert r.content == body
+
+
+def test_a_variant_whose_viewers_all_have_caps_encodes_only_frames_they_take(shared_server):
+    server = shared_server
+    name = "capped_variant_cam"
+    publish(server.url, name, make_jpeg(640, 480, seed=0)).raise_for_status()
+    with httpx.stream("GET", f"{server.url}/stream/{name}?width=160&fps=1", timeout=10) as r:
+        next(iter_parts(r.iter_raw()))
+        before = stats(server, name)["variant_frames_encoded"]
+        started = time.monotonic()
+        with httpx.Client(timeout=10) as client:
+            for seed in range(1, 21):
+                publish(server.url, name, make_jpeg(640, 480, seed=seed), client)
+        elapsed = time.monotonic() - started
+        encoded = stats(server, name)["variant_frames_encoded"] - before
+        assert encoded <= elapsed * 1 + 2 < 20
