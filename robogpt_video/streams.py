@@ -32,6 +32,11 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TICK = object()  # wake-up value: nothing new was published, re-send the last frame
 _CLOSED = object()  # wake-up value: the stream or the viewer has ended
 _LAGGING = object()  # wake-up value: a frame was not handed over (full sink); catch up
+#: What a stream counts of its viewers; a variant's viewers count towards its stream.
+VIEWER_COUNTERS = (
+    "frames_out", "bytes_out", "frames_pushed", "frames_dropped_slow_viewers",
+    "frames_skipped_fps",
+)
 
 
 def validate_stream_name(name: str) -> str:
@@ -304,6 +309,14 @@ class Stream:
                 f"stream '{self.name}' already has {count} viewers (max_viewers)"
             )
 
+    def count(self, counter: str) -> float:
+        """One of its counters; those of ``VIEWER_COUNTERS`` with its variants' viewers."""
+        value = getattr(self, counter)
+        if counter in VIEWER_COUNTERS:
+            for variant in self.variants.values():
+                value += getattr(variant.stream, counter)
+        return value
+
     def viewer_count(self) -> int:
         """Its viewers, those of its resized variants included."""
         count = len(self.viewers)
@@ -418,10 +431,10 @@ class Stream:
             "has_current_frame": latest is not None,
             "bytes_in": self.bytes_in,
             "last_frame_size": latest.size if latest else None,
-            "frames_out": self.frames_out,
-            "frames_pushed": self.frames_pushed,
-            "frames_dropped_slow_viewers": self.frames_dropped_slow_viewers,
-            "frames_skipped_fps": self.frames_skipped_fps,
+            "frames_out": self.count("frames_out"),
+            "frames_pushed": self.count("frames_pushed"),
+            "frames_dropped_slow_viewers": self.count("frames_dropped_slow_viewers"),
+            "frames_skipped_fps": self.count("frames_skipped_fps"),
             "variants": len(self.variants),
             "variant_frames_encoded": self.variant_frames_encoded,
             "variant_frames_skipped_busy": self.variant_frames_skipped_busy,

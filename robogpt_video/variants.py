@@ -26,7 +26,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .streams import Frame, Stream
+from .streams import VIEWER_COUNTERS, Frame, Stream
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,9 @@ class Variants:
         variant.users -= 1
         if variant.users <= 0:
             variant.close("no viewers")
+            parent = variant.parent  # what its viewers got (and missed) stays counted
+            for counter in VIEWER_COUNTERS:
+                setattr(parent, counter, getattr(parent, counter) + getattr(variant.stream, counter))
 
     async def snapshot(self, stream: Stream, frame: Frame, width: int, quality: int) -> bytes:
         """``frame`` resized: a variant's output when it holds that very frame, else

@@ -127,7 +127,7 @@ class RuntimeCollector(Collector):
         for suffix, text, family_type, attribute in per_stream:
             family = family_type(f"{PREFIX}_{suffix}", text, labels=["stream"])
             for stream in streams:
-                family.add_metric([stream.name], getattr(stream, attribute))
+                family.add_metric([stream.name], stream.count(attribute))
             yield family
         viewers = GaugeMetricFamily(
             f"{PREFIX}_stream_viewers", "Open viewers (of its variants too)", labels=["stream"]
