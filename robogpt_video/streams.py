@@ -536,6 +536,8 @@ class StreamRegistry:
         """
         self.accepting = False
         streams = list(self._streams.values())
+        # Their variants' streams too (closing a stream ends and forgets its variants).
+        streams += [variant.stream for s in streams for variant in s.variants.values()]
         self.close_all(reason)
         deadline = time.monotonic() + grace
         while any(stream.viewers for stream in streams) and time.monotonic() < deadline:

@@ -182,7 +182,7 @@ class Variants:
         if frame.width <= width:
             return bytes(frame.jpeg)
         loop = asyncio.get_running_loop()
-        jpeg, _, _, cpu = await loop.run_in_executor(
+        jpeg, _, _, _ = await loop.run_in_executor(
             self.executor, resize_jpeg, frame.jpeg, width, quality
         )
         return jpeg
