@@ -99,6 +99,7 @@ def render(results: dict) -> str:
     out += _chart(chart)
     out += _missed(missed)
     out += _details(results)
+    out += _variants(results.get("variants"))
     out += _profile(results.get("profile"))
     out += _method()
     return "\n".join(out) + "\n"
@@ -305,6 +306,32 @@ def _details(r: dict) -> list[str]:
     if errors:
         out += ["First client errors seen:", "", *[f"- `{e}`" for e in errors[:8]], ""]
     return out
+
+
+def _variants(v: dict | None) -> list[str]:
+    """Viewer-chosen rate and size (bench/variants.py): plain viewers, ``?fps=10``, and
+    ``?width=320&quality=60&fps=10``, each on its own stream of one server run."""
+    if not v:
+        return []
+    out = ["## Viewer-chosen rate and size", "",
+           f"One {v['size']} stream at {num(v['fps'], 0)} fps per row, {v['viewers']} viewers "
+           "each, one server (recording off), rows measured one after the other. Server CPU "
+           "per frame: all the server's CPU in the window over the frames published; encode: "
+           "the worker thread's CPU per frame resized (`robogpt_video_stream_variant_"
+           "encode_seconds_total`).", "",
+           "| Viewers ask | frames/s per viewer | bytes/s per viewer | server CPU per frame | "
+           "frames encoded/s | encode CPU per frame | others' CPU % |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for p in v["phases"]:
+        us = p["server_us_per_frame"]
+        enc = p["encode_us_per_frame"]
+        out.append(
+            f"| `{p['query'] or '(nothing)'}` | {num(p['viewer_frames_per_s'])} | "
+            f"{num(p['viewer_bytes_per_s'] / 1e3, 0)} kB/s | "
+            f"{num(us, 0) + ' µs' if us is not None else '–'} | {num(p['frames_encoded_per_s'])} | "
+            f"{num(enc, 0) + ' µs' if enc is not None else '–'} | "
+            f"{num(p['other_cores'] * 100, 0)} |")
+    return out + [""]
 
 
 def _profile(p: dict | None) -> list[str]:

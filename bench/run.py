@@ -17,12 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import report, scenarios
+from . import report, scenarios, variants
 from .load import Load
 from .profile import profile_headline
 
 HERE = Path(__file__).resolve().parent
-STANDARD = ["s10x2", "s50x1", "s1x100", "fanout500", "ceiling", "ingest", "recording", "profile"]
+STANDARD = [
+    "s10x2", "s50x1", "s1x100", "fanout500", "ceiling", "ingest", "recording", "variants",
+    "profile",
+]
 
 
 def _ab(name: str, load: Load, tmp: Path, results: dict, tries: int = 1) -> None:
@@ -76,6 +79,9 @@ def run(selected: list[str], tmp: Path, quick: bool) -> dict:
         results["ingest"] = _ingest(tmp)
     if "recording" in selected:
         results["recording"] = _recording(tmp, secs)
+    if "variants" in selected:
+        results["variants"] = variants.measure(tmp, secs + 3)
+        print("variants  ", variants.line(results["variants"]), flush=True)
     if "profile" in selected:
         results["profile"] = profile_headline(tmp, secs)
     return results

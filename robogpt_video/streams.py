@@ -32,6 +32,11 @@ NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TICK = object()  # wake-up value: nothing new was published, re-send the last frame
 _CLOSED = object()  # wake-up value: the stream or the viewer has ended
 _LAGGING = object()  # wake-up value: a frame was not handed over (full sink); catch up
+#: What a stream counts of its viewers; a variant's viewers count towards its stream.
+VIEWER_COUNTERS = (
+    "frames_out", "bytes_out", "frames_pushed", "frames_dropped_slow_viewers",
+    "frames_skipped_fps",
+)
 
 
 def validate_stream_name(name: str) -> str:
@@ -109,6 +114,8 @@ class Viewer:
     counted_from: int = 0  # frames after this one count as dropped if it never gets them
     closed: bool = False
     sending_since: float = 0.0  # monotonic time it began waiting for a full sink; 0 if not
+    interval: float = 0.0  # its fps cap's step (1/fps), 0.0: no cap
+    due: float = 0.0  # with a cap: the monotonic time its next frame is due
     task: asyncio.Task | None = None
     waiter: asyncio.Future | None = None
 
@@ -145,6 +152,13 @@ class Stream:
         self.bytes_out = 0  # bytes the sinks wrote for them (each sink adds its own)
         self.frames_pushed = 0  # of those, by publish itself to an idle viewer
         self.frames_dropped_slow_viewers = 0  # frames viewers never got (a full link)
+        self.frames_skipped_fps = 0  # frames viewers' ?fps= caps skipped
+        #: Resized versions of this stream, by (width, quality), while someone watches
+        #: them (variants.py); publish feeds them each frame.
+        self.variants: dict = {}
+        self.variant_frames_encoded = 0  # frames its variants resized and re-encoded
+        self.variant_encode_seconds = 0.0  # worker-thread CPU seconds those took
+        self.variant_frames_skipped_busy = 0  # frames a variant skipped: its encoder was busy
         self.closed = False
         self.last_wake = time.monotonic()
         self._clock = clock
@@ -168,6 +182,8 @@ class Stream:
         self.last_wake = mono
         if self._parked:
             self._push(frame)
+        if self.variants:
+            self._feed_variants(frame)
         for listener in self._listeners:
             try:
                 listener.frame_published(self, frame)
@@ -194,7 +210,16 @@ class Stream:
         self.last_wake = mono
         if self._parked:
             self._push(frame)
+        if self.variants:
+            self._feed_variants(frame)
         return frame
+
+    def _feed_variants(self, frame: Frame) -> None:
+        for variant in list(self.variants.values()):
+            try:
+                variant.feed(frame)
+            except Exception:  # a failing variant must never cost the stream a frame
+                log.exception("variant %r of stream %s failed", variant, self.name)
 
     def _push(self, frame: Frame) -> None:
         # Hand the frame to every idle viewer from here: no task wakes up per viewer per
@@ -202,6 +227,9 @@ class Stream:
         # also meets any error of its own: the publisher never sees it.
         lagging = []
         for viewer, sink in self._parked.items():
+            if viewer.interval and not viewer.closed and not sink.paused:
+                if self._skip(viewer, frame):
+                    continue  # stays parked
             try:
                 sent = not viewer.closed and not sink.paused and self._send(viewer, frame)
             except Exception:
@@ -223,6 +251,23 @@ class Stream:
         viewer.last_seq = frame.seq  # never lower: a re-send is the same frame
         self.frames_out += 1
         return True
+
+    def _skip(self, viewer: Viewer, frame: Frame) -> bool:
+        """Whether ``viewer``'s fps cap skips ``frame`` (counted in ``frames_skipped_fps``).
+
+        The frames it takes are due on a grid of 1/fps steps, so arrival jitter does not
+        make it wait a whole extra source frame: a frame up to a quarter step early is
+        taken, and the next is due a step after the last due time (or half a step after
+        the frame, when the viewer fell behind the grid).
+        """
+        step = viewer.interval
+        arrived = frame.monotonic
+        if arrived < viewer.due - step / 4:
+            self.frames_skipped_fps += 1
+            viewer.last_seq = max(viewer.last_seq, frame.seq)  # not owed: not "dropped"
+            return True
+        viewer.due = max(viewer.due + step, arrived + step / 2)
+        return False
 
     def _unpark(self, viewer: Viewer, value: object) -> None:
         del self._parked[viewer]
@@ -246,6 +291,8 @@ class Stream:
         self.closed = True
         for viewer in list(self.viewers):  # wakes the parked ones too
             viewer.close()
+        for variant in list(self.variants.values()):
+            variant.close(reason)
         for listener in self._listeners:
             try:
                 listener.stream_closed(self, reason)
@@ -256,16 +303,35 @@ class Stream:
 
     def check_viewer_room(self) -> None:
         """Raise :class:`ViewerLimitReached` if the stream has ``max_viewers`` already."""
-        if len(self.viewers) >= self.settings.max_viewers:
+        count = self.viewer_count()
+        if count >= self.settings.max_viewers:
             raise ViewerLimitReached(
-                f"stream '{self.name}' already has {len(self.viewers)} viewers (max_viewers)"
+                f"stream '{self.name}' already has {count} viewers (max_viewers)"
             )
 
-    def add_viewer(self, sink: FrameSink) -> Viewer:
-        """Register a viewer whose frames go to ``sink``, or raise :class:`ViewerLimitReached`."""
+    def count(self, counter: str) -> float:
+        """One of its counters; those of ``VIEWER_COUNTERS`` with its variants' viewers."""
+        value = getattr(self, counter)
+        if counter in VIEWER_COUNTERS:
+            for variant in self.variants.values():
+                value += getattr(variant.stream, counter)
+        return value
+
+    def viewer_count(self) -> int:
+        """Its viewers, those of its resized variants included."""
+        count = len(self.viewers)
+        for variant in self.variants.values():
+            count += len(variant.stream.viewers)
+        return count
+
+    def add_viewer(self, sink: FrameSink, fps: float | None = None) -> Viewer:
+        """Register a viewer whose frames go to ``sink`` (at most ``fps`` a second when
+        given), or raise :class:`ViewerLimitReached`."""
         self.check_viewer_room()
         # Frames published after it came count as dropped if it never gets them.
         viewer = Viewer(sink, counted_from=self.latest.seq if self.latest else 0)
+        if fps:
+            viewer.interval = 1.0 / fps
         self.viewers.add(viewer)
         return viewer
 
@@ -299,6 +365,8 @@ class Stream:
                 return True
             latest = self.latest
             if latest is not None and latest.seq > viewer.last_seq:
+                if viewer.interval and self._skip(viewer, latest):
+                    continue
                 if not self._send(viewer, latest):
                     return False
                 continue
@@ -310,6 +378,11 @@ class Stream:
                 viewer.waiter = None
                 self._parked.pop(viewer, None)
             if woke is _TICK and self.latest is not None and not viewer.closed:
+                if viewer.interval:  # a re-send keeps to the cap too
+                    now = time.monotonic()
+                    if now < viewer.due:
+                        continue
+                    viewer.due = now + viewer.interval
                 if not sink.paused and not self._send(viewer, self.latest):
                     return False
 
@@ -340,7 +413,7 @@ class Stream:
             "created_at": iso(self.created_at),
             "uptime_seconds": round(now - self.created_at, 3),
             "total_frames": self.total_frames,
-            "viewer_count": len(self.viewers),
+            "viewer_count": self.viewer_count(),
             "inactive_seconds": round(self.inactive_seconds(now), 3),
             "fps": round(self.fps(), 2),
             "width": latest.width if latest else None,
@@ -358,9 +431,13 @@ class Stream:
             "has_current_frame": latest is not None,
             "bytes_in": self.bytes_in,
             "last_frame_size": latest.size if latest else None,
-            "frames_out": self.frames_out,
-            "frames_pushed": self.frames_pushed,
-            "frames_dropped_slow_viewers": self.frames_dropped_slow_viewers,
+            "frames_out": self.count("frames_out"),
+            "frames_pushed": self.count("frames_pushed"),
+            "frames_dropped_slow_viewers": self.count("frames_dropped_slow_viewers"),
+            "frames_skipped_fps": self.count("frames_skipped_fps"),
+            "variants": len(self.variants),
+            "variant_frames_encoded": self.variant_frames_encoded,
+            "variant_frames_skipped_busy": self.variant_frames_skipped_busy,
         }
 
     def recent_frames(self) -> list[dict]:
@@ -459,6 +536,8 @@ class StreamRegistry:
         """
         self.accepting = False
         streams = list(self._streams.values())
+        # Their variants' streams too (closing a stream ends and forgets its variants).
+        streams += [variant.stream for s in streams for variant in s.variants.values()]
         self.close_all(reason)
         deadline = time.monotonic() + grace
         while any(stream.viewers for stream in streams) and time.monotonic() < deadline:
@@ -481,6 +560,9 @@ class StreamRegistry:
             for stream in list(self._streams.values()):
                 stream.tick(now)
                 self._close_stalled(stream, now)
+                for variant in list(stream.variants.values()):
+                    variant.stream.tick(now)
+                    self._close_stalled(variant.stream, now)
 
     def _close_stalled(self, stream: Stream, now: float) -> None:
         limit = self.settings.viewer_stall_seconds

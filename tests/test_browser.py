@@ -95,6 +95,25 @@ def test_grid_shows_live_pictures_of_every_stream(start_server, publishers, brow
     _background_tab_lets_go_of_its_tiles(browser, server.url)
 
 
+def test_a_tile_asks_for_frames_no_wider_than_it_shows(start_server, publishers, browser):
+    server = start_server()
+    publishers(server.url, "wide_cam", size=(640, 480))
+    publishers(server.url, "narrow_cam", size=(160, 120))
+    _wait_streams(server.url, ["narrow_cam", "wide_cam"])
+    _open_dashboard(browser, server.url)
+    browser.wait_for("tileNames().length === 2")
+    browser.wait_for("tileImg('wide_cam').naturalWidth > 0 && tileImg('narrow_cam').naturalWidth > 0")
+    shown = browser.js(
+        "Math.ceil(tileImg('wide_cam').closest('a').clientWidth * devicePixelRatio / 160) * 160"
+    )
+    assert shown < 640  # the 1280-pixel window holds tiles narrower than that
+    assert browser.js("tileImg('wide_cam').getAttribute('src')") == f"/stream/wide_cam?width={shown}"
+    assert browser.js("tileImg('wide_cam').naturalWidth") == shown
+    # A stream no wider than its tile is sent as it is.
+    assert browser.js("tileImg('narrow_cam').getAttribute('src')") == "/stream/narrow_cam"
+    assert httpx.get(f"{server.url}/api/streams/wide_cam/stats").json()["variants"] == 1
+
+
 def _background_tab_lets_go_of_its_tiles(browser: Chromium, url: str) -> None:
     # Another tab in front: this one lets go of its MJPEG connections, then takes them again.
     other = browser.open_tab()

@@ -18,7 +18,7 @@ from aiohttp import web
 from blockbuster import BlockBuster
 from websockets.sync.client import connect
 
-from helpers import make_jpeg, publish, wait_for
+from helpers import iter_parts, make_jpeg, publish, wait_for
 from robogpt_video.config import load_settings
 from robogpt_video.web import create_app
 
@@ -104,6 +104,15 @@ def exercise(url: str) -> None:
         with client.stream("GET", f"{url}/stream/cam") as view:
             assert view.status_code == 200
             next(view.iter_raw())
+        # A resized variant (encoded in a worker thread), a capped viewer, a resized snapshot.
+        assert publish(url, "cam", make_jpeg(640, 480, seed=6), client).status_code == 200
+        with client.stream("GET", f"{url}/stream/cam?width=160&quality=50&fps=10") as view:
+            assert view.status_code == 200
+            parts = iter_parts(view.iter_raw())
+            next(parts)
+            assert publish(url, "cam", make_jpeg(640, 480, seed=7), client).status_code == 200
+            next(parts)
+        assert client.get(f"{url}/snapshot/cam?width=100").status_code == 200
         mixed = b"".join(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
                          % (len(j), j) for j in (make_jpeg(seed=7), make_jpeg(seed=8)))
         assert client.post(f"{url}/publish/mixed", content=mixed, headers={

@@ -124,7 +124,8 @@ def test_sigterm_on_idle_server_exits_0(server):
     assert time.monotonic() - started < STOP_WITHIN
 
 
-def test_sigterm_with_a_viewer_that_reads_nothing_still_exits_0_in_time(start_server):
+@pytest.mark.parametrize("query", ["", "?width=1200&quality=100"])  # plain, or a variant's
+def test_sigterm_with_a_viewer_that_reads_nothing_still_exits_0_in_time(start_server, query):
     server = start_server()
     big = make_jpeg(1280, 960, seed=3, quality=95)
     with httpx.Client(timeout=10) as client:
@@ -132,7 +133,7 @@ def test_sigterm_with_a_viewer_that_reads_nothing_still_exits_0_in_time(start_se
         stuck = socket.socket()
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck.connect(("127.0.0.1", server.port))
-        stuck.sendall(b"GET /stream/cam HTTP/1.1\r\nHost: x\r\n\r\n")
+        stuck.sendall(f"GET /stream/cam{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         for seed in range(40):  # fill the stuck viewer's socket buffers; it never reads
             publish(server.url, "cam", make_jpeg(1280, 960, seed=seed, quality=95), client)
     try:

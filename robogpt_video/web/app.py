@@ -117,6 +117,7 @@ def create_app(
             yield
         finally:
             await runtime.stop()
+            app_metrics.variants.shutdown()
 
     async def begin_shutdown(app: web.Application) -> None:
         await ingest.close_sockets(app)

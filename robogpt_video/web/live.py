@@ -18,6 +18,7 @@ from ..errors import ApiError, RequestTimeout, StreamNotFound
 from ..jpeg import inspect_jpeg
 from ..mpjpeg import looks_like_multipart
 from ..streams import Stream, validate_stream_name
+from ..variants import DEFAULT_QUALITY, MAX_FPS, QUALITY_RANGE, WIDTH_RANGE
 from .bodies import MULTIPART_SLACK, frame_from_multipart, peek, read_limited
 from .errors import api_error
 from .ingest import mpjpeg_ingest
@@ -115,9 +116,36 @@ async def _live_stream(request: web.Request, want_frame: bool = False) -> Stream
     return stream
 
 
-async def snapshot(request: web.Request) -> web.Response:
-    """The latest JPEG of a stream, at once."""
+def _invalid(message: str) -> ApiError:
+    return ApiError(message, code="invalid_parameters", status_code=400)
+
+
+def _number(query, key: str, kind: type, low: float, high: float, low_open: bool = False):
+    text = query.get(key)
+    if text is None:
+        return None
     try:
+        value = kind(text)
+    except ValueError:
+        raise _invalid(f"{key}={text!r} is not a number") from None
+    if not (low < value if low_open else low <= value) or not value <= high:
+        shown = f"> {low:g}" if low_open else f">= {low:g}"
+        raise _invalid(f"{key}={text!r} is out of range: it must be {shown} and <= {high:g}")
+    return value
+
+
+def view_options(query) -> tuple[float | None, int | None, int]:
+    """``fps``, ``width`` and ``quality`` from a query string (``None``: not asked)."""
+    fps = _number(query, "fps", float, 0.0, MAX_FPS, low_open=True)
+    width = _number(query, "width", int, *WIDTH_RANGE)
+    quality = _number(query, "quality", int, *QUALITY_RANGE)
+    return fps, width, DEFAULT_QUALITY if quality is None else quality
+
+
+async def snapshot(request: web.Request) -> web.Response:
+    """The latest JPEG of a stream, at once (resized with ``?width=&quality=``)."""
+    try:
+        _, width, quality = view_options(request.query)
         stream = await _live_stream(request, want_frame=True)
         frame = stream.latest
         if frame is None:
@@ -125,12 +153,17 @@ async def snapshot(request: web.Request) -> web.Response:
     except ApiError as exc:
         return api_error(exc, cors_headers(request))
     headers = {**NO_CACHE, "X-Timestamp": f"{frame.timestamp:.6f}", **cors_headers(request)}
-    return web.Response(body=bytes(frame.jpeg), content_type="image/jpeg", headers=headers)
+    if width is not None and request.method != "HEAD":
+        body = await request.app[METRICS].variants.snapshot(stream, frame, width, quality)
+    else:
+        body = bytes(frame.jpeg)
+    return web.Response(body=body, content_type="image/jpeg", headers=headers)
 
 
 async def view(request: web.Request) -> web.StreamResponse:
     """``GET /stream/<name>``: ``multipart/x-mixed-replace; boundary=frame`` until the end."""
     try:
+        fps, width, quality = view_options(request.query)
         stream = await _live_stream(request)
         stream.check_viewer_room()
     except ApiError as exc:
@@ -146,12 +179,23 @@ async def view(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None or transport.is_closing():
         return response
-    wires = request.app[METRICS].wires
+    metrics = request.app[METRICS]
+    variant = None
+    if width is not None:  # a resized version, shared by its viewers: serve that stream
+        try:
+            stream.check_viewer_room()  # counts the viewers of all its variants
+        except ApiError:
+            return response
+        variant = metrics.variants.join(stream, width, quality)
+        stream = variant.stream
+    wires = metrics.wires
     wire = wires.join(stream)
     try:
-        viewer = stream.add_viewer(MjpegSink(transport, writer, wire, chunked))
+        viewer = stream.add_viewer(MjpegSink(transport, writer, wire, chunked), fps)
     except ApiError:  # others took the last places while the response started
         wires.leave(stream, wire)
+        if variant is not None:
+            metrics.variants.leave(variant)
         return response
     viewer.task = asyncio.current_task()
     finished = False
@@ -164,6 +208,8 @@ async def view(request: web.Request) -> web.StreamResponse:
     finally:
         stream.remove_viewer(viewer)
         wires.leave(stream, wire)
+        if variant is not None:
+            metrics.variants.leave(variant)
     if finished and not transport.is_closing():
         await response.write_eof()
     return response

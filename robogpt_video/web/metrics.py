@@ -40,6 +40,7 @@ from starlette.routing import Route
 from .. import __version__
 from ..cleanup import disk
 from ..runtime import Runtime
+from ..variants import Variants
 from .mjpeg import FrameWires
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,37 @@ class RuntimeCollector(Collector):
              CounterMetricFamily, "frames_pushed"),
             ("stream_frames_dropped_slow_viewers", "Frames viewers never got (a full link)",
              CounterMetricFamily, "frames_dropped_slow_viewers"),
+            ("stream_frames_skipped_fps", "Frames viewers' ?fps= caps skipped",
+             CounterMetricFamily, "frames_skipped_fps"),
+            ("stream_variant_frames_encoded", "Frames resized and re-encoded for the stream's "
+             "?width= variants (once per variant, whatever its viewers)",
+             CounterMetricFamily, "variant_frames_encoded"),
+            ("stream_variant_encode_seconds", "Worker-thread CPU seconds spent resizing and "
+             "re-encoding the stream's frames for its variants",
+             CounterMetricFamily, "variant_encode_seconds"),
+            ("stream_variant_frames_skipped_busy", "Frames a variant skipped because its "
+             "encoder was still busy with an older one",
+             CounterMetricFamily, "variant_frames_skipped_busy"),
         )
         for suffix, text, family_type, attribute in per_stream:
             family = family_type(f"{PREFIX}_{suffix}", text, labels=["stream"])
             for stream in streams:
-                family.add_metric([stream.name], getattr(stream, attribute))
+                family.add_metric([stream.name], stream.count(attribute))
             yield family
-        viewers = GaugeMetricFamily(f"{PREFIX}_stream_viewers", "Open viewers", labels=["stream"])
+        viewers = GaugeMetricFamily(
+            f"{PREFIX}_stream_viewers", "Open viewers (of its variants too)", labels=["stream"]
+        )
+        variants = GaugeMetricFamily(
+            f"{PREFIX}_stream_variants",
+            "Resized versions of the stream being produced (one per distinct width and "
+            "quality its viewers asked for)",
+            labels=["stream"],
+        )
         for stream in streams:
-            viewers.add_metric([stream.name], len(stream.viewers))
+            viewers.add_metric([stream.name], stream.viewer_count())
+            variants.add_metric([stream.name], len(stream.variants))
         yield viewers
+        yield variants
         age = GaugeMetricFamily(
             f"{PREFIX}_stream_frame_age_seconds",
             "Seconds since the stream's last frame (since it was created, before its first)",
@@ -318,6 +340,8 @@ class Metrics:
         self.frames_in = {"post": 0, "mpjpeg": 0, "websocket": 0}
         #: Each stream's frame framed once for its MJPEG viewers, and the write counters.
         self.wires = FrameWires()
+        #: The worker threads that resize frames for ``?width=`` viewers and snapshots.
+        self.variants = Variants()
         #: Requests ended by a timeout of their body or of a long-lived ingest; the
         #: connection timeouts (header, keepalive) are counted by ``connections``.
         self.timed_out = {"body": 0, "idle": 0}

@@ -36,6 +36,10 @@ class StreamStats(StreamSummary):
     frames_out: int
     frames_pushed: int
     frames_dropped_slow_viewers: int
+    frames_skipped_fps: int = 0
+    variants: int = 0
+    variant_frames_encoded: int = 0
+    variant_frames_skipped_busy: int = 0
 
 
 class FrameRecord(_Open):

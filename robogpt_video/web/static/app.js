@@ -183,14 +183,28 @@ function makeTile(name) {
 // let go of their connections (the browser's limit is shared by every tab).
 const gridMode = () => (openStream === null && !document.hidden ? tileMode : "stopped");
 
+// A tile asks for frames no wider than it shows (in device pixels, rounded up to a
+// multiple of TILE_STEP so that tiles of about the same size share one resized version
+// on the server); a stream no wider than that is sent as it is.
+const TILE_STEP = 160;
+
+function tileQuery(tile, extra) {
+  const params = new URLSearchParams(extra);
+  const shown = tile.link.clientWidth * (window.devicePixelRatio || 1);
+  const width = Math.ceil(shown / TILE_STEP) * TILE_STEP;
+  if (width > 0 && tile.streamWidth > width) params.set("width", width);
+  const query = params.toString();
+  return query ? `?${query}` : "";
+}
+
 function setTileMode(tile, mode) {
   if (tile.mode === mode) return;
   tile.mode = mode;
   clearTimeout(tile.timer);
   if (mode === "live") {
     // A query string only after a reconnect: the same URL may be served from image memory.
-    const again = tile.generation ? `?g=${tile.generation}` : "";
-    tile.img.src = withToken(`/stream/${enc(tile.name)}${again}`);
+    const again = tile.generation ? { g: tile.generation } : {};
+    tile.img.src = withToken(`/stream/${enc(tile.name)}${tileQuery(tile, again)}`);
   }
   else {
     tile.img.src = BLANK;
@@ -204,7 +218,7 @@ function nextSnapshot(tile, delay) {
     if (tile.mode !== "snapshot") return;
     if (!tile.onscreen || document.hidden) return nextSnapshot(tile, SNAPSHOT_MS);
     // A new URL each time; the old JPEG stays on screen until the new one is decoded.
-    tile.img.src = withToken(`/snapshot/${enc(tile.name)}?t=${Date.now()}`);
+    tile.img.src = withToken(`/snapshot/${enc(tile.name)}${tileQuery(tile, { t: Date.now() })}`);
   }, delay);
 }
 
@@ -255,6 +269,7 @@ async function pollStreams() {
       onscreen && onscreen.observe(tile.li);
     }
     updateTile(tile, s);
+    tile.streamWidth = s.width || 0;
     if (tile.created !== null && tile.created !== s.created_at) {
       tile.generation += 1;  // removed and created again between two polls: reconnect
       tile.mode = null;
