@@ -415,7 +415,7 @@ class Cluster:
         return {
             "frames": self._published.get(stream.name, 0),
             "bytes": stream.bytes_in,
-            "viewers": len(stream.viewers),
+            "viewers": stream.viewer_count(),
             "fps": round(stream.fps(), 2),
             "t": latest.timestamp if latest else None,
             "w": latest.width if latest else None,
@@ -922,7 +922,7 @@ class Cluster:
                 stream = self.registry.get(name)
                 if stream is None:
                     continue
-                if stream.viewers:
+                if stream.viewer_count():  # resized variants' viewers too
                     self._idle_since[name] = now
                     if name not in self._subscribed and self.connected:
                         self._subscribed.add(name)
@@ -933,7 +933,7 @@ class Cluster:
                     self._subscribed.discard(name)
                     self._unsubscribe(name)
             for stream in self.mirrors:
-                if stream.viewers:
+                if stream.viewer_count():
                     self._idle_since[stream.name] = now
                 elif now - self._idle_since.setdefault(stream.name, now) > MIRROR_GRACE_SECONDS:
                     self._unsubscribe(stream.name)

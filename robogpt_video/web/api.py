@@ -119,6 +119,6 @@ async def health(request: Request) -> dict:
         },
         "problems": problems,
         "uptime_seconds": round(time.time() - runtime.started_at, 3),
-        "viewers": sum(len(s.viewers) for s in runtime.registry),
+        "viewers": sum(s.viewer_count() for s in runtime.registry),
         "version": __version__,
     }
