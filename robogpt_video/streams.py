@@ -175,15 +175,7 @@ class Stream:
         self.total_frames += 1
         size = len(jpeg)
         frame = Frame(self.total_frames, now, mono, info.width, info.height, size, jpeg)
-        self.latest = frame
-        self.recent.append(FrameRecord(frame.seq, now, size, info.width, info.height))
-        self.bytes_in += size
-        self._arrivals.append(mono)
-        self.last_wake = mono
-        if self._parked:
-            self._push(frame)
-        if self.variants:
-            self._feed_variants(frame)
+        self._take(frame)
         for listener in self._listeners:
             try:
                 listener.frame_published(self, frame)
@@ -203,16 +195,21 @@ class Stream:
         seq = self.total_frames
         size = len(jpeg)
         frame = Frame(seq, timestamp, mono, width, height, size, jpeg)
+        self._take(frame)
+        return frame
+
+    def _take(self, frame: Frame) -> None:
+        """Make ``frame`` the latest and hand it to idle viewers and resized variants."""
         self.latest = frame
-        self.recent.append(FrameRecord(seq, timestamp, size, width, height))
-        self.bytes_in += size
-        self._arrivals.append(mono)
-        self.last_wake = mono
+        self.recent.append(FrameRecord(frame.seq, frame.timestamp, frame.size, frame.width,
+                                       frame.height))
+        self.bytes_in += frame.size
+        self._arrivals.append(frame.monotonic)
+        self.last_wake = frame.monotonic
         if self._parked:
             self._push(frame)
         if self.variants:
             self._feed_variants(frame)
-        return frame
 
     def _feed_variants(self, frame: Frame) -> None:
         for variant in list(self.variants.values()):

@@ -1,6 +1,6 @@
 import pytest
 
-from helpers import PortHold, ServerProcess
+from helpers import PortHold, RedisServer, ServerProcess
 
 
 @pytest.fixture
@@ -70,3 +70,12 @@ def publishers(start_server):
     yield start
     for pub in started:
         pub.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a unix socket in the test's folder, stopped after it."""
+    server = RedisServer(tmp_path / "redis")
+    server.directory.mkdir()
+    yield server.start()
+    server.stop()

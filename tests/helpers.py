@@ -291,3 +291,47 @@ def iter_parts(chunks: Iterator[bytes]) -> Iterator[tuple[dict[str, str], bytes]
                 break
             yield headers, buf[body_start : body_start + length]
             buf = buf[body_start + length + 2 :]
+
+
+class RedisServer:
+    """Debian's redis-server on a unix socket (``--port 0``: no TCP, no port race)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.socket = directory / "redis.sock"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> "RedisServer":
+        parent = os.getpid()
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", str(self.socket),
+             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: die_with_parent(parent),
+        )
+        wait_for(lambda: self.cli("PING") == "PONG", what="redis-server to answer PING")
+        return self
+
+    def cli(self, *args: str) -> str:
+        try:
+            return subprocess.run(
+                ["redis-cli", "-s", str(self.socket), *args],
+                capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+        except subprocess.TimeoutExpired:
+            return ""
+
+    def numsub(self, channel: str) -> int:
+        out = self.cli("PUBSUB", "NUMSUB", channel).split()
+        return int(out[1]) if len(out) == 2 else -1
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+        self.socket.unlink(missing_ok=True)

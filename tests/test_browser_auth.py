@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from browser import Chromium, headless_chromium
-from helpers import make_jpeg, wait_for
+from helpers import wait_for
 
 PASSWORD = "open sesame"
 ROBOT_TOKEN = "robot-7f3a9c"

@@ -11,64 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import ServerProcess, die_with_parent, iter_parts, make_jpeg, merge, publish, wait_for
+from helpers import ServerProcess, iter_parts, make_jpeg, merge, publish, wait_for
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
     reason="redis-server is required by tests/test_cluster.py: apt-get install redis-server",
 )
-
-
-class RedisServer:
-    """Debian's redis-server on a unix socket (``--port 0``: no TCP, no port race)."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.socket = directory / "redis.sock"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
-
-    def start(self) -> "RedisServer":
-        parent = os.getpid()
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", str(self.socket),
-             "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=lambda: die_with_parent(parent),
-        )
-        wait_for(lambda: self.cli("PING") == "PONG", what="redis-server to answer PING")
-        return self
-
-    def cli(self, *args: str) -> str:
-        try:
-            return subprocess.run(
-                ["redis-cli", "-s", str(self.socket), *args],
-                capture_output=True, text=True, timeout=5,
-            ).stdout.strip()
-        except subprocess.TimeoutExpired:
-            return ""
-
-    def numsub(self, channel: str) -> int:
-        out = self.cli("PUBSUB", "NUMSUB", channel).split()
-        return int(out[1]) if len(out) == 2 else -1
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-        self.socket.unlink(missing_ok=True)
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path / "redis")
-    server.directory.mkdir()
-    yield server.start()
-    server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import REPO, iter_parts, make_jpeg, publish, wait_for
