@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# `make run` installs only what serving needs; `make test` adds the extras.
+# `make run` installs the server and the publishing client (the webcam example);
+# `make test` adds the test, bench and cluster extras.
 RUN_STAMP := $(VENV)/.installed-run
 # The same suite on the oldest versions pyproject.toml allows (constraints/oldest.txt).
 OLDEST       ?= .venv-oldest
@@ -26,7 +27,7 @@ $(OLDEST_STAMP): pyproject.toml constraints/oldest.txt
 $(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[client]'
 	touch $(RUN_STAMP)
 
 install: $(STAMP)
