@@ -122,17 +122,24 @@ def test_a_stream_published_to_two_nodes_is_recorded_by_one(recording_nodes):
     assert times == sorted(times) and len(set(times)) == len(times)
 
 
-def test_kill_9_of_the_recording_node_another_takes_over(recording_nodes):
-    a, b = recording_nodes
+def _recording_with_frames_through_the_other(nodes):
+    """Publish "cam" to both nodes in turn, then keep publishing through the node that
+    does not record it: (the recording node, the other, its running publisher)."""
+    a, b = nodes
     with httpx.Client(timeout=10) as client:
         for i in range(4):
             jpeg = make_jpeg(160, 120, seed=i)
             assert publish((a, b)[i % 2].url, "cam", jpeg, client).status_code == 200
     holder = holder_of((a, b), "cam")
-    survivor = b if holder is a else a
-    pub = Paced(survivor, "cam", seed=100)
+    other = b if holder is a else a
+    pub = Paced(other, "cam", seed=100)
     pub.start()
-    wait_for(lambda: len(pub.sent) >= 10, what="frames through the survivor")
+    wait_for(lambda: len(pub.sent) >= 10, what="frames through the node that does not record")
+    return holder, other, pub
+
+
+def test_kill_9_of_the_recording_node_another_takes_over(recording_nodes):
+    holder, survivor, pub = _recording_with_frames_through_the_other(recording_nodes)
     old = sidecars(holder.recordings, "cam")
     assert [s["status"] for s in old] == ["recording"]
     holder.proc.send_signal(signal.SIGKILL)
@@ -169,16 +176,7 @@ def test_kill_9_of_the_recording_node_another_takes_over(recording_nodes):
 def test_a_paused_holder_stops_writing_before_another_starts(recording_nodes):
     """SIGSTOP for longer than the lease, then SIGCONT: the old holder writes nothing
     into its file after that, and closes it with its fence (status ``fenced``)."""
-    a, b = recording_nodes
-    with httpx.Client(timeout=10) as client:
-        for i in range(4):
-            jpeg = make_jpeg(160, 120, seed=i)
-            assert publish((a, b)[i % 2].url, "cam", jpeg, client).status_code == 200
-    holder = holder_of((a, b), "cam")
-    other = b if holder is a else a
-    pub = Paced(other, "cam", seed=100)
-    pub.start()
-    wait_for(lambda: len(pub.sent) >= 10, what="frames through the other node")
+    holder, other, pub = _recording_with_frames_through_the_other(recording_nodes)
     old = sidecars(holder.recordings, "cam")[0]
     video = Path(old["recording_path"])
     os.kill(holder.proc.pid, signal.SIGSTOP)
