@@ -178,10 +178,14 @@ def test_a_stalled_disk_degrades_health_with_the_reason_until_writes_complete(
         assert _health(server)["status"] == "healthy"
         mounts.freeze(disk)
         try:
+            # Each stream counts as stalled once its own oldest frame has waited
+            # stall_seconds, so the count reaches 3 a little after the first.
             health = wait_for(
                 lambda: (h := _health(server))["status"] == "degraded"
-                and len(h["problems"]) == 2 and h,
-                timeout=30, what="/health degraded for both reasons while the disk is frozen",
+                and len(h["problems"]) == 2
+                and any(p.endswith(" on 3 stream(s) (the disk is stalled or too slow)")
+                        for p in h["problems"]) and h,
+                timeout=30, what="/health degraded for both reasons on all 3 streams while frozen",
             )
             # Every stream drops once its queue is full; /health may say so sooner.
             frozen_stats = wait_for(
