@@ -18,6 +18,7 @@ from .logs import AccessLogger, flush_repeats, setup_logging
 from .runtime import Runtime
 from .web import create_app
 from .web.connections import ConnectionLimits
+from .web.protocol import handler_factory
 
 log = logging.getLogger(__name__)
 #: Ordinary requests still in flight at shutdown get this long; viewers and ingest are
@@ -161,27 +162,30 @@ async def run(
         header_timeout=server.header_timeout_seconds,
         keepalive_timeout=server.keepalive_timeout_seconds,
     )
+    handler_args = dict(  # for each connection's web.RequestHandler
+        access_log=logging.getLogger("aiohttp.access") if server.debug else None,  # debugging only
+        access_log_class=AccessLogger,  # redacts ?token=
+        # The guard closes idle connections (web/connections.py); aiohttp's own timer,
+        # later than both of its timeouts, only backs it up.
+        keepalive_timeout=2 * max(server.header_timeout_seconds, server.keepalive_timeout_seconds),
+    )
     runner = web.AppRunner(
         create_app(settings, runtime, limits),
         handle_signals=False,
         # A viewer or publisher that leaves ends its handler at once (viewer counts
         # stay true on an idle stream).
         handler_cancellation=True,
-        access_log=logging.getLogger("aiohttp.access") if server.debug else None,  # debugging only
-        access_log_class=AccessLogger,  # redacts ?token=
-        # The guard closes idle connections (web/connections.py); aiohttp's own timer,
-        # later than both of its timeouts, only backs it up.
-        keepalive_timeout=2 * max(server.header_timeout_seconds, server.keepalive_timeout_seconds),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        **handler_args,
     )
     await runner.setup()  # starts the runtime (recorder, cleanup, ...)
     listener = None
     try:
-        # aiohttp's own protocol factory (the public ``runner.server``) behind the caps.
-        # A TLS handshake comes before the guard sees the connection: it has the header
-        # timeout of its own.
+        # aiohttp's connection handler for ``runner.server`` (answering what it cannot
+        # parse in JSON, web/protocol.py) behind the caps. A TLS handshake comes before
+        # the guard sees the connection: it has the header timeout of its own.
         listener = await asyncio.get_running_loop().create_server(
-            limits.factory(runner.server), sock=sock, ssl=ssl_context, backlog=BACKLOG,
+            limits.factory(handler_factory(runner.server, **handler_args)), sock=sock, ssl=ssl_context, backlog=BACKLOG,
             ssl_handshake_timeout=server.header_timeout_seconds if ssl_context else None,
         )
         host, port = sock.getsockname()[:2]
