@@ -58,6 +58,15 @@ def test_list_filter_download_and_delete(server):
     assert part.status_code == 206
     assert part.headers["content-range"] == f"bytes 100-1123/{video.stat().st_size}"
     assert part.content == video.read_bytes()[100:1124]
+    size = video.stat().st_size
+    for range_, status, code in ((f"bytes={size}-", 416, "range_not_satisfiable"),
+                                 ("bytes=abc", 400, "invalid_range")):
+        bad = httpx.get(url, headers={"Range": range_})
+        assert (bad.status_code, bad.json()["error"]) == (status, code), range_
+        assert bad.headers["content-type"] == "application/json"
+    assert httpx.get(url, headers={"Range": f"bytes={size}-"}).headers["content-range"] == f"bytes */{size}"
+    bad_head = httpx.head(url, headers={"Range": f"bytes={size}-"})
+    assert bad_head.status_code == 416 and bad_head.content == b""
     assert httpx.get(f"{server.url}{oldest['sidecar_url']}").json()["total_frames"] == 6
 
     in_use = httpx.delete(f"{server.url}{newest['download_url']}")

@@ -1,7 +1,7 @@
 """aiohttp's connection handler, answering requests it cannot parse in the JSON shape.
 
 A request whose head or body aiohttp cannot parse (a bad ``Content-Length``, broken
-chunking, a NUL in the path, an over-long header) never reaches the application or
+chunking, a NUL in the path, an over-long header line) never reaches the application or
 its middlewares: ``RequestHandler.handle_error`` answers it directly, as text. This
 subclass of the public ``web.RequestHandler`` overrides that public method, so such a
 request gets the one error shape ``{"status": "error", "error": …, "message": …}`` too,
@@ -24,11 +24,11 @@ from .errors import json_error
 
 log = logging.getLogger(__name__)
 
-#: What each status aiohttp answers by itself says, in the JSON body.
+#: What each status aiohttp answers by itself says, in the JSON body (a request it
+#: cannot parse, an over-long header line included, gets 400; a handler that raised,
+#: 500; one that timed out, 504).
 _MESSAGES = {
     400: ("malformed_request", "the request is not valid HTTP/1.1 ({kind})"),
-    413: ("too_large", "the request is too large ({kind})"),
-    431: ("headers_too_large", "the request's headers are too large ({kind})"),
     504: ("timeout", "the server did not finish the answer in time ({kind})"),
 }
 _SERVER_ERROR = ("internal_error", "the server failed to answer ({kind})")

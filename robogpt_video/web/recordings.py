@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -43,17 +44,13 @@ _DOWNLOAD = {
                     "multipart/byteranges": _BINARY},
         "headers": {"Content-Range": _HEADER},
     },
-    400: {
-        "model": ErrorBody,
-        "description": "`invalid_stream_name` (JSON), or a malformed `Range` header "
-        "(Starlette's plain-text answer)",
-        "content": {"text/plain": {"schema": {"type": "string"}}},
-    },
+    400: {"model": ErrorBody, "description": "`invalid_stream_name`, or `invalid_range`: "
+          "a malformed `Range` header"},
     404: _FILE[404],
     416: {
-        "description": "The `Range` starts past the end of the file: an empty plain-text "
-        "answer with `Content-Range: bytes */<size>`",
-        "content": {"text/plain": {"schema": {"type": "string", "maxLength": 0}}},
+        "model": ErrorBody,
+        "description": "`range_not_satisfiable`: the `Range` starts past the end of the "
+        "file; `Content-Range: bytes */<size>`",
         "headers": {"Content-Range": _HEADER},
     },
 }
@@ -181,12 +178,50 @@ class OpenFileResponse(FileResponse):
     def __init__(self, file: io.BufferedReader, info: os.stat_result, **kwargs) -> None:
         super().__init__(fd_path(file), stat_result=info, **kwargs)
         self.file = file
+        self.size = info.st_size
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(
+                scope, receive, _json_range_errors(send, self.size, scope["method"] == "HEAD")
+            )
         finally:
             self.file.close()
+
+
+#: The JSON body that replaces Starlette's plain-text answer to a bad ``Range``.
+_RANGE_ERRORS = {
+    400: ("invalid_range", "malformed Range header"),
+    416: ("range_not_satisfiable", "the Range starts past the end of the file ({size} bytes)"),
+}
+
+
+def _json_range_errors(send: Send, size: int, head: bool) -> Send:
+    """``send`` for a FileResponse, with its 400 and 416 (a bad ``Range``) answered in
+    the one JSON error shape; its other messages pass unchanged."""
+    replaced = False
+
+    async def wrapped(message) -> None:
+        nonlocal replaced
+        if message["type"] == "http.response.start" and message["status"] in _RANGE_ERRORS:
+            code, text = _RANGE_ERRORS[message["status"]]
+            body = json.dumps({"status": "error", "error": code,
+                               "message": text.format(size=size)}).encode()
+            kept = [(k, v) for k, v in message["headers"]
+                    if k.lower() not in (b"content-type", b"content-length", b"content-range")]
+            headers = [*kept, (b"content-type", b"application/json"),
+                       (b"content-length", str(len(body)).encode())]
+            if message["status"] == 416:  # Starlette 0.42 (the oldest allowed) leaves out the unit
+                headers.append((b"content-range", f"bytes */{size}".encode()))
+            await send({**message, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if head else body})
+            replaced = True
+        elif replaced:
+            return  # Starlette's own body of that answer
+        else:
+            await send(message)
+
+    return wrapped
 
 
 def _open(store: RecordingStore, rec: RecordingFile, sidecar: bool):
