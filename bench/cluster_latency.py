@@ -47,28 +47,39 @@ async def measure(a: ServerProcess, b: ServerProcess, seconds: float, fps: float
     return local, remote
 
 
+def run(tmp: Path, seconds: float, fps: float) -> dict:
+    """Redis and two nodes in ``tmp``; p50/p99 (ms) of the local and the remote viewer."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    redis, sock = start_redis(tmp)
+    config = {"cluster": {"redis_url": f"unix://{sock}"}, "recording": {"enabled": False}}
+    nodes = [ServerProcess(tmp / f"node{i}", config) for i in range(2)]
+    try:
+        for node in nodes:
+            node.start()
+        local, remote = asyncio.run(measure(*nodes, seconds, fps))
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.terminate()
+        redis.wait(10)
+    return {
+        name: {"frames": c.received, "p50_ms": pct(c.latencies, 50),
+               "p99_ms": pct(c.latencies, 99), "skipped": c.skipped, "errors": c.errors[:2]}
+        for name, c in (("local", local), ("remote", remote))
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--fps", type=float, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cluster-latency-") as name:
-        tmp = Path(name)
-        redis, sock = start_redis(tmp)
-        config = {"cluster": {"redis_url": f"unix://{sock}"}, "recording": {"enabled": False}}
-        nodes = [ServerProcess(tmp / f"node{i}", config) for i in range(2)]
-        try:
-            for node in nodes:
-                node.start()
-            local, remote = asyncio.run(measure(*nodes, args.seconds, args.fps))
-        finally:
-            for node in nodes:
-                node.stop()
-            redis.terminate()
-            redis.wait(10)
-    for label, c in (("local viewer (node A)", local), ("cross-node viewer (node B)", remote)):
-        print(f"{label}: {c.received} frames, p50 {pct(c.latencies, 50):.2f} ms, "
-              f"p99 {pct(c.latencies, 99):.2f} ms, skipped {c.skipped}, errors {c.errors[:2]}")
+        result = run(Path(name), args.seconds, args.fps)
+    for label, key in (("local viewer (node A)", "local"), ("cross-node viewer (node B)", "remote")):
+        c = result[key]
+        print(f"{label}: {c['frames']} frames, p50 {c['p50_ms']:.2f} ms, "
+              f"p99 {c['p99_ms']:.2f} ms, skipped {c['skipped']}, errors {c['errors']}")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def render(results: dict) -> str:
     out += _missed(missed)
     out += _details(results)
     out += _variants(results.get("variants"))
+    out += _cluster(results.get("cluster"))
     out += _profile(results.get("profile"))
     out += _method()
     return "\n".join(out) + "\n"
@@ -332,6 +333,42 @@ def _variants(v: dict | None) -> list[str]:
             f"{num(enc, 0) + ' µs' if enc is not None else '–'} | "
             f"{num(p['other_cores'] * 100, 0)} |")
     return out + [""]
+
+
+def _cluster(c: dict | None) -> list[str]:
+    """``serve --workers 2`` against one process, and cross-node latency (bench/cluster.py)."""
+    if not c:
+        return []
+    out = ["## Cluster (nodes sharing streams through Redis)", ""]
+    if not c.get("available"):
+        return out + [f"Not run: {c.get('why')}.", ""]
+    out += [f"{c['streams']} streams of 640x480 single-frame POSTs at 30 fps, one viewer per "
+            "stream (with 2 workers the kernel spreads connections, so about half the viewers "
+            "are fed through Redis), recording off, Redis on a unix socket. The load "
+            "generator shares the 2 cores: \"machine\" is every process's CPU.", "",
+            "| Setup | accepted frames/s (% of sent) | viewer % | p99 ms | servers | Redis | "
+            "load generator | machine (cores) | Redis µs per frame |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    one = c["setups"]["1 process"]["accepted_fps"] or 0
+    for setup, r in c["setups"].items():
+        us = r.get("redis_us_per_frame")
+        out.append(
+            f"| {setup} | {num(r['accepted_fps'], 0)} ({num(r['accepted_pct'])} %) | "
+            f"{num(r['view_pct'])} | {num(r['p99_ms'])} | {r['cores_servers']:.2f} | "
+            f"{r['cores_redis']:.2f} | {r['cores_loadgen']:.2f} | {r['cores_machine']:.2f} | "
+            f"{num(us, 0) if us else '–'} |")
+    two = c["setups"]["2 workers"]["accepted_fps"] or 0
+    lat = c["latency"]
+    times = f"{two / one:.2f}×" if one else "–"
+    out += ["", f"2 workers accepted {times} the frames of one process (target ≥ 1.5×).",
+            "", "Latency, one 640x480 stream at 30 fps published to node A (two nodes, "
+            "recording off): a viewer on A and one on B, fed through Redis.", "",
+            "| Viewer | frames | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+    for label, key in (("on the publishing node", "local"), ("on the other node", "remote")):
+        v = lat[key]
+        out.append(f"| {label} | {v['frames']} | {num(v['p50_ms'], 2)} | {num(v['p99_ms'], 2)} |")
+    added = (lat["remote"]["p99_ms"] or 0) - (lat["local"]["p99_ms"] or 0)
+    return out + ["", f"Added p99: {num(added, 2)} ms (target ≤ 5 ms).", ""]
 
 
 def _profile(p: dict | None) -> list[str]:

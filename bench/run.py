@@ -17,14 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import report, scenarios, variants
+from . import cluster, report, scenarios, variants
 from .load import Load
 from .profile import profile_headline
 
 HERE = Path(__file__).resolve().parent
 STANDARD = [
     "s10x2", "s50x1", "s1x100", "fanout500", "ceiling", "ingest", "recording", "variants",
-    "profile",
+    "cluster", "profile",
 ]
 
 
@@ -82,6 +82,9 @@ def run(selected: list[str], tmp: Path, quick: bool) -> dict:
     if "variants" in selected:
         results["variants"] = variants.measure(tmp, secs + 3)
         print("variants  ", variants.line(results["variants"]), flush=True)
+    if "cluster" in selected:
+        results["cluster"] = cluster.measure(tmp, seconds=secs + 1)
+        print("cluster   ", cluster.line(results["cluster"]), flush=True)
     if "profile" in selected:
         results["profile"] = profile_headline(tmp, secs)
     return results

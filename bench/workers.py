@@ -41,13 +41,14 @@ def start_redis(directory: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("redis-server did not start")
 
 
-def measure(server: BenchServer, load: Load, jpeg: bytes, redis_pid: int | None) -> dict:
+def measure(server: BenchServer, load: Load, jpeg: bytes, redis_pid: int | None,
+            quiet: bool = False) -> dict:
     pids = server.pids()
     watched = pids + ([redis_pid] if redis_pid else [])
     before = {pid: cpu_seconds(pid) for pid in watched}
     self0, busy0, t0 = self_cpu_seconds(), machine_busy_seconds(), time.monotonic()
     result = asyncio.run(run_load(server, load, jpeg))
-    if redis_pid:  # the cluster counters of each worker (a new connection per scrape)
+    if redis_pid and not quiet:  # the cluster counters of each worker (a new connection per scrape)
         import urllib.request
 
         for _ in range(2):
@@ -62,6 +63,8 @@ def measure(server: BenchServer, load: Load, jpeg: bytes, redis_pid: int | None)
     result["cores_redis"] = used[redis_pid] / elapsed if redis_pid else 0.0
     result["cores_loadgen"] = (self_cpu_seconds() - self0) / elapsed
     result["cores_machine"] = (machine_busy_seconds() - busy0) / elapsed
+    accepted = result["accepted_fps"] or 0
+    result["redis_us_per_frame"] = 1e6 * result["cores_redis"] / accepted if accepted else None
     return result
 
 
