@@ -12,10 +12,14 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import jwt
@@ -628,3 +632,14 @@ def test_loopback_http_and_ed25519_keys_are_accepted():
         assert principal.name == "robot7" and principal.grants == (("view", "cam_*"),)
 
     asyncio.run(main())
+
+
+def test_without_auth_jwt_pyjwt_is_not_imported(tmp_path):
+    """PyJWT and cryptography cost ≈9 MB of memory: loaded only when auth.jwt is set."""
+    code = (
+        "import sys; from robogpt_video.config import Settings; "
+        "from robogpt_video.web import create_app; create_app(Settings()); "
+        "assert 'jwt' not in sys.modules, 'jwt imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})

@@ -20,7 +20,6 @@ from starlette.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..auth import Authenticator
 from ..config import Settings
-from ..jwt_auth import JwtVerifier
 from ..runtime import Runtime
 from . import api, cleanup, ingest, live, metrics, openapi, recordings, session, ui
 from .access import Access
@@ -90,7 +89,12 @@ def create_app(
     """
     runtime = runtime or Runtime(settings)
     app_metrics = Metrics(runtime)
-    verifier = JwtVerifier(settings.auth.jwt) if settings.auth.jwt is not None else None
+    verifier = None
+    if settings.auth.jwt is not None:
+        # Imported only when configured: PyJWT and cryptography are ≈9 MB of memory.
+        from ..jwt_auth import JwtVerifier
+
+        verifier = JwtVerifier(settings.auth.jwt)
     access = Access(settings, Authenticator(settings.auth, verifier), cors_headers)
     app_metrics.watch_access(access)
     middlewares = [access.middleware]
