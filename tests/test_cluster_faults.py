@@ -1,0 +1,120 @@
+"""Cluster faults with real processes: Redis stopped and started again, a node killed
+under a publisher (docs/cluster.md, "What each failure loses")."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import httpx
+import pytest
+
+from helpers import make_jpeg, publish, wait_for
+from recording_tools import sidecars
+from test_cluster import Viewer, health, problem_reasons
+from test_cluster_recording import Paced, segments
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server is required: apt-get install redis-server",
+)
+
+
+@pytest.fixture
+def recording_nodes(start_server, redis_server):
+    config = {
+        "cluster": {"redis_url": redis_server.url},
+        "recording": {"enabled": True, "codec": "mjpeg", "fps": 1000},
+    }
+    return [start_server(config) for _ in range(2)]
+
+
+def sent_since(pub: Paced, since: float) -> set[bytes]:
+    """The frames ``pub`` had accepted whose POST began after ``since``."""
+    return {jpeg for began, jpeg in list(pub.sent) if began > since}
+
+
+def shows_one_of(viewer: Viewer, frames: set[bytes]) -> bool:
+    return any(body in frames for _, body in list(viewer.parts)[-10:])
+
+
+def listed(node, stream: str) -> dict | None:
+    streams = httpx.get(f"{node.url}/api/streams", timeout=10).json()["streams"]
+    return next((s for s in streams if s["name"] == stream), None)
+
+
+def test_redis_down_every_node_serves_on_and_rejoins_by_itself(recording_nodes, redis_server):
+    a, b = recording_nodes
+    pids = (a.proc.pid, b.proc.pid)
+    node_a = health(a)["node"]
+    pub = Paced(a, "cam", seed=0)
+    pub.start()
+    viewers = []
+    try:
+        wait_for(lambda: [s for s in sidecars(a.recordings, "cam")
+                          if s["status"] == "recording" and isinstance(s.get("fence"), int)],
+                 what="A to record cam under a lease")
+        local, remote = Viewer(f"{a.url}/stream/cam"), Viewer(f"{b.url}/stream/cam")
+        viewers += [local, remote]
+        began = time.time()
+        for viewer in viewers:
+            wait_for(lambda v=viewer: shows_one_of(v, sent_since(pub, began)),
+                     what="live frames on both nodes")
+
+        redis_server.stop()
+        for node in (a, b):
+            report = wait_for(lambda n=node: health(n)["status"] == "degraded" and health(n),
+                              what="degraded health")
+            assert any(p.startswith("cluster: Redis") for p in report["problems"]), report
+            assert "cluster_disconnected" in problem_reasons(node)
+        down = time.time()
+        # A's publisher, viewer and recording go on.
+        wait_for(lambda: shows_one_of(local, sent_since(pub, down)), what="A's viewer, Redis down")
+        wait_for(lambda: [s for s in sidecars(a.recordings, "cam")
+                          if s["status"] == "recording" and "fence" not in s],
+                 what="A to record cam without a lease")
+        # B serves a publisher and a viewer of its own.
+        publish(b.url, "bcam", make_jpeg(seed=1)).raise_for_status()
+        own = Viewer(f"{b.url}/stream/bcam")
+        viewers.append(own)
+        wait_for(lambda: own.parts, what="B's viewer of B's stream")
+        fresh = make_jpeg(seed=2)
+        publish(b.url, "bcam", fresh).raise_for_status()
+        wait_for(lambda: any(body == fresh for _, body in own.parts), what="B's new frame")
+        assert remote._thread.is_alive()  # A's stream on B: its last frame, repeated
+
+        redis_server.start()
+        for node in (a, b):
+            wait_for(lambda n=node: health(n)["status"] == "healthy", what="the node to rejoin")
+            assert problem_reasons(node) == set()
+        up = time.time()
+        assert (a.proc.pid, b.proc.pid) == pids  # no node was restarted
+        # Cross-node viewing again, on the viewer that stayed connected through it all.
+        wait_for(lambda: shows_one_of(remote, sent_since(pub, up)),
+                 what="A's new frames on B's viewer after the rejoin")
+        # One namespace again: each lists the other's stream.
+        entry = wait_for(lambda: listed(b, "cam"), what="B to list A's stream")
+        assert entry["nodes"] == [node_a], entry
+        wait_for(lambda: listed(a, "bcam"), what="A to list B's stream")
+        # The recording lease resumes: A records cam under a new lease, B records nothing of it.
+        wait_for(lambda: (found := sidecars(a.recordings, "cam"))
+                 and found[-1]["status"] == "recording" and isinstance(found[-1].get("fence"), int),
+                 what="A to record cam under a lease again")
+        assert redis_server.cli("GET", "rv:rec:cam").startswith(node_a)
+    finally:
+        pub.stop()
+        for viewer in viewers:
+            viewer.close()
+    assert sidecars(b.recordings, "cam") == []
+    assert httpx.delete(f"{a.url}/api/streams/cam", timeout=10).status_code in (200, 204)
+    wait_for(lambda: all(s["status"] == "complete" for s in sidecars(a.recordings, "cam")),
+             what="A's segments of cam to close")
+    found = segments(a, "cam")
+    statuses = [("fence" in s, s["status"]) for s in found]
+    # Leased, then local while Redis was down, then leased again.
+    assert statuses[0] == (True, "complete") and statuses[-1] == (True, "complete"), statuses
+    assert (False, "complete") in statuses, statuses
+    recorded = {jpeg for s in found for _, jpeg in s["frames"]}
+    # Nothing lost from the moment both nodes knew Redis was gone.
+    missing = [round(t - down, 3) for t, jpeg in pub.sent if t > down and jpeg not in recorded]
+    assert missing == []
