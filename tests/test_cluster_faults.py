@@ -4,15 +4,18 @@ under a publisher (docs/cluster.md, "What each failure loses")."""
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 
 import httpx
 import pytest
 
-from helpers import make_jpeg, publish, wait_for
+from helpers import iter_parts, make_jpeg, publish, wait_for
 from recording_tools import sidecars
 from test_cluster import Viewer, health, problem_reasons
 from test_cluster_recording import Paced, segments
+
+from robogpt_video.client import StreamPublisher
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -118,3 +121,99 @@ def test_redis_down_every_node_serves_on_and_rejoins_by_itself(recording_nodes, 
     # Nothing lost from the moment both nodes knew Redis was gone.
     missing = [round(t - down, 3) for t, jpeg in pub.sent if t > down and jpeg not in recorded]
     assert missing == []
+
+
+# -- a node killed under a publisher ---------------------------------------------------------
+
+
+class TimedViewer(Viewer):
+    """A :class:`Viewer` that also notes when each part arrived (``arrivals``)."""
+
+    def __init__(self, url: str):
+        self.arrivals: list[tuple[float, bytes]] = []
+        super().__init__(url)
+
+    def _run(self, url: str) -> None:
+        try:
+            with self._client.stream("GET", url) as response:
+                self.status = response.status_code
+                for part in iter_parts(response.iter_raw()):
+                    self.parts.append(part)
+                    self.arrivals.append((time.monotonic(), part[1]))
+                    if self._stop.is_set():
+                        return
+        except httpx.HTTPError:
+            pass
+
+
+class Feeder(threading.Thread):
+    """Offers a new JPEG to a publisher about 25 times a second; notes when each was offered."""
+
+    def __init__(self, publisher):
+        super().__init__(daemon=True)
+        self.publisher = publisher
+        self.offered: list[tuple[float, bytes]] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        seed = 0
+        while not self._halt.wait(0.04):  # pacing, not synchronisation
+            jpeg = make_jpeg(160, 120, seed=seed)
+            seed += 1
+            self.offered.append((time.monotonic(), jpeg))
+            self.publisher.publish_jpeg(jpeg)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+
+@pytest.fixture
+def two_nodes(start_server, redis_server):
+    config = {"cluster": {"redis_url": redis_server.url}, "recording": {"enabled": False}}
+    return [start_server(config) for _ in range(2)]
+
+
+@pytest.mark.parametrize("transport", ["http", "stream"])
+def test_a_publisher_fails_over_when_its_node_is_killed(two_nodes, transport):
+    a, b = two_nodes
+    node_b = health(b)["node"]
+    publisher = StreamPublisher([a.url, b.url], "cam", transport=transport)
+    feeder = Feeder(publisher)
+    viewer = None
+    with publisher:
+        feeder.start()
+        try:
+            wait_for(lambda: publisher.stats()["frames_sent"] >= 5, what="frames to A")
+            assert publisher.server_url == a.url
+            assert health(a)["node_streams"] == 1 and health(b)["node_streams"] == 0
+            viewer = TimedViewer(f"{b.url}/stream/cam")  # on the node that survives
+            began = time.monotonic()
+            wait_for(lambda: any(body in {j for t, j in feeder.offered if t > began}
+                                 for _, body in list(viewer.arrivals)),
+                     what="A's frames on B's viewer")
+            a.kill()  # kill -9: returns once the process is gone
+            killed = time.monotonic()
+            wait_for(lambda: publisher.server_url == b.url, what="the publisher to switch to B")
+            # B is published to directly now: its own part of the stream grows.
+            wait_for(lambda: health(b)["node_streams"] == 1, what="B to be published to")
+            stats = wait_for(
+                lambda: (s := httpx.get(f"{b.url}/api/streams/cam/stats", timeout=5).json())
+                and node_b in s["nodes"] and s, what="B's part in the stream's stats")
+            assert stats["total_frames"] > 0
+            # The viewer on B, connected through it all, gets frames offered after the kill.
+            after = {jpeg for t, jpeg in feeder.offered if t > killed}
+            first = wait_for(lambda: next((t for t, body in list(viewer.arrivals)
+                                           if t > killed and body in after), None),
+                             what="frames offered after the kill on B's viewer")
+            print(f"{transport}: first frame offered after kill -9 on the surviving node's "
+                  f"viewer {first - killed:.2f} s after the kill")
+            assert first - killed < 10  # the issue's bound is 2 s; measured in docs/cluster.md
+            count = len(viewer.arrivals)
+            wait_for(lambda: len(viewer.arrivals) >= count + 10, what="frames to keep coming")
+            assert viewer._thread.is_alive()
+        finally:
+            feeder.stop()
+            if viewer is not None:
+                viewer.close()
+    assert publisher.stats()["server"] == b.url
