@@ -12,7 +12,7 @@ import pytest
 
 from helpers import iter_parts, make_jpeg, publish, wait_for
 from recording_tools import sidecars
-from test_cluster import Viewer, health, problem_reasons
+from test_cluster import Viewer, cluster_metric, health, problem_reasons
 from test_cluster_recording import Paced, segments
 
 from robogpt_video.client import StreamPublisher
@@ -217,3 +217,34 @@ def test_a_publisher_fails_over_when_its_node_is_killed(two_nodes, transport):
             if viewer is not None:
                 viewer.close()
     assert publisher.stats()["server"] == b.url
+
+
+# -- scheduled work: once per cluster ---------------------------------------------------------
+
+
+def test_a_quiet_stream_is_announced_again_after_redis_restarts_and_ended_once(
+        start_server, redis_server):
+    """Redis restarted empty (no persistence): the nodes announce their streams again,
+    quiet ones too, and the first to do so becomes the home in Redis while the node that
+    created the stream still remembers itself as home. The expiry lease, not the home,
+    decides who ends the idle stream: once, on every node."""
+    config = {"cluster": {"redis_url": redis_server.url}, "recording": {"enabled": False},
+              "streams": {"timeout_seconds": 3}, "cleanup": {"interval_seconds": 0.5}}
+    a, b = start_server(config), start_server(config)
+    publish(a.url, "quiet", make_jpeg(seed=1)).raise_for_status()  # A creates it: home A
+    publish(b.url, "quiet", make_jpeg(seed=2)).raise_for_status()  # fed on B too
+    wait_for(lambda: len(httpx.get(f"{a.url}/api/streams/quiet/stats").json()["nodes"]) == 2,
+             what="both parts in Redis")
+    redis_server.stop()
+    redis_server.start()
+    for node in (a, b):
+        wait_for(lambda n=node: health(n)["status"] == "healthy", what="the node to rejoin")
+    wait_for(lambda: redis_server.cli("EXISTS", "rv:stream:quiet") == "1", what="the stream again")
+    # As if B had announced first: Redis now names B the home.
+    redis_server.cli("HSET", "rv:stream:quiet", "node", health(b)["node"])
+    wait_for(lambda: all(health(n)["node_streams"] == 0 for n in (a, b)), timeout=20,
+             what="both parts to end")
+    timed_out = [cluster_metric(n, "streams_timed_out") for n in (a, b)]
+    assert sum(timed_out) == 1, timed_out
+    logs = a.output() + b.output()
+    assert logs.count("stream quiet timed out cluster-wide") == 1, logs
