@@ -114,6 +114,7 @@ end
 return 0
 """
 LEASE_KEY = "rv:rec:"
+EXPIRE_KEY = "rv:expire:"  # the node ending an idle stream on every node (SET NX)
 FENCE_KEY = "rv:recfence:"
 LEASE_TTL = 1.5  # seconds a recording lease lasts unless renewed
 LEASE_RENEW = 0.5  # the holder renews (and others try to take free leases) this often
@@ -205,6 +206,7 @@ class Cluster:
         self.timeout = settings.streams.timeout_seconds
         self.connected = False
         self.problem = "Redis not connected yet"
+        self._joins = 0  # connections made to Redis so far
         # Counters (/metrics): frames to Redis, dropped before it, received, lost.
         self.frames_published = 0
         self.frames_dropped = 0
@@ -450,15 +452,12 @@ class Cluster:
     def may_expire(self, name: str) -> bool:
         """The cleanup sweep found ``name`` idle here: may it be removed now?
 
-        A stream only this node is published to is removed by it (and ends everywhere:
-        ``closed:``). One published to other nodes as well is decided by its home node
-        from every node's last frame time in Redis, once, for all (:meth:`_expire`).
+        With Redis reachable, no: it is ended on every node, once, by the node that
+        takes its expiry lease when every node's part is idle (:meth:`_expire`), whether
+        one node or several are published to it. Without Redis each node removes its
+        own part.
         """
         if not self.connected:
-            return True
-        if name not in self._cofed and self._homes.get(name, self.node_name) == self.node_name:
-            self.streams_timed_out += 1
-            log.info("stream %s timed out cluster-wide (only node: %s)", name, self.node_name)
             return True
         if name not in self._expiring:
             self._expiring.add(name)
@@ -468,25 +467,31 @@ class Cluster:
         return False
 
     async def _expire(self, name: str) -> None:
+        """Every node's part of ``name`` idle: the node that takes ``rv:expire:<name>``
+        (``SET NX``, for ``timeout_seconds``: a stream created anew cannot be idle that
+        long before it lapses) ends it everywhere; the others leave it to that node.
+        Not tied to the stream's home node, which may be gone or, after Redis lost its
+        keys, be claimed by two nodes."""
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 raw = await self._client.hgetall(STREAM + name)
+                fields = {k.decode(): v for k, v in raw.items()}
+                merged = self._merged(name, fields)
+                if merged["inactive_seconds"] < self.timeout:
+                    return  # frames still come to another node
+                won = await self._client.set(EXPIRE_KEY + name, self.lease_id, nx=True,
+                                             ex=self._ttl())
         except (OSError, aioredis.RedisError, TimeoutError) as exc:
-            log.warning("reading stream %s from Redis failed: %s", name, exc)
+            log.warning("deciding whether stream %s timed out failed: %s", name, exc)
             return
         finally:
             self._expiring.discard(name)
-        fields = {k.decode(): v for k, v in raw.items()}
-        merged = self._merged(name, fields)
-        if merged["inactive_seconds"] < self.timeout:
-            return  # frames still come to another node
-        if self._homes.get(name) == self.node_name or fields.get("node", b"").decode() == self.node_name:
-            self.streams_timed_out += 1
-            reason = f"inactive for {merged['inactive_seconds']:.1f} s on every node"
-            log.info("stream %s timed out cluster-wide (home: %s)", name, self.node_name)
-            await self.delete(name, reason)
-        elif not fields:  # its home is gone and nobody announces it: end this node's part
-            self._end(name, f"inactive for {merged['inactive_seconds']:.1f} s, home gone")
+        if not won:
+            return  # another node ends it
+        self.streams_timed_out += 1
+        reason = f"inactive for {merged['inactive_seconds']:.1f} s on every node"
+        log.info("stream %s timed out cluster-wide (decided by %s)", name, self.node_name)
+        await self.delete(name, reason)
 
     # -- publishing (listener of the local registry) ----------------------------------------
 
@@ -738,6 +743,7 @@ class Cluster:
 
     async def _announce_forever(self) -> None:
         announced: dict[str, float] = {}
+        joins = self._joins
         while True:
             try:
                 async with asyncio.timeout(ANNOUNCE_SECONDS):
@@ -748,6 +754,9 @@ class Cluster:
             if self._client is None or not self.connected:
                 announced.clear()  # announce everything again once connected
                 continue
+            if joins != self._joins:  # reconnected (Redis may have restarted empty)
+                joins = self._joins
+                announced.clear()
             pipe = self._client.pipeline(transaction=False)
             closed, self._closed_here = self._closed_here, []
             for name, last in closed:
@@ -970,6 +979,7 @@ class Cluster:
             log.info("cluster: node %s joined through Redis at %s", self.node_name, self._shown_url())
             self.connected = True
             self.problem = ""
+            self._joins += 1
             self._announce_now.set()
             for name in [s.name for s in self.mirrors] + sorted(self._subscribed):
                 self._ask(name)  # ask again for what this node's viewers watch

@@ -131,9 +131,15 @@ def test_errors_share_one_root_and_bad_arguments_are_refused():
                   ServerError, SourceError):
         assert issubclass(error, PublisherError)
     for kwargs in ({"stream_name": "bad name"}, {"quality": 0}, {"max_fps": 0},
-                   {"transport": "carrier-pigeon"}, {"server_url": "localhost:5000"}):
+                   {"transport": "carrier-pigeon"}, {"server_url": "localhost:5000"},
+                   {"server_url": "http://a:5000,b:5000"}, {"server_url": []},
+                   {"server_url": " , "}, {"server_url": 5000}):
         with pytest.raises(ConfigurationError):
             StreamPublisher(**kwargs)
+    several = StreamPublisher("http://a:5000/, http://b:5000")
+    assert several.server_urls == ["http://a:5000", "http://b:5000"]
+    assert several.server_url == "http://a:5000" and several.url == "http://a:5000/publish/webcam"
+    assert StreamPublisher(["http://a:5000", "http://b:5000"]).server_urls == several.server_urls
     publisher = StreamPublisher()
     with pytest.raises(NotRunning):
         publisher.publish_jpeg(b"x")

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from helpers import REPO, die_with_parent, iter_parts, make_jpeg, publish
+from helpers import REPO, die_with_parent, iter_parts, make_jpeg, publish, wait_for
 
 DOCKERFILE = REPO / "Dockerfile"
 UNIT = REPO / "deploy" / "robogpt-video.service"
@@ -243,3 +243,171 @@ def test_nginx_example_proxies_publish_and_live_mjpeg_over_tls(tmp_path, hold_po
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# -- the cluster: deploy/compose.yaml and its nginx load balancer ---------------------------
+
+COMPOSE = REPO / "deploy" / "compose.yaml"
+NGINX_CLUSTER = REPO / "deploy" / "nginx" / "robogpt-video-cluster.conf"
+
+
+def compose_nodes() -> dict[str, dict]:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    return {name: service for name, service in services.items() if name.startswith("node")}
+
+
+def test_compose_runs_redis_three_nodes_and_nginx(monkeypatch):
+    from robogpt_video.config import load_settings
+
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    nodes = compose_nodes()
+    assert sorted(services) == ["nginx", "node1", "node2", "node3", "redis"]
+    recordings, names = set(), set()
+    for service, node in nodes.items():
+        assert node["build"] == {"context": "..", "dockerfile": "Dockerfile"}
+        assert (COMPOSE.parent / node["build"]["context"] / "Dockerfile").is_file()
+        assert node["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "/health" in " ".join(node["healthcheck"]["test"])
+        # The node's environment, read by the real settings model (with the image's
+        # config.yaml): every key exists and has the value meant.
+        for key in [k for k in os.environ if k.startswith("ROBOGPT_")]:
+            monkeypatch.delenv(key)
+        for key, value in node["environment"].items():
+            monkeypatch.setenv(key, str(value))
+        settings = load_settings(REPO / "config.yaml")
+        cluster = settings.cluster
+        assert cluster.redis_url == "redis://redis:6379/0"
+        assert cluster.node_name == service
+        assert cluster.advertise_url == f"http://{service}:{settings.server.port}"
+        names.add(cluster.node_name)
+        # Its own recordings volume, where the image's working directory puts them.
+        mounts = dict(reversed(v.split(":")[:2]) for v in node["volumes"])
+        assert f"/app/{settings.recording.directory}" in mounts
+        recordings.add(mounts[f"/app/{settings.recording.directory}"])
+        assert mounts[f"/app/{settings.recording.directory}"] in compose["volumes"]
+    assert len(names) == len(recordings) == 3  # no two nodes share a name or a directory
+    assert "redis-cli" in services["redis"]["healthcheck"]["test"]
+    nginx = services["nginx"]
+    assert {name: dep["condition"] for name, dep in nginx["depends_on"].items()} == {
+        name: "service_healthy" for name in nodes}
+    (conf,) = [v.split(":")[0] for v in nginx["volumes"]]
+    assert (COMPOSE.parent / conf).resolve() == NGINX_CLUSTER
+
+
+def test_the_cluster_nginx_conf_balances_the_compose_nodes():
+    text = NGINX_CLUSTER.read_text()
+    port = DEFAULTS["server"]["port"]
+    upstream = re.findall(r"^\s*server (\S+) ", text, re.MULTILINE)
+    assert upstream == [f"{name}:{port}" for name in compose_nodes()]
+    for path in ("/stream/", "/publish/", "/ws/"):
+        block = text[text.index(f"location {path}") :]
+        block = block[: block.index("}")]
+        assert "proxy_buffering off;" in block, path
+        timeout = re.search(r"proxy_read_timeout (\d+)s;", block)
+        assert timeout and int(timeout[1]) >= 600, path
+    assert "proxy_request_buffering off;" in text
+    assert "proxy_set_header Upgrade $http_upgrade;" in text
+
+
+def nginx_cluster_setup(tmp_path, hold_port, upstream_ports: list[int]):
+    """The cluster conf made runnable here: loopback ports for nginx and the nodes."""
+    tool = shutil.which("nginx")
+    if tool is None:
+        pytest.skip("nginx is missing (apt-get install nginx-light; `make test` does as root)")
+    port = hold_port(for_server=True)
+    text = NGINX_CLUSTER.read_text()
+    replacements = [("listen 80;", f"listen 127.0.0.1:{port};"), ("listen [::]:80;", "")]
+    replacements += [(f"server node{i}:5000 ", f"server 127.0.0.1:{p} ")
+                     for i, p in enumerate(upstream_ports, 1)]
+    for old, new in replacements:
+        assert text.count(old) == 1, f"the cluster conf no longer has {old!r}"
+        text = text.replace(old, new)
+    site = tmp_path / "cluster.conf"
+    site.write_text(text)
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
+        f"error_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n"
+        f"  proxy_temp_path {tmp_path}/proxy;\n  include {site};\n}}\n"
+    )
+    return tool, port, main
+
+
+def test_nginx_accepts_the_cluster_conf(tmp_path, hold_port):
+    tool, _, main = nginx_cluster_setup(tmp_path, hold_port, [hold_port() for _ in range(3)])
+    result = subprocess.run(
+        [tool, "-t", "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None,
+                    reason="redis-server is required: apt-get install redis-server")
+def test_the_cluster_behind_nginx_survives_kill_9_of_the_publishers_node(
+    tmp_path, hold_port, start_server, redis_server
+):
+    """Two real nodes and a dead one (a port that refuses) behind a real nginx with the
+    cluster conf: a publisher and viewers that know only nginx's URL."""
+    from robogpt_video.client import StreamPublisher
+
+    config = {"cluster": {"redis_url": redis_server.url}, "recording": {"enabled": False}}
+    nodes = [start_server(config) for _ in range(2)]
+    tool, port, main = nginx_cluster_setup(tmp_path, hold_port,
+                                           [n.port for n in nodes] + [hold_port()])
+    parent = os.getpid()
+    proc = subprocess.Popen(
+        [tool, "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "error.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=lambda: die_with_parent(parent),
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def node_streams(node) -> int:
+        return httpx.get(f"{node.url}/health", timeout=5).json()["node_streams"]
+
+    def fresh_frame_through_nginx(frames: list[bytes]) -> bool:
+        with httpx.Client(timeout=10) as client, client.stream("GET", f"{base}/stream/cam") as view:
+            if view.status_code != 200:
+                return False
+            seen = [jpeg for _, (_, jpeg) in zip(range(5), iter_parts(view.iter_bytes()))]
+            return any(jpeg in frames[-30:] for jpeg in seen)
+
+    try:
+        wait_for(lambda: _answers(f"{base}/health"), what="nginx to answer")
+        publisher = StreamPublisher(base, "cam", max_fps=None)
+        sent: list[bytes] = []
+        with publisher:
+            def offer(count: int) -> None:
+                for _ in range(count):
+                    sent.append(make_jpeg(160, 120, seed=len(sent)))
+                    publisher.publish_jpeg(sent[-1])
+                    time.sleep(0.02)  # pacing, not synchronisation
+
+            offer(10)
+            # Whichever node nginx gave the publisher's connection is the one killed.
+            used = wait_for(lambda: next((n for n in nodes if node_streams(n)), None),
+                            what="a node to be published to")
+            other = nodes[1] if used is nodes[0] else nodes[0]
+            assert wait_for(lambda: (offer(3), fresh_frame_through_nginx(sent))[1],
+                            what="live frames through nginx")
+            used.kill()
+            # The publisher reconnects through nginx, which skips the dead node.
+            wait_for(lambda: (offer(3), node_streams(other))[1], what="the survivor published to")
+            # A viewer through nginx (reconnecting, as the dashboard does) gets new frames.
+            wait_for(lambda: (offer(3), fresh_frame_through_nginx(sent))[1],
+                     what="new frames through nginx after the kill")
+        assert publisher.stats()["frames_sent"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -56,3 +56,15 @@ def test_a_missing_camera_fails_with_a_helpful_message(shared_server, tmp_path):
                   "--camera", str(tmp_path / "nothing.mp4"), "--duration", "1"])
     assert result.returncode == 1
     assert "cannot open" in result.stderr and "--camera test" in result.stderr
+
+
+def test_publish_command_fails_over_to_the_next_server(shared_server, hold_port):
+    server = shared_server
+    dead = f"http://127.0.0.1:{hold_port()}"  # bound, never listening: refused
+    result = run([sys.executable, "-m", "robogpt_video", "publish", "--server", dead,
+                  "--server", server.url, "--stream", "failover", "--camera", "test",
+                  "--fps", "10", "--duration", "2"])
+    assert result.returncode == 0, result.stderr
+    assert f"if it fails: {server.url}" in result.stdout
+    assert f"now publishing to {server.url}" in result.stdout
+    assert stats(server, "failover")["total_frames"] >= 5

@@ -16,7 +16,11 @@ from .errors import PublisherError
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The brief's flags (``--server --stream --camera --quality --fps``) and a few more."""
-    parser.add_argument("--server", default="http://localhost:5000", help="server URL")
+    parser.add_argument(
+        "--server", action="append", metavar="URL", default=argparse.SUPPRESS,
+        help="server URL (default: http://localhost:5000); repeat it, or separate URLs with "
+             "commas, to fail over to the next server when one fails (cluster nodes)",
+    )
     parser.add_argument(
         "--token", default=os.environ.get("ROBOGPT_TOKEN") or None,
         help="access token, sent as 'Authorization: Bearer' (default: $ROBOGPT_TOKEN)",
@@ -58,6 +62,11 @@ class StatusPrinter:
         self.last = 0.0
         self.stream = stream
 
+    def say(self, message: str) -> None:
+        """A line of its own (on a terminal, above the status line)."""
+        self.out.write(("\r\x1b[K" if self.tty else "") + message + "\n")
+        self.out.flush()
+
     def update(self, stats: dict, force: bool = False) -> None:
         """Show ``stats`` if enough time passed since the last update."""
         now = time.monotonic()
@@ -80,21 +89,28 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     printer = StatusPrinter(args.stream)
     try:
-        publisher = StreamPublisher(args.server, args.stream, args.quality, args.fps,
+        servers = ",".join(getattr(args, "server", None) or ["http://localhost:5000"])
+        publisher = StreamPublisher(servers, args.stream, args.quality, args.fps,
                                     transport=args.transport,
                                     verify=args.cafile or True, token=args.token)
         frames = open_source(args.camera, fps=args.fps, width=args.width, height=args.height)
     except PublisherError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"publishing {args.camera} to {publisher.url} (view: {args.server.rstrip('/')}"
-          f"/stream/{args.stream})", flush=True)
+    others = publisher.server_urls[1:]
+    print(f"publishing {args.camera} to {publisher.url} (view: {publisher.server_url}"
+          f"/stream/{args.stream})" + (f"; if it fails: {', '.join(others)}" if others else ""),
+          flush=True)
     deadline = time.monotonic() + args.duration if args.duration > 0 else None
     code = 0
     with publisher:
         try:
+            server = publisher.server_url
             for frame in frames:
                 publisher.publish_frame(frame)
+                if publisher.server_url != server:  # failed over to the next server
+                    server = publisher.server_url
+                    printer.say(f"now publishing to {server}")
                 printer.update(publisher.stats())
                 if deadline is not None and time.monotonic() >= deadline:
                     break

@@ -4,7 +4,8 @@ The caller never waits on the network: ``publish_frame`` only puts the frame in 
 one-frame slot (a newer frame replaces an unsent one, counted as dropped). The
 sender thread holds ``max_fps``, encodes to JPEG, sends over one kept-alive
 connection, and on connection errors retries with exponential back-off, so a
-restarted server is picked up without help.
+restarted server is picked up without help. Given several servers (cluster nodes), it
+moves to the next one at once when the current one fails (docs/client.md).
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ def encode_jpeg(frame, quality: int) -> bytes:
     return buffer.tobytes()
 
 
+def server_urls(server_url) -> list[str]:
+    """One URL, several separated by commas, or a list of them: the servers to try, in order."""
+    if isinstance(server_url, str):
+        urls = server_url.split(",")
+    elif isinstance(server_url, (list, tuple)) and all(isinstance(u, str) for u in server_url):
+        urls = list(server_url)
+    else:
+        raise ConfigurationError(
+            f"server_url must be a URL, URLs separated by commas, or a list of URLs: {server_url!r}"
+        )
+    urls = [url.strip().rstrip("/") for url in urls if url.strip()]
+    if not urls:
+        raise ConfigurationError("server_url names no server")
+    return urls
+
+
 def _check_arguments(server_url, stream_name, quality, max_fps, transport, verify) -> None:
     if not isinstance(stream_name, str) or not NAME_RE.fullmatch(stream_name):
         raise ConfigurationError(
@@ -62,8 +79,9 @@ def _check_arguments(server_url, stream_name, quality, max_fps, transport, verif
         raise ConfigurationError(f"max_fps must be positive (or None), not {max_fps}")
     if transport not in TRANSPORTS:
         raise ConfigurationError(f"transport must be one of {sorted(TRANSPORTS)}")
-    if not server_url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"server_url must start with http:// or https://: {server_url!r}")
+    for url in server_url:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"server_url must start with http:// or https://: {url!r}")
     if not isinstance(verify, (bool, str, os.PathLike)):
         raise ConfigurationError(f"verify must be True, False or a CA bundle path, not {verify!r}")
     if not isinstance(verify, bool) and not os.path.exists(verify):
@@ -87,13 +105,15 @@ class StreamPublisher:
         verify: bool | str | os.PathLike = True,
         token: str | None = None,
     ):
-        _check_arguments(server_url, stream_name, quality, max_fps, transport, verify)
-        self.server_url = server_url.rstrip("/")
+        #: Every server to publish to, in order: frames go to one at a time, and on a
+        #: connection error or a 5xx/429 answer the next is tried (docs/client.md).
+        self.server_urls = server_urls(server_url)
+        _check_arguments(self.server_urls, stream_name, quality, max_fps, transport, verify)
+        self._current = 0
         self.stream_name = stream_name
         self.quality = int(quality)
         self.max_fps = max_fps
         self.transport_name = transport
-        self.url = f"{self.server_url}/publish/{stream_name}"
         self.timeout = timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -125,9 +145,7 @@ class StreamPublisher:
         """Start the sender thread (once)."""
         if self._thread is not None:
             raise PublisherError("publisher already started")
-        self._transport = TRANSPORTS[self.transport_name](
-            self.url, self.timeout, self.verify, self._token
-        )
+        self._transport = TRANSPORTS[self.transport_name](self.timeout, self.verify, self._token)
         self._thread = threading.Thread(
             target=self._run, name=f"publisher-{self.stream_name}", daemon=True
         )
@@ -146,6 +164,16 @@ class StreamPublisher:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("publisher thread for %s did not stop within %.1f s", self.stream_name, timeout)
+
+    @property
+    def server_url(self) -> str:
+        """The server frames go to now (the first of ``server_urls`` until one fails)."""
+        return self.server_urls[self._current]
+
+    @property
+    def url(self) -> str:
+        """Where frames go now: ``<server_url>/publish/<stream_name>``."""
+        return f"{self.server_url}/publish/{self.stream_name}"
 
     @property
     def running(self) -> bool:
@@ -193,6 +221,7 @@ class StreamPublisher:
             "connected": self._connected,
             "last_error": self._last_error,
             "transport": self.transport_name,
+            "server": self.server_url,
         }
 
     # -- the sender thread --------------------------------------------------------------
@@ -200,9 +229,11 @@ class StreamPublisher:
     def _run(self) -> None:
         delay = self.backoff_initial
         sent_before = -1
+        failed_in_a_row = 0  # servers that failed since the last frame delivered
+        log.info("publisher %s: publishing to %s", self.stream_name, self.server_url)
         while not self._stopping.is_set():
             try:
-                self._transport.run(self._frames())
+                self._transport.run(self.url, self._frames())
                 continue  # the frame generator ends only when stopping
             except ServerError as exc:
                 retry, error = exc.retryable, exc
@@ -214,11 +245,20 @@ class StreamPublisher:
             self._failed(error)
             if self._counts["frames_sent"] != sent_before:  # it worked for a while: start over
                 delay = self.backoff_initial
+                failed_in_a_row = 0
             sent_before = self._counts["frames_sent"]
-            if retry:
-                self._counts["reconnects"] += 1
-                self._stopping.wait(delay)
-                delay = min(delay * 2, self.backoff_max)
+            if not retry:
+                continue
+            self._counts["reconnects"] += 1
+            failed_in_a_row += 1
+            if len(self.server_urls) > 1:
+                self._current = (self._current + 1) % len(self.server_urls)
+                log.warning("publisher %s: switching to %s", self.stream_name, self.server_url)
+                if failed_in_a_row < len(self.server_urls):
+                    continue  # another server may answer now: no back-off before it
+                failed_in_a_row = 0
+            self._stopping.wait(delay)  # every server failed in turn
+            delay = min(delay * 2, self.backoff_max)
 
     def _failed(self, exc: Exception) -> None:
         with self._cond:

@@ -45,25 +45,24 @@ def _session(token: str | None) -> requests.Session:
 class HttpTransport:
     """``POST /publish/<name>`` with a raw ``image/jpeg`` body per frame, on a kept-alive socket."""
 
-    def __init__(self, url: str, timeout: float, verify: bool | str, token: str | None = None):
-        self.url = url
+    def __init__(self, timeout: float, verify: bool | str, token: str | None = None):
         self.timeout = timeout
         self.verify = verify
         self.session = _session(token)
 
-    def run(self, frames: Iterable[bytes]) -> None:
-        """Send every frame; return when the iterator ends."""
+    def run(self, url: str, frames: Iterable[bytes]) -> None:
+        """Send every frame to ``url``; return when the iterator ends."""
         for jpeg in frames:
             try:
                 response = self.session.post(
-                    self.url,
+                    url,
                     data=jpeg,
                     headers={"Content-Type": "image/jpeg"},
                     timeout=self.timeout,
                     verify=self.verify,
                 )
             except requests.RequestException as exc:
-                raise PublishConnectionError(f"POST {self.url} failed: {exc}") from exc
+                raise PublishConnectionError(f"POST {url} failed: {exc}") from exc
             if response.status_code != 200:
                 raise server_error(response)
 
@@ -79,8 +78,7 @@ class StreamTransport:
     server answers once, when the body ends or when it refuses a part.
     """
 
-    def __init__(self, url: str, timeout: float, verify: bool | str, token: str | None = None):
-        self.url = url
+    def __init__(self, timeout: float, verify: bool | str, token: str | None = None):
         self.timeout = timeout
         self.verify = verify
         self.session = _session(token)
@@ -91,18 +89,19 @@ class StreamTransport:
             head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
             yield b"".join((head.encode("ascii"), jpeg, b"\r\n"))
 
-    def run(self, frames: Iterable[bytes]) -> None:
-        """Stream every frame as one part; return when the iterator ends and the server agrees."""
+    def run(self, url: str, frames: Iterable[bytes]) -> None:
+        """Stream every frame to ``url`` as one part; return when the iterator ends and the
+        server agrees."""
         try:
             response = self.session.post(
-                self.url,
+                url,
                 data=self._parts(frames),  # a generator: requests sends it chunked, as it comes
                 headers={"Content-Type": STREAM_CONTENT_TYPE},
                 timeout=self.timeout,
                 verify=self.verify,
             )
         except requests.RequestException as exc:
-            raise PublishConnectionError(f"streaming POST {self.url} failed: {exc}") from exc
+            raise PublishConnectionError(f"streaming POST {url} failed: {exc}") from exc
         if response.status_code != 200:
             raise server_error(response)
 
