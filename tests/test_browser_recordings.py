@@ -243,3 +243,12 @@ def test_a_recording_exports_as_an_h264_clip_that_plays(start_server, publishers
     assert job["stream"] == "cam_a" and job["status"] == "ready"
     assert job["start"] == pytest.approx(
         datetime.fromisoformat(done["start_time"].replace("Z", "+00:00")).timestamp(), abs=1e-3)
+    # The clip form (what a drag on the timeline fills in): a second, shorter clip.
+    browser.js(f"document.getElementById('rv-clip-start').value = inputValue({job['start'] + 0.5});"
+               f"document.getElementById('rv-clip-end').value = inputValue({job['start'] + 1.5});"
+               "document.getElementById('rv-clip-form').requestSubmit()")
+    browser.wait_for("document.querySelectorAll('#rv-clips li').length === 2")
+    browser.wait_for(f"{clip}.dataset.status === 'ready'", timeout=60)
+    second = httpx.get(f"{server.url}/api/clips/{browser.js(f'{clip}.dataset.id')}").json()
+    assert (second["start"], second["end"]) == pytest.approx(
+        (job["start"] + 0.5, job["start"] + 1.5), abs=2e-3)

@@ -67,7 +67,7 @@ async function postJSON(url, body) {
   return response.json();
 }
 
-const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---- the listing --------------------------------------------------------------------
 
