@@ -57,6 +57,7 @@ EXPECTED = {
     ("GET", "/api/recordings/{stream}/{file}"): "playback",
     ("HEAD", "/api/recordings/{stream}/{file}"): "playback",
     ("GET", "/api/recordings/{stream}/{file}/play"): "playback",
+    ("GET", "/api/recordings/{stream}/{file}/frame"): "playback",
     ("DELETE", "/api/recordings/{stream}/{file}"): "admin",
     ("POST", "/api/cleanup/run"): "admin",
     ("GET", "/metrics"): "metrics",
@@ -80,6 +81,8 @@ PERMITTED_STATUS = {
     ("GET", "/ws/publish/{name}"): 101,  # the handshake
     # cam_a's segment stays open all along (see CONFIG): deleting it is refused.
     ("DELETE", "/api/recordings/{stream}/{file}"): 409,
+    # ... and holds no frame yet (its one frame waits for the next to know its duration).
+    ("GET", "/api/recordings/{stream}/{file}/frame"): 409,
 }
 
 # Users: one per action on cam_a*, each with a token (the viewer with a password too);
@@ -262,6 +265,8 @@ def _send(server: ServerProcess, method: str, path: str, headers: dict) -> Answe
         content, headers = JPEG, {**headers, "Content-Type": "image/jpeg"}
     if path == "/api/cleanup/run":
         params = {"dry_run": "true"}
+    if path.endswith("/frame"):
+        params = {"t": "0"}
     with httpx.stream(method, f"{server.url}{path}", headers=headers, content=content,
                       params=params, timeout=10) as response:
         # Live answers (MJPEG, replays) are not read: the status says what is checked.

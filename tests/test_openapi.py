@@ -50,6 +50,7 @@ STATUSES = {
     ("HEAD", "/api/recordings/{stream}/{file}"): {200, 206, 400, 404, 416},
     ("DELETE", "/api/recordings/{stream}/{file}"): {200, 400, 404, 409},
     ("GET", "/api/recordings/{stream}/{file}/play"): {200, 400, 404, 409},
+    ("GET", "/api/recordings/{stream}/{file}/frame"): {200, 400, 404, 409},
     ("GET", "/metrics"): {200},
     ("HEAD", "/metrics"): {200},
 }

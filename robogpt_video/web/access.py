@@ -87,6 +87,7 @@ RULES = (
     _rule("GET HEAD", "/api/recordings/{stream}/{file}", "playback", "stream"),
     _rule("DELETE", "/api/recordings/{stream}/{file}", "admin", "stream"),
     _rule("GET", "/api/recordings/{stream}/{file}/play", "playback", "stream"),
+    _rule("GET", "/api/recordings/{stream}/{file}/frame", "playback", "stream"),
     _rule("POST", "/api/cleanup/run", "admin", EVERY_STREAM),  # sweeps every stream
     # Starlette's routes (not APIRoutes) answer HEAD wherever they answer GET.
     _rule("GET HEAD", "/metrics", "metrics", EVERY_STREAM),  # names every stream

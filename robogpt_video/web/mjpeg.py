@@ -49,7 +49,7 @@ def part_head(size: int, timestamp: float) -> bytes:
 
 
 def build_part(jpeg: bytes, timestamp: float) -> bytes:
-    """One frame's whole MJPEG part as one bytes object (replay, tests)."""
+    """One frame's whole MJPEG part as one bytes object (tests)."""
     return b"".join((part_head(len(jpeg), timestamp), jpeg, CRLF))
 
 

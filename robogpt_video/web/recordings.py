@@ -1,4 +1,5 @@
-"""Recordings API: list, download (with Range), delete and replay as MJPEG.
+"""Recordings API: list, download (with Range), delete, replay as MJPEG (from any time,
+at any speed) and single frames for stepping.
 
 Directory scans, sidecar reads, deletes and demuxing all run in worker threads.
 """
@@ -14,14 +15,14 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Query, Request
-from starlette.responses import FileResponse, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import ApiError, NotFound
-from ..recording.replay import Replay
+from ..recording.replay import Replay, Still, frame_at
 from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore, fd_path
 from .access import current_principal
-from .mjpeg import CONTENT_TYPE, build_part
+from .mjpeg import BOUNDARY, CONTENT_TYPE
 from .schemas import ErrorBody, RecordingDeleted
 
 router = APIRouter(tags=["recordings"])
@@ -264,57 +265,152 @@ async def delete_recording(request: Request, stream: str, file: str) -> dict:
     return {"status": "success", "message": f"Recording '{rec.name}' deleted", "freed_bytes": freed}
 
 
+#: The replay speeds ``/play`` accepts (times the recorded pace).
+MIN_SPEED, MAX_SPEED = 0.25, 8.0
+_PART_HEADERS = ("Content-Type", "Content-Length", "X-Timestamp", "X-Offset")
+
+
+async def _recording_start(store: RecordingStore, rec: RecordingFile) -> float:
+    meta = await asyncio.to_thread(store.read_sidecar, rec) or {}
+    return _parse_sidecar_time(meta.get("start_time")) or rec.start.timestamp()
+
+
+def _unreadable(rec: RecordingFile, exc: Exception) -> ApiError:
+    # No readable frame yet (a segment opened a moment ago), or not a video at all.
+    return ApiError(f"recording '{rec.name}' cannot be read: {exc}", code="unreadable",
+                    status_code=409)
+
+
 @router.get(
     "/api/recordings/{stream}/{file}/play",
     response_class=StreamingResponse,
     responses={
-        200: {"description": "Live MJPEG at the recorded timing, `X-Recording-Start` its "
-              "start (Unix time); each part has `Content-Type`, `Content-Length`, `X-Timestamp`",
-              "content": {CONTENT_TYPE: _BINARY}},
-        **_FILE,
+        200: {"description": "Live MJPEG at the recorded timing (divided by `speed`), "
+              "`X-Recording-Start` the recording's start (Unix time); each part has "
+              + ", ".join(f"`{h}`" for h in _PART_HEADERS) + " (`X-Timestamp` the frame's "
+              "wall-clock time, `X-Offset` its seconds into the recording, exactly as "
+              "`/frame` takes and gives them)",
+              "content": {CONTENT_TYPE: _BINARY}, "headers": {"X-Recording-Start": _HEADER}},
+        400: {"model": ErrorBody, "description": "`invalid_stream_name`; "
+              "`invalid_parameters`: `start` below 0 or `speed` outside "
+              f"{MIN_SPEED:g}-{MAX_SPEED:g}"},
+        404: _FILE[404],
         409: {"model": ErrorBody, "description": "`unreadable`: no frame can be read yet "
               "(a segment opened a moment ago)"},
     },
 )
-async def play_recording(request: Request, stream: str, file: str) -> StreamingResponse:
-    """The recording replayed as live MJPEG at its recorded timing (any browser plays it)."""
+async def play_recording(
+    request: Request,
+    stream: str,
+    file: str,
+    start: float = Query(0.0, ge=0, allow_inf_nan=False,
+                         description="Seconds into the recording: replay from the frame "
+                         "on screen at that moment"),
+    speed: float = Query(1.0, ge=MIN_SPEED, le=MAX_SPEED, allow_inf_nan=False,
+                         description="Times the recorded pace (`2`: twice as fast)"),
+) -> StreamingResponse:
+    """The recording replayed as live MJPEG at its recorded timing (any browser plays it).
+    Seeking and another speed are a new request with other ``start`` and ``speed``."""
     store = _store(request)
     rec = await asyncio.to_thread(store.resolve, stream, file)
-    meta = await asyncio.to_thread(store.read_sidecar, rec) or {}
-    start_ts = _parse_sidecar_time(meta.get("start_time")) or rec.start.timestamp()
+    start_ts = await _recording_start(store, rec)
     try:
-        replay = await asyncio.to_thread(_open_replay, store, rec)
+        replay = await asyncio.to_thread(_open_replay, store, rec, start)
     except NotFound:
         raise
-    except Exception as exc:  # no readable frame yet (a segment opened a moment ago)
-        raise ApiError(
-            f"recording '{rec.name}' cannot be read: {exc}", code="unreadable", status_code=409
-        ) from None
-    headers = {"Cache-Control": "no-cache, no-store", "X-Recording-Start": str(start_ts)}
+    except Exception as exc:
+        raise _unreadable(rec, exc) from None
+    headers = {"Cache-Control": "no-cache, no-store", "X-Recording-Start": repr(start_ts)}
     return StreamingResponse(
-        _replay_parts(replay, start_ts), media_type=CONTENT_TYPE, headers=headers
+        _replay_parts(replay, start_ts, speed), media_type=CONTENT_TYPE, headers=headers
     )
 
 
-def _open_replay(store: RecordingStore, rec: RecordingFile) -> Replay:
+def _open_replay(store: RecordingStore, rec: RecordingFile, start: float) -> Replay:
     # FFmpeg opens the file the store opened and checked (through /proc/self/fd) and
     # keeps its own descriptor; ours is closed once it has.
     with store.open(rec) as video:
-        return Replay(fd_path(video))
+        return Replay(fd_path(video), start=start)
 
 
-async def _replay_parts(replay: Replay, start_ts: float) -> AsyncIterator[bytes]:
+def _part(jpeg: bytes, start_ts: float, seconds: float) -> bytes:
+    head = (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+            f"X-Timestamp: {start_ts + seconds:.6f}\r\nX-Offset: {seconds!r}\r\n\r\n")
+    return b"".join((head.encode("ascii"), jpeg, b"\r\n"))
+
+
+async def _replay_parts(replay: Replay, start_ts: float, speed: float) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     origin = None
     try:
         while batch := await asyncio.to_thread(replay.next_batch):
             for seconds, jpeg in batch:
                 if origin is None:
-                    origin = loop.time() - seconds
-                delay = origin + seconds - loop.time()
+                    origin = loop.time() - seconds / speed
+                delay = origin + seconds / speed - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                yield build_part(jpeg, start_ts + seconds)
+                yield _part(jpeg, start_ts, seconds)
     finally:
         # Do not wait here (the client may be gone); a thread closes the file.
         loop.run_in_executor(None, replay.close)
+
+
+_STILL_HEADERS = {
+    "X-Timestamp": "The frame's wall-clock time (Unix seconds)",
+    "X-Offset": "The frame's time in seconds into the recording",
+    "X-Previous-Offset": "The previous frame's `X-Offset` (absent on the first frame)",
+    "X-Next-Offset": "The next frame's `X-Offset` (absent on the last frame so far)",
+    "X-Recording-Start": "The recording's start (Unix seconds)",
+}
+
+
+@router.get(
+    "/api/recordings/{stream}/{file}/frame",
+    response_class=Response,
+    responses={
+        200: {"description": "The frame on screen at `t` as one JPEG, with its time and "
+              "its neighbours' times for stepping frame by frame",
+              "content": {"image/jpeg": _BINARY},
+              "headers": {name: {"description": text, "schema": {"type": "string"}}
+                          for name, text in _STILL_HEADERS.items()}},
+        400: {"model": ErrorBody, "description": "`invalid_stream_name`; "
+              "`invalid_parameters`: `t` missing, not a number or below 0"},
+        404: _FILE[404],
+        409: {"model": ErrorBody, "description": "`unreadable`: no frame can be read yet "
+              "(a segment opened a moment ago)"},
+    },
+)
+async def recording_frame(
+    request: Request,
+    stream: str,
+    file: str,
+    t: float = Query(ge=0, allow_inf_nan=False,
+                     description="Seconds into the recording: the last frame that started "
+                     "at or before it (the last frame past the end)"),
+) -> Response:
+    """One frame of a recording as a JPEG; ``X-Previous-Offset`` and ``X-Next-Offset``
+    are the ``t`` of the frames before and after it."""
+    store = _store(request)
+    rec = await asyncio.to_thread(store.resolve, stream, file)
+    start_ts = await _recording_start(store, rec)
+    try:
+        still = await asyncio.to_thread(_still, store, rec, t)
+    except NotFound:
+        raise
+    except Exception as exc:
+        raise _unreadable(rec, exc) from None
+    if still is None:
+        raise _unreadable(rec, ValueError("it holds no frame yet"))
+    headers = {"Cache-Control": "no-cache", "X-Recording-Start": repr(start_ts),
+               "X-Timestamp": f"{start_ts + still.seconds:.6f}", "X-Offset": repr(still.seconds)}
+    if still.previous is not None:
+        headers["X-Previous-Offset"] = repr(still.previous)
+    if still.next is not None:
+        headers["X-Next-Offset"] = repr(still.next)
+    return Response(still.jpeg, media_type="image/jpeg", headers=headers)
+
+
+def _still(store: RecordingStore, rec: RecordingFile, seconds: float) -> Still | None:
+    with store.open(rec) as video:
+        return frame_at(fd_path(video), seconds)

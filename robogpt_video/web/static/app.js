@@ -24,6 +24,7 @@ const $ = (id) => document.getElementById(id);
 const tiles = new Map();    // stream name -> tile
 let tileMode = "live";      // "live" or "snapshot", for every tile at once
 let openStream = null;      // name shown in the single-stream view, or null
+let reviewing = false;      // the recordings page (recordings.js) is shown
 let svTimers = [];
 let lastSegment = null;     // the open stream's recording file: a new one refreshes the table
 let svCreated = null;       // the open stream's created_at; another one means reconnect
@@ -119,7 +120,7 @@ const fmt = {
     return `${n.toFixed(i ? 1 : 0)}\u00a0${units[i]}`;
   },
   size(s) { return s.width ? `${s.width}×${s.height}` : "no frame"; },
-  time(iso) { return iso ? new Date(iso).toLocaleString() : "–"; },
+  time(iso) { return iso ? localTime(Date.parse(iso) / 1000) : "–"; },  // recordings.js
 };
 
 function el(tag, props = {}, ...children) {
@@ -181,7 +182,7 @@ function makeTile(name) {
 
 // Tiles run only while the grid is on screen: hidden tabs and the single-stream view
 // let go of their connections (the browser's limit is shared by every tab).
-const gridMode = () => (openStream === null && !document.hidden ? tileMode : "stopped");
+const gridMode = () => (openStream === null && !reviewing && !document.hidden ? tileMode : "stopped");
 
 // A tile asks for frames no wider than it shows (in device pixels, rounded up to a
 // multiple of TILE_STEP so that tiles of about the same size share one resized version
@@ -372,6 +373,7 @@ function play(rec) {
   const img = $("player-img");
   img.alt = `Replay of recording ${rec.file}`;
   img.src = withToken(`${rec.play_url}?t=${Date.now()}`);  // a fresh request replays from the start
+  $("player").scrollIntoView({ block: "nearest" });
 }
 
 function closePlayer() {
@@ -430,6 +432,7 @@ function openView(name) {
   $("sv-live").alt = `Live video of ${name}`;
   $("sv-snapshot").href = withToken(`/snapshot/${enc(name)}`);
   $("sv-mjpeg").href = withToken(`/stream/${enc(name)}`);
+  $("sv-review").href = `#/recordings?stream=${enc(name)}`;
   $("sv-state").textContent = "";
   lastSegment = null;
   svCreated = null;
@@ -464,6 +467,20 @@ function closeView() {
 
 function route() {
   if (!$("signin").hidden) return;  // the views open once signed in
+  const reviewMatch = location.hash.match(/^#\/recordings(?:\?(.*))?$/);
+  if (reviewMatch) {
+    if (openStream !== null) closeView();
+    reviewing = true;
+    $("grid-view").hidden = true;
+    for (const tile of tiles.values()) setTileMode(tile, "stopped");
+    return openRecordings(new URLSearchParams(reviewMatch[1] || ""));
+  }
+  if (reviewing) {
+    reviewing = false;
+    closeRecordings();
+    $("grid-view").hidden = false;
+    for (const tile of tiles.values()) setTileMode(tile, gridMode());
+  }
   const match = location.hash.match(/^#\/stream\/([^/]+)$/);
   const name = match ? decodeURIComponent(match[1]) : null;
   if (name === openStream) return;
@@ -535,6 +552,10 @@ function stopDashboard() {
   dashboardLoops = [];
   for (const tile of [...tiles.values()]) removeTile(tile);
   if (openStream !== null) closeView();
+  if (reviewing) {
+    reviewing = false;
+    closeRecordings();
+  }
   $("grid-view").hidden = true;
   $("empty").hidden = true;
   $("grid-mode").hidden = true;
@@ -635,6 +656,7 @@ async function submitSignIn(event) {
 
 document.addEventListener("DOMContentLoaded", () => {
   for (const node of document.querySelectorAll(".origin")) node.textContent = location.origin;
+  $("zone").textContent = ` · times in ${zoneName()}`;
   $("player-close").addEventListener("click", closePlayer);
   $("signin-form").addEventListener("submit", submitSignIn);
   $("signout").addEventListener("click", signOut);
