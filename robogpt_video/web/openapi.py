@@ -62,6 +62,8 @@ TAGS = [
     {"name": "live", "description": "Frames out: live MJPEG and the latest JPEG"},
     {"name": "streams", "description": "Live streams and their statistics"},
     {"name": "recordings", "description": "Recordings on disk: list, download, replay, delete"},
+    {"name": "clips", "description": "H.264 MP4 clips of a time range of recordings, "
+     "made on request"},
     {"name": "cleanup", "description": "The cleanup sweeps, run now"},
     {"name": "access", "description": "Sessions for pages (with access control on)"},
     {"name": "server", "description": "Health and Prometheus metrics"},
