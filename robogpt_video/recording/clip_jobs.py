@@ -146,13 +146,11 @@ class ClipService:
                 log.exception("clip cache sweep failed; trying again later")
             await asyncio.sleep(self.settings.cleanup.interval_seconds)
 
-    async def sweep(self, newest: str | None = None) -> list[str]:
+    async def sweep(self) -> list[str]:
         """Apply ``clips.cache_mb`` and recording retention to the cache."""
         days = self.settings.recording.retention_days
         expire = time.time() - days * 86400 if days > 0 else None
         keep = frozenset(cid for cid, job in self.jobs.items() if job.status in (QUEUED, RUNNING))
-        if newest is not None:
-            keep |= {newest}
         cap = int(self.config.cache_mb * 1024 * 1024)
         removed = await asyncio.to_thread(clips.prune, self.cache, cap, expire, keep)
         for cid in removed:
@@ -242,7 +240,7 @@ class ClipService:
         else:
             log.info("clip %s of %s made: %d frames, %d bytes", job.id, job.stream,
                      job.frames_total, job.size_bytes)
-            await self.sweep(newest=job.id)
+            await self.sweep()
 
     def _make(self, job: ClipJob) -> int:
         """In a clip thread: count, encode, move into the cache; the clip's size."""

@@ -344,10 +344,10 @@ def remove_temps(cache: Path, before: float) -> int:
 
 
 def prune(cache: Path, cap_bytes: int, expire_before: float | None, keep: frozenset[str]) -> list[str]:
-    """Remove clips made from recordings older than ``expire_before`` (retention), then
-    the oldest clips (by mtime) until the rest fit in ``cap_bytes``; never those in
-    ``keep`` (the newest clip, jobs of this process). Metadata without a video goes
-    too. Returns the ids removed."""
+    """Remove clips of ranges that ended before ``expire_before`` (retention), then the
+    oldest clips (by mtime) until the rest fit in ``cap_bytes``, but never the newest
+    one nor those in ``keep`` (jobs of this process), and half clips (a video or its
+    metadata alone). Returns the ids removed."""
     videos, metas = {}, {}
     for entry in _entries(cache):
         if entry.name.startswith("."):
@@ -377,7 +377,7 @@ def prune(cache: Path, cap_bytes: int, expire_before: float | None, keep: frozen
     left = sorted((info.st_mtime, cid) for cid, info in videos.items()
                   if cid not in gone and cid in metas)
     total = sum(videos[cid].st_size for _, cid in left)
-    for _, cid in left:
+    for _, cid in left[:-1]:  # the newest stays, whatever its size: it was just made
         if total <= cap_bytes:
             break
         if cid in keep:
