@@ -200,7 +200,8 @@ def _finish(operation: dict, method: str, path: str) -> None:
         elif rule.stream is not None:
             where = "this stream"
         else:
-            where = "some stream (the answer lists only those the user may see)"
+            where = ("some stream (the answer lists only those the user may see; for a "
+                     "clip, on the clip's stream)")
         _respond(responses, 403, f"`forbidden`, with access control on: the user has no "
                  f"`{action}` permission on {where}", head)
     if action in STATE_CHANGING:
