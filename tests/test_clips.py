@@ -120,6 +120,11 @@ def test_a_clip_across_two_segments_plays_with_the_recorded_timing(start_server,
          "-of", "json", str(video)], capture_output=True, check=True, timeout=30).stdout)
     [stream] = probe["streams"]
     assert (stream["codec_name"], stream["pix_fmt"], stream["profile"]) == ("h264", "yuv420p", "Main")
+    types = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "frame=pict_type", "-of", "csv=p=0",
+         str(video)], capture_output=True, check=True, text=True, timeout=30).stdout.split()
+    assert len(types) == len(arrivals) and types[0] == "I"
+    assert types.count("I") <= 2, types  # inter frames, not a JPEG's every frame a key frame
     boxes = _boxes(whole.content)
     assert boxes.index("moov") < boxes.index("mdat")  # +faststart: playable before the end
 
