@@ -340,3 +340,14 @@ def test_the_clip_plays_in_chromium(start_server, tmp_path):
         times = browser.js("window.times")
         assert len({t for t in times if t > 0}) >= 2 and times == sorted(times), times
         assert browser.js("document.getElementById('v').error") is None
+
+
+def test_a_stream_recorded_as_h264_makes_a_clip_too(start_server, tmp_path):
+    server = start_server({"recording": {"codec": "h264"}})
+    arrivals = _recorded(server, "cam", [(10, SMALL)])
+    body = {"stream": "cam", "start": arrivals[0] - 1, "end": arrivals[-1] + 1}
+    state, _ = _wait_done(server.url, httpx.post(f"{server.url}/api/clips", json=body).json())
+    assert state["status"] == "ready" and state["frames_total"] == len(arrivals), state
+    video = tmp_path / "h264.mp4"
+    video.write_bytes(httpx.get(f"{server.url}{state['url']}").content)
+    assert _frame_times(video) == pytest.approx([t - arrivals[0] for t in arrivals], abs=0.005)
