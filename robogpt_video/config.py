@@ -116,6 +116,26 @@ class CleanupSettings(_Section):
         return f"{int(match[1]):02d}:{match[2]}"
 
 
+class ClipsSettings(_Section):
+    """H.264 clips of recordings, made on request (docs/clips.md)."""
+
+    directory: Path | None = Field(
+        None, description="Cache of finished clips; empty: .clips inside recording.directory"
+    )
+    max_jobs: int = Field(1, ge=1, le=64, description="Clips encoded at the same time")
+    max_queued: int = Field(16, ge=1, description="Clips waiting for a turn; more get 503")
+    max_seconds: float = Field(3600, gt=0, description="Longest range one clip may cover")
+    cache_mb: float = Field(
+        2048, ge=0, description="MiB of finished clips kept; the oldest go first"
+    )
+    encoder_threads: int = Field(2, ge=1, le=64, description="libx264 threads per clip")
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value in ("", None) else value
+
+
 class ServerSettings(_Section):
     """HTTP listener."""
 
@@ -488,6 +508,7 @@ class Settings(BaseSettings):
     streams: StreamsSettings = StreamsSettings()
     recording: RecordingSettings = RecordingSettings()
     cleanup: CleanupSettings = CleanupSettings()
+    clips: ClipsSettings = ClipsSettings()
     server: ServerSettings = ServerSettings()
     logging: LoggingSettings = LoggingSettings()
     auth: AuthSettings = AuthSettings()

@@ -12,6 +12,7 @@ from typing import Protocol
 from .cleanup import CleanupService
 from .config import Settings
 from .memory import FrameMemory
+from .recording.clip_jobs import ClipService
 from .recording.recorder import Recorder
 from .streams import StreamRegistry
 
@@ -54,6 +55,8 @@ class Runtime:
             else:
                 self.registry.listeners.append(self.recorder)
             self.services.append(self.recorder)
+        self.clips = ClipService(settings)
+        self.services.append(self.clips)
         # Last, so it starts after (and stops before) the recorder whose files it deletes.
         self.cleanup = CleanupService(
             settings, self.registry, recorder=lambda: getattr(self, "recorder", None)

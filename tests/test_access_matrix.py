@@ -59,6 +59,10 @@ EXPECTED = {
     ("GET", "/api/recordings/{stream}/{file}/play"): "playback",
     ("GET", "/api/recordings/{stream}/{file}/frame"): "playback",
     ("DELETE", "/api/recordings/{stream}/{file}"): "admin",
+    ("POST", "/api/clips"): "playback",
+    ("GET", "/api/clips/{clip_id}"): "playback",
+    ("GET", "/api/clips/{clip_id}.mp4"): "playback",
+    ("HEAD", "/api/clips/{clip_id}.mp4"): "playback",
     ("POST", "/api/cleanup/run"): "admin",
     ("GET", "/metrics"): "metrics",
     ("HEAD", "/metrics"): "metrics",
@@ -222,6 +226,7 @@ class Objects:
 
     server: ServerProcess
     recording: str  # a file of cam_a's
+    clip: dict  # the request and id of a finished clip of cam_a_clip
 
 
 @pytest.fixture(scope="module")
@@ -238,9 +243,40 @@ def objects(tmp_path_factory):
                                 headers=bearer("player"), timeout=10).json()
             return listing["recordings"][0]["file"] if listing["count"] else None
 
-        yield Objects(server, wait_for(recording, what="a recording of cam_a"))
+        yield Objects(server, wait_for(recording, what="a recording of cam_a"), _clip(server))
     finally:
         server.stop()
+
+
+def _clip(server: ServerProcess) -> dict:
+    """A finished clip of cam_a_clip, whose recording is closed: asking for it again
+    answers from the cache (200) whoever asks first."""
+    with httpx.Client(timeout=10) as client:
+        for seed in range(3):
+            published = client.post(f"{server.url}/publish/cam_a_clip", content=make_jpeg(seed=seed),
+                                    headers={**bearer("pub"), "Content-Type": "image/jpeg"})
+            assert published.status_code == 200, published.text
+        arrived = client.get(f"{server.url}/api/streams/cam_a_clip/frames",
+                             headers=bearer("viewer")).json()["frames"]
+        assert client.delete(f"{server.url}/api/streams/cam_a_clip",
+                             headers=bearer("admin")).status_code == 200
+
+        def closed() -> bool:
+            listing = client.get(f"{server.url}/api/recordings", headers=bearer("player"),
+                                 params={"stream": "cam_a_clip"}).json()["recordings"]
+            return bool(listing) and listing[0]["status"] == "complete"
+
+        wait_for(closed, what="cam_a_clip's recording to close")
+        body = {"stream": "cam_a_clip", "start": arrived[0]["timestamp"] - 1,
+                "end": arrived[-1]["timestamp"] + 1}
+        clip = client.post(f"{server.url}/api/clips", json=body, headers=bearer("player")).json()
+
+        def ready() -> bool:
+            return client.get(f"{server.url}/api/clips/{clip['id']}",
+                              headers=bearer("player")).json()["status"] == "ready"
+
+        wait_for(ready, timeout=60, what="the clip of cam_a_clip")
+        return {"body": body, "id": clip["id"]}
 
 
 def _url_path(method: str, template: str, objects: Objects) -> str:
@@ -248,10 +284,12 @@ def _url_path(method: str, template: str, objects: Objects) -> str:
     name = "cam_a_deleted" if method == "DELETE" else "cam_a"
     # {path}: a file of the dashboard's (/ui/) or of the documentation's (/docs/assets/).
     file = "swagger-ui.css" if template.startswith("/docs/") else "app.js"
-    return template.format(name=name, stream="cam_a", file=objects.recording, path=file)
+    return template.format(name=name, stream="cam_a", file=objects.recording, path=file,
+                           clip_id=objects.clip["id"])
 
 
-def _send(server: ServerProcess, method: str, path: str, headers: dict) -> Answer:
+def _send(server: ServerProcess, method: str, path: str, headers: dict,
+          body: dict | None = None) -> Answer:
     if path.startswith("/ws/"):
         try:
             with connect(f"ws://127.0.0.1:{server.port}{path}", additional_headers=headers,
@@ -268,7 +306,7 @@ def _send(server: ServerProcess, method: str, path: str, headers: dict) -> Answe
     if path.endswith("/frame"):
         params = {"t": "0"}
     with httpx.stream(method, f"{server.url}{path}", headers=headers, content=content,
-                      params=params, timeout=10) as response:
+                      params=params, json=body, timeout=10) as response:
         # Live answers (MJPEG, replays) are not read: the status says what is checked.
         body = response.read() if response.status_code >= 400 else b""
         return Answer(response.status_code, dict(response.headers), body)
@@ -282,7 +320,8 @@ def test_route_permission(objects, method, path, action, case, refused):
         created = httpx.post(f"{server.url}/publish/cam_a_deleted", content=JPEG, timeout=10,
                              headers={**bearer("pub"), "Content-Type": "image/jpeg"})
         assert created.status_code == 200, created.text
-    answer = _send(server, method, url_path, _credentials(method, path, case, action))
+    body = objects.clip["body"] if path == "/api/clips" else None
+    answer = _send(server, method, url_path, _credentials(method, path, case, action), body)
     what = f"{method} {url_path} ({case}): {answer.status} {answer.body[:200]!r}"
     if refused is None:
         assert answer.status not in (401, 403), what

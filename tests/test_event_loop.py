@@ -131,6 +131,14 @@ def exercise(url: str) -> None:
         with client.stream("GET", recording + "/play") as play:
             assert play.status_code == 200
             next(play.iter_raw())
+        # A clip of it: asked, followed, downloaded, asked again (from the cache).
+        chosen = {"stream": listing[0]["stream_name"], "start": listing[0]["start_time"],
+                  "end": listing[0]["end_time"]}
+        clip = client.post(f"{url}/api/clips", json=chosen).json()
+        wait_for(lambda: client.get(f"{url}/api/clips/{clip['id']}").json()["status"] == "ready",
+                 what="the clip")
+        assert client.get(url + clip["url"], headers={"Range": "bytes=0-99"}).status_code == 206
+        assert client.post(f"{url}/api/clips", json=chosen).status_code == 200
         assert client.post(f"{url}/api/cleanup/run?dry_run=true").status_code == 200
         assert client.delete(recording).status_code == 200
         for name in ("cam", "mixed", "ws"):

@@ -51,6 +51,10 @@ STATUSES = {
     ("DELETE", "/api/recordings/{stream}/{file}"): {200, 400, 404, 409},
     ("GET", "/api/recordings/{stream}/{file}/play"): {200, 400, 404, 409},
     ("GET", "/api/recordings/{stream}/{file}/frame"): {200, 400, 404, 409},
+    ("POST", "/api/clips"): {200, 202, 400, 404, 503},
+    ("GET", "/api/clips/{clip_id}"): {200, 404},
+    ("GET", "/api/clips/{clip_id}.mp4"): {200, 206, 400, 404, 409, 416},
+    ("HEAD", "/api/clips/{clip_id}.mp4"): {200, 206, 400, 404, 409, 416},
     ("GET", "/metrics"): {200},
     ("HEAD", "/metrics"): {200},
 }
@@ -267,6 +271,12 @@ def test_the_server_answers_what_the_document_says(start_server):
          {}, 404),
         ("DELETE", "/api/recordings/{stream}/{file}", video, {}, 409),
         ("DELETE", "/api/recordings/{stream}/{file}", "/api/recordings/cam/nope.mp4", {}, 404),
+        ("POST", "/api/clips", "/api/clips", {"json": {"stream": "cam", "start": 0, "end": 1}},
+         404),
+        ("POST", "/api/clips", "/api/clips", {"json": {"stream": "cam", "start": 1, "end": 0}},
+         400),
+        ("GET", "/api/clips/{clip_id}", "/api/clips/" + "0" * 32, {}, 404),
+        ("GET", "/api/clips/{clip_id}.mp4", "/api/clips/" + "0" * 32 + ".mp4", {}, 404),
         ("GET", "/metrics", "/metrics", {}, 200),
         ("POST", "/api/cleanup/run", "/api/cleanup/run?dry_run=true", {}, 200),
     ]

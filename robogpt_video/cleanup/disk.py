@@ -155,7 +155,7 @@ def dirs_left_empty(
     """Folders that would be empty once ``doomed`` are gone (for a dry run)."""
     gone = {normalize(p) for s in doomed for p in (s.path, _recording(s).sidecar)}
     names = []
-    for name in store.folders():  # links to folders are not among them
+    for name in store.stream_folders():  # links to folders are not among them
         if name in live:
             continue
         entries = store.folder_entries(name)

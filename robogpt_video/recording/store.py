@@ -223,7 +223,7 @@ class RecordingStore:
         if stream is not None:
             names = [validate_stream_name(stream)]
         else:
-            names = [name for name in self.folders() if NAME_RE.fullmatch(name)]
+            names = self.stream_folders()
         found: list[RecordingFile] = []
         for name in names:
             with self._folder_fd(name) as folder:
@@ -284,11 +284,16 @@ class RecordingStore:
                 freed += info.st_size
         return freed
 
+    def stream_folders(self) -> list[str]:
+        """The folders named like a stream (not the clip cache ``.clips``, nor any
+        other folder an operator keeps here), sorted; links are skipped."""
+        return [name for name in self.folders() if NAME_RE.fullmatch(name)]
+
     def remove_empty_dirs(self, skip: Callable[[Path], bool] | None = None) -> list[Path]:
         """Delete stream folders that hold nothing (and that ``skip`` does not spare);
         a link to a folder is not one of them."""
         removed = []
-        for name in self.folders():
+        for name in self.stream_folders():
             folder = self.root / name
             if skip is not None and skip(folder):
                 continue

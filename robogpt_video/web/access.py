@@ -88,6 +88,10 @@ RULES = (
     _rule("DELETE", "/api/recordings/{stream}/{file}", "admin", "stream"),
     _rule("GET", "/api/recordings/{stream}/{file}/play", "playback", "stream"),
     _rule("GET", "/api/recordings/{stream}/{file}/frame", "playback", "stream"),
+    # The clip's stream is in the body or the job, not the path: the handler checks it.
+    _rule("POST", "/api/clips", "playback"),
+    _rule("GET HEAD", "/api/clips/{clip_id}.mp4", "playback"),
+    _rule("GET", "/api/clips/{clip_id}", "playback"),
     _rule("POST", "/api/cleanup/run", "admin", EVERY_STREAM),  # sweeps every stream
     # Starlette's routes (not APIRoutes) answer HEAD wherever they answer GET.
     _rule("GET HEAD", "/metrics", "metrics", EVERY_STREAM),  # names every stream

@@ -21,7 +21,7 @@ from .. import __version__
 from ..auth import Authenticator
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, cleanup, ingest, live, metrics, openapi, recordings, session, ui
+from . import api, cleanup, clips, ingest, live, metrics, openapi, recordings, session, ui
 from .access import Access
 from .connections import ConnectionLimits
 from .errors import EXCEPTION_HANDLERS
@@ -49,6 +49,7 @@ def create_api(
     api_app.include_router(cleanup.router)
     metrics.install(api_app, app_metrics)
     api_app.include_router(recordings.router)
+    api_app.include_router(clips.router)
     ui.install(api_app)
     openapi.install(api_app)
     if settings.server.cors_enabled:

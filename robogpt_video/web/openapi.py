@@ -62,6 +62,8 @@ TAGS = [
     {"name": "live", "description": "Frames out: live MJPEG and the latest JPEG"},
     {"name": "streams", "description": "Live streams and their statistics"},
     {"name": "recordings", "description": "Recordings on disk: list, download, replay, delete"},
+    {"name": "clips", "description": "H.264 MP4 clips of a time range of recordings, "
+     "made on request"},
     {"name": "cleanup", "description": "The cleanup sweeps, run now"},
     {"name": "access", "description": "Sessions for pages (with access control on)"},
     {"name": "server", "description": "Health and Prometheus metrics"},
@@ -198,7 +200,8 @@ def _finish(operation: dict, method: str, path: str) -> None:
         elif rule.stream is not None:
             where = "this stream"
         else:
-            where = "some stream (the answer lists only those the user may see)"
+            where = ("some stream (the answer lists only those the user may see; for a "
+                     "clip, on the clip's stream)")
         _respond(responses, 403, f"`forbidden`, with access control on: the user has no "
                  f"`{action}` permission on {where}", head)
     if action in STATE_CHANGING:
