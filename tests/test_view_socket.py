@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import struct
 
 import aiohttp
@@ -226,5 +227,25 @@ def test_a_reader_that_reads_nothing_drops_frames_not_memory(server):
                 final = stats(url, "flood")
                 assert final["frames_dropped_slow_viewers"] >= total / 2, final
                 assert final["frames_out"] + final["frames_dropped_slow_viewers"] >= total, final
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_a_stream_published_on_another_node_plays_on_this_one(start_server, redis_server):
+    config = {"cluster": {"redis_url": redis_server.url}, "recording": {"enabled": False}}
+    a, b = start_server(config), start_server(config)
+    publish(a.url, "remote_cam", make_jpeg(160, 120, seed=1)).raise_for_status()
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(b.url.replace("http", "ws") + "/ws/view") as ws:
+                await ws.send_str(_subscribe({"name": "remote_cam"}))
+                await _receive(ws, _is("text", type="subscribed", streams=["remote_cam"]))
+                first = await _receive(ws, _is("frame", stream="remote_cam"))
+                assert first["jpeg"] == make_jpeg(160, 120, seed=1)
+                newer = make_jpeg(160, 120, seed=2)
+                publish(a.url, "remote_cam", newer).raise_for_status()
+                await _receive(ws, lambda kind, value: kind == "frame" and value["jpeg"] == newer)
 
     asyncio.run(scenario())
