@@ -103,7 +103,8 @@ def test_grid_shows_live_pictures_of_every_stream(start_server, publishers, brow
     # The header counts the viewers the tiles count.
     browser.wait_for(
         "document.getElementById('viewers').textContent === '2 viewers (all streams)'")
-    assert browser.js("['cam_a', 'cam_b'].every((n) => tile(n).innerText.includes('· 1 viewer ·'))")
+    assert browser.js(
+        "['cam_a', 'cam_b'].every((n) => tile(n).innerText.includes('· 1 viewer ·'))")
     assert browser.wait_for("document.getElementById('health-status').textContent") == "healthy"
     # Tiles are links: reachable with the keyboard, and their pictures are named.
     tiles_js = "[...document.querySelectorAll('#grid a.tile')]"
@@ -147,7 +148,8 @@ def test_a_tile_asks_for_frames_no_wider_than_it_shows_in_its_aspect_ratio(
     _open_dashboard(browser, server.url)
     browser.wait_for("tileNames().length === 2")
     browser.wait_for("tileWidth('wide_cam') > 0 && tileWidth('narrow_cam') > 0")
-    shown = browser.js("Math.ceil(tileCanvas('wide_cam').clientWidth * devicePixelRatio / 160) * 160")
+    shown = browser.js(
+        "Math.ceil(tileCanvas('wide_cam').clientWidth * devicePixelRatio / 160) * 160")
     assert shown < 640  # the 1280-pixel window holds tiles narrower than that
     browser.wait_for(f"tileWidth('wide_cam') === {shown}")
     # A stream no wider than its tile is sent as it is.
@@ -213,7 +215,8 @@ def test_streams_come_and_go_and_an_ended_stream_says_so(start_server, publisher
     _open_dashboard(browser, server.url)
     browser.wait_for("tileNames().length === 2 && frames('cam_a') > 0")
     # Mark the page and the two canvases: a reload or a rebuilt tile loses the mark.
-    browser.js("window.sameDocument = true; tileCanvas('cam_a').kept = tileCanvas('cam_b').kept = true")
+    browser.js("window.sameDocument = true;"
+               "tileCanvas('cam_a').kept = tileCanvas('cam_b').kept = true")
 
     extra = publishers(server.url, "cam_0")
     assert browser.wait_for("tileNames().length === 3 && tileNames()") == [
@@ -314,7 +317,8 @@ def test_stream_view_shows_live_video_stats_and_plays_a_recording(
 def _fullscreen(browser: Chromium, button: str, element: str) -> None:
     """Click ``button`` like a user (a real mouse event) and leave fullscreen again."""
     box = browser.js(f"(() => {{ const r = document.querySelector('{button}')"
-                     ".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+                     ".getBoundingClientRect();"
+                     " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
     for kind in ("mousePressed", "mouseReleased"):
         browser.page("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1],
                      button="left", clickCount=1)

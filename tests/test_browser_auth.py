@@ -26,8 +26,10 @@ PAGE_JS = """
 window.byId = (id) => document.getElementById(id);
 window.shown = (id) => !document.getElementById(id).hidden;
 // The width of the frames a tile (or the stream view) drew; 0 before the first one.
-window.drawnWidth = (media) => media && media.dataset.frames > 0 ? media.querySelector("canvas").width : 0;
-window.tileWidth = (name) => drawnWidth(document.querySelector(`#grid li[data-stream="${name}"] .media`));
+window.drawnWidth = (media) =>
+  media && media.dataset.frames > 0 ? media.querySelector("canvas").width : 0;
+window.tileWidth = (name) =>
+  drawnWidth(document.querySelector(`#grid li[data-stream="${name}"] .media`));
 window.svWidth = () => drawnWidth(byId("sv-media"));
 window.tileNames = () => [...document.querySelectorAll("#grid li")].map((li) => li.dataset.stream);
 """

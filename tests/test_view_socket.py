@@ -13,7 +13,7 @@ import httpx
 import pytest
 import simplejpeg
 
-from helpers import make_jpeg, publish, wait_for
+from helpers import make_jpeg, publish
 
 FIELDS = struct.Struct(">ddfHH")
 
