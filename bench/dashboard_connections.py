@@ -5,7 +5,7 @@
 Publishes N streams at F frames a second (320x240 camera-like JPEGs, one WebSocket
 publisher each), opens the dashboard in headless Chromium with a window tall enough to
 show every tile, and prints, over the measured seconds: frames each tile drew a second
-(the page counts them, ``data-frames``), the server's CPU (all its threads, from
+(the page counts them, ``data-frames``), the page's JavaScript heap, the server's CPU (all its threads, from
 /proc), the page's WebSockets and HTTP picture requests, and how long
 ``fetch('/health')`` from the page takes (the browser's connections are not used up).
 Needs ``chromium``. Results: docs/dashboard.md.
@@ -111,9 +111,13 @@ def _measure(browser: Chromium, server: BenchServer, url: str, args) -> None:
     in0, out0 = _frames(url, names)
     ta = (before + time.monotonic()) / 2  # when the counters were read, about
     cpu0 = sum(map(cpu_seconds, pids))
+    browser.page("HeapProfiler.collectGarbage")
+    heap0 = browser.page("Runtime.getHeapUsage")["usedSize"]
     start, t0 = browser.js(FRAMES_JS), time.monotonic()
     time.sleep(args.seconds)
     end, t1 = browser.js(FRAMES_JS), time.monotonic()
+    browser.page("HeapProfiler.collectGarbage")
+    heap1 = browser.page("Runtime.getHeapUsage")["usedSize"]
     cpu = (sum(map(cpu_seconds, pids)) - cpu0) / (t1 - t0)
     before = time.monotonic()
     in1, out1 = _frames(url, names)
@@ -131,6 +135,8 @@ def _measure(browser: Chromium, server: BenchServer, url: str, args) -> None:
           f"included)")
     print(f"  server viewers: {sum(s['viewer_count'] for s in streams)}, page WebSockets: "
           f"{len(browser.websockets())}, HTTP picture requests: {browser.js(PICTURES_JS)}")
+    print(f"  page's JavaScript heap after garbage collection: {heap0 / 1e6:.1f} MB before, "
+          f"{heap1 / 1e6:.1f} MB after {sum(end.values()) - sum(start.values())} frames drawn")
     print(f"  fetch('/health') from the page: {browser.js(FETCH_JS)} ms")
 
 
