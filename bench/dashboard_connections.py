@@ -1,16 +1,20 @@
-"""Why the dashboard shows snapshots beyond 4 streams: Chromium's 6 connections per host.
+"""The dashboard with many live tiles: frames each tile draws, over one WebSocket.
 
-    python -m bench.dashboard_connections [--streams 8]
+    python -m bench.dashboard_connections [--streams 16] [--fps 30] [--seconds 10]
 
-Publishes N streams, opens the dashboard in headless Chromium with every tile forced
-to live MJPEG (``/?tiles=live``) and then to snapshots (``/?tiles=snapshot``), and
-prints how many tiles show a picture, how many viewers the server counts and how long
-``fetch('/health')`` from the page takes (docs/dashboard.md). Needs ``chromium``.
+Publishes N streams at F frames a second (320x240 camera-like JPEGs, one WebSocket
+publisher each), opens the dashboard in headless Chromium with a window tall enough to
+show every tile, and prints, over the measured seconds: frames each tile drew a second
+(the page counts them, ``data-frames``), the page's JavaScript heap, the server's CPU (all its threads, from
+/proc), the page's WebSockets and HTTP picture requests, and how long
+``fetch('/health')`` from the page takes (the browser's connections are not used up).
+Needs ``chromium``. Results: docs/dashboard.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import threading
@@ -18,89 +22,122 @@ import time
 from pathlib import Path
 
 import httpx
+from websockets.sync.client import connect
 
 from .frames import camera_jpeg
+from .procstat import cpu_seconds
 from .servers import REPO, BenchServer
 
 sys.path.insert(0, str(REPO / "tests"))
 from browser import Chromium, find_chromium  # noqa: E402  (the tests' CDP driver)
 
-JPEG = {"content-type": "image/jpeg"}
-SHOWN_JS = "[...document.querySelectorAll('#grid img')].filter((i) => i.naturalWidth).length"
+FRAMES_JS = ("Object.fromEntries([...document.querySelectorAll('#grid li')].map((li) => "
+             "[li.dataset.stream, Number(li.querySelector('.media').dataset.frames || 0)]))")
+PICTURES_JS = ("performance.getEntriesByType('resource').filter((e) => "
+               "/[/](stream|snapshot)[/]/.test(e.name)).length")
 FETCH_JS = """(async () => {
-  const out = [];
-  for (let i = 0; i < 3; i++) {
-    const abort = new AbortController();
-    const timer = setTimeout(() => abort.abort(), 5000);
-    const started = performance.now();
-    try {
-      await fetch(`/health?try=${i}`, { signal: abort.signal, cache: "no-store" });
-      out.push(`${Math.round(performance.now() - started)} ms`);
-    } catch (error) {
-      out.push("stalled > 5 s");
-    }
-    clearTimeout(timer);
-  }
-  return out;
+  const started = performance.now();
+  await fetch("/health", { cache: "no-store" });
+  return Math.round(performance.now() - started);
 })()"""
 
 
-def _publish(url: str, name: str, stop: threading.Event) -> None:
-    jpeg = camera_jpeg(160, 120)
-    with httpx.Client(timeout=5) as client:
-        while not stop.wait(0.2):
-            client.post(f"{url}/publish/{name}", content=jpeg, headers=JPEG)
-
-
-def measure(browser: Chromium, url: str, mode: str) -> str:
-    """One line: tiles with a picture, server viewers, fetch times, with every tile in ``mode``."""
-    browser.page("Page.navigate", url=f"{url}/?tiles={mode}")
-    time.sleep(4)
-    shown = browser.js(SHOWN_JS)
-    streams = httpx.get(f"{url}/api/streams").json()["streams"]
-    viewers = sum(s["viewer_count"] for s in streams)
-    fetches = ", ".join(browser.js(FETCH_JS))
-    return (
-        f"{mode:>8}: {shown}/{len(streams)} tiles with a picture, {viewers} server viewers, "
-        f"fetch('/health'): {fetches}"
-    )
+def _publish(url: str, name: str, fps: float, stop: threading.Event) -> None:
+    jpeg = camera_jpeg(320, 240, seed=hash(name) % 100)
+    with connect(f"{url.replace('http', 'ws')}/ws/publish/{name}") as ws:
+        step = 1 / fps
+        due = time.monotonic()
+        while not stop.is_set():
+            ws.send(jpeg)
+            due += step
+            stop.wait(max(0.0, due - time.monotonic()))
 
 
 def main() -> None:
-    """Run both modes and print the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--fps", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
     executable = find_chromium()
     if executable is None:
         sys.exit("chromium is required: apt-get install chromium")
     with tempfile.TemporaryDirectory() as tmp:
         with BenchServer("ours", Path(tmp) / "srv", record=False) as server:
-            _run(server, Path(tmp), executable, args.streams)
+            _run(server, Path(tmp), executable, args)
 
 
-def _run(server: BenchServer, tmp: Path, executable: str, count: int) -> None:
+def _run(server: BenchServer, tmp: Path, executable: str, args) -> None:
     url = f"http://{server.host}:{server.port}"
     stop = threading.Event()
-    threads = [
-        threading.Thread(target=_publish, args=(url, f"cam{i}", stop)) for i in range(count)
-    ]
+    names = [f"cam{i:02d}" for i in range(args.streams)]
+    threads = [threading.Thread(target=_publish, args=(url, name, args.fps, stop))
+               for name in names]
     for thread in threads:
         thread.start()
     try:
         browser = Chromium(tmp / "chrome", executable)
         try:
-            time.sleep(1)
-            # Snapshots first: with live tiles the page may hold every connection, and
-            # even the next navigation to this server would wait for one.
-            for mode in ("snapshot", "live"):
-                print(measure(browser, url, mode), flush=True)
+            rows = -(-args.streams // 4)  # 4 tiles a row at 1280 px
+            browser.page("Emulation.setDeviceMetricsOverride", width=1280,
+                         height=120 + rows * 300, deviceScaleFactor=1, mobile=False)
+            browser.goto(url + "/")
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                drawn = browser.js(FRAMES_JS)
+                if len(drawn) == args.streams and all(drawn.values()):
+                    break
+                time.sleep(0.2)
+            time.sleep(1)  # settled
+            _measure(browser, server, url, args)
         finally:
             browser.close()
     finally:
         stop.set()
         for thread in threads:
             thread.join()
+
+
+def _frames(url: str, names: list[str]) -> tuple[int, int]:
+    """Frames published and frames sent to viewers, over every stream."""
+    stats = [httpx.get(f"{url}/api/streams/{name}/stats").json() for name in names]
+    return sum(s["total_frames"] for s in stats), sum(s["frames_out"] for s in stats)
+
+
+def _measure(browser: Chromium, server: BenchServer, url: str, args) -> None:
+    pids = server.pids()
+    names = sorted(browser.js(FRAMES_JS))
+    before = time.monotonic()
+    in0, out0 = _frames(url, names)
+    ta = (before + time.monotonic()) / 2  # when the counters were read, about
+    cpu0 = sum(map(cpu_seconds, pids))
+    browser.page("HeapProfiler.collectGarbage")
+    heap0 = browser.page("Runtime.getHeapUsage")["usedSize"]
+    start, t0 = browser.js(FRAMES_JS), time.monotonic()
+    time.sleep(args.seconds)
+    end, t1 = browser.js(FRAMES_JS), time.monotonic()
+    browser.page("HeapProfiler.collectGarbage")
+    heap1 = browser.page("Runtime.getHeapUsage")["usedSize"]
+    cpu = (sum(map(cpu_seconds, pids)) - cpu0) / (t1 - t0)
+    before = time.monotonic()
+    in1, out1 = _frames(url, names)
+    span = (before + time.monotonic()) / 2 - ta
+    published, sent = (in1 - in0) / span, (out1 - out0) / span
+    rates = sorted((end[name] - start.get(name, 0)) / (t1 - t0) for name in end)
+    streams = httpx.get(f"{url}/api/streams").json()["streams"]
+    print(f"{args.streams} streams × {args.fps:g} fps (320x240) for {t1 - t0:.1f} s, "
+          f"{len(end)} tiles on screen")
+    print(f"  frames drawn per tile per second: median {statistics.median(rates):.1f}, "
+          f"min {rates[0]:.1f}, max {rates[-1]:.1f}")
+    print(f"  frames published: {published:.0f}/s, sent by the server (frames_out): "
+          f"{sent:.0f}/s")
+    print(f"  server CPU: {cpu * 100:.0f} % of one core (receiving the publishers' frames "
+          f"included)")
+    print(f"  server viewers: {sum(s['viewer_count'] for s in streams)}, page WebSockets: "
+          f"{len(browser.websockets())}, HTTP picture requests: {browser.js(PICTURES_JS)}")
+    print(f"  page's JavaScript heap after garbage collection: {heap0 / 1e6:.1f} MB before, "
+          f"{heap1 / 1e6:.1f} MB after {sum(end.values()) - sum(start.values())} frames drawn")
+    print(f"  fetch('/health') from the page: {browser.js(FETCH_JS)} ms")
 
 
 if __name__ == "__main__":

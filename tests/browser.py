@@ -167,6 +167,19 @@ class Chromium:
         """Close a tab from ``open_tab``; our page is in front again."""
         self.call("Target.closeTarget", targetId=target)
 
+    def websockets(self) -> list[str]:
+        """The URLs of the page's open (or opening) WebSockets, found by the JavaScript
+        heap (``Runtime.queryObjects``), not by asking the page's script."""
+        prototype = self.page("Runtime.evaluate", expression="WebSocket.prototype")
+        found = self.page("Runtime.queryObjects",
+                          prototypeObjectId=prototype["result"]["objectId"])
+        listed = self.page(
+            "Runtime.callFunctionOn", objectId=found["objects"]["objectId"], returnByValue=True,
+            functionDeclaration="function () { return this.filter((ws) => ws.readyState <= 1)"
+            ".map((ws) => ws.url); }",
+        )
+        return listed["result"]["value"]
+
     def screenshot(self, path: Path) -> Path:
         """Save a PNG of the page (for looking at it while developing or after a failure)."""
         data = self.page("Page.captureScreenshot", format="png")["data"]

@@ -45,6 +45,7 @@ EXPECTED = {
     ("POST", "/publish/{name}"): "publish",
     ("PUT", "/publish/{name}"): "publish",
     ("GET", "/ws/publish/{name}"): "publish",
+    ("GET", "/ws/view"): "view",
     ("GET", "/stream/{name}"): "view",
     ("HEAD", "/stream/{name}"): "view",
     ("GET", "/snapshot/{name}"): "view",
@@ -83,6 +84,7 @@ EXPECTED = {
 #: What a permitted request gets once its handler ran (200 unless named here).
 PERMITTED_STATUS = {
     ("GET", "/ws/publish/{name}"): 101,  # the handshake
+    ("GET", "/ws/view"): 101,
     # cam_a's segment stays open all along (see CONFIG): deleting it is refused.
     ("DELETE", "/api/recordings/{stream}/{file}"): 409,
     # ... and holds no frame yet (its one frame waits for the next to know its duration).

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 import pytest
 
 from browser import Chromium, headless_chromium
 from helpers import wait_for
 
-# A hash of an image's pixels, drawn small: it changes when the picture changes.
-SIGNATURE_JS = """
-window.signature = (img) => {
+# A hash of a canvas's pixels, drawn small: it changes when the picture changes.
+PAGE_JS = """
+window.signature = (source) => {
   const canvas = document.createElement("canvas");
   canvas.width = 32; canvas.height = 24;
   const ctx = canvas.getContext("2d");
-  ctx.drawImage(img, 0, 0, 32, 24);
+  ctx.drawImage(source, 0, 0, 32, 24);
   let hash = 0;
   for (const value of ctx.getImageData(0, 0, 32, 24).data) hash = (hash * 31 + value) >>> 0;
   return hash;
 };
-window.tileImg = (name) => document.querySelector(`#grid li[data-stream="${name}"] img`);
+window.tile = (name) => document.querySelector(`#grid li[data-stream="${name}"]`);
+window.tileCanvas = (name) => tile(name).querySelector("canvas");
+// Frames a tile drew (the page counts them in data-frames), and their width (0: none yet).
+window.frames = (name) => Number(tile(name).querySelector(".media").dataset.frames || 0);
+window.tileWidth = (name) => frames(name) ? tileCanvas(name).width : 0;
+window.tileStatus = (name) => tile(name).querySelector(".media").dataset.status;
 window.tileNames = () => [...document.querySelectorAll("#grid li")].map((li) => li.dataset.stream);
+window.svFrames = () => Number(document.getElementById("sv-media").dataset.frames || 0);
+window.svCanvas = () => document.querySelector("#sv-media canvas");
+// Resources the page loaded that are a live picture by HTTP (none should be).
+window.pictureRequests = () => performance.getEntriesByType("resource")
+  .map((e) => e.name).filter((url) => /[/](stream|snapshot)[/]/.test(url));
 """
 
 
@@ -30,32 +38,39 @@ window.tileNames = () => [...document.querySelectorAll("#grid li")].map((li) => 
 def browser(tmp_path):
     """A headless Chromium; it and every helper process are gone after the test."""
     with headless_chromium(tmp_path / "chrome") as chrome:
+        chrome.page("Emulation.setDeviceMetricsOverride", width=1280, height=800,
+                    deviceScaleFactor=1, mobile=False)
         yield chrome
+
+
+def _stats(url: str, name: str) -> dict:
+    return httpx.get(f"{url}/api/streams/{name}/stats", timeout=10).json()
 
 
 def _wait_streams(url: str, names: list[str]) -> None:
     """Until the server lists exactly ``names`` with a frame each."""
-    for _ in range(100):
-        listed = httpx.get(f"{url}/api/streams").json()["streams"]
-        if sorted(s["name"] for s in listed) == names and all(s["width"] for s in listed):
-            return
-        threading.Event().wait(0.1)
-    raise AssertionError(f"server lists {listed}, expected {names}")
+    def listed():
+        streams = httpx.get(f"{url}/api/streams", timeout=10).json()["streams"]
+        return sorted(s["name"] for s in streams) == names and all(s["width"] for s in streams)
+
+    wait_for(listed, what=f"the streams {names}")
 
 
 def _wait_viewers(url: str, name: str, count: int) -> None:
-    """Until the server counts ``count`` viewers of ``name`` (a closed <img> takes a moment)."""
-    for _ in range(100):
-        viewers = httpx.get(f"{url}/api/streams/{name}/stats").json()["viewer_count"]
-        if viewers == count:
-            return
-        threading.Event().wait(0.1)
-    raise AssertionError(f"{name} has {viewers} viewers, expected {count}")
+    """Until the server counts ``count`` viewers of ``name``."""
+    wait_for(lambda: _stats(url, name)["viewer_count"] == count,
+             what=f"{count} viewer(s) of {name}")
 
 
 def _open_dashboard(browser: Chromium, url: str) -> None:
     browser.goto(url + "/")
-    browser.js(SIGNATURE_JS)
+    browser.js(PAGE_JS)
+
+
+def _one_socket(browser: Chromium, url: str) -> None:
+    """The page's only WebSocket is /ws/view, and it loaded no picture over HTTP."""
+    assert browser.websockets() == [url.replace("http://", "ws://") + "/ws/view"]
+    assert browser.js("pictureRequests()") == []
 
 
 def test_grid_shows_live_pictures_of_every_stream(start_server, publishers, browser):
@@ -66,69 +81,131 @@ def test_grid_shows_live_pictures_of_every_stream(start_server, publishers, brow
     _open_dashboard(browser, server.url)
 
     assert browser.wait_for("tileNames().length === 2 && tileNames()") == ["cam_a", "cam_b"]
-    widths = "[tileImg('cam_a').naturalWidth, tileImg('cam_b').naturalWidth]"
+    widths = "[tileWidth('cam_a'), tileWidth('cam_b')]"
     browser.wait_for(f"{widths}.every((w) => w > 0)")
     assert browser.js(widths) == [320, 160]
-    # Few streams: each tile is a live MJPEG <img> holding one viewer connection.
-    assert browser.js("tileImg('cam_a').getAttribute('src')") == "/stream/cam_a"
-    listed = httpx.get(f"{server.url}/api/streams").json()["streams"]
-    assert [s["viewer_count"] for s in listed] == [1, 1]
+    # Both tiles draw from one WebSocket: one server viewer each, no HTTP picture.
+    _one_socket(browser, server.url)
+    _wait_viewers(server.url, "cam_a", 1)
+    _wait_viewers(server.url, "cam_b", 1)
     # The pictures move: the pixels of both tiles change over time.
-    browser.js("window.first = ['cam_a', 'cam_b'].map((n) => signature(tileImg(n)))")
+    browser.js("window.first = ['cam_a', 'cam_b'].map((n) => signature(tileCanvas(n)))")
     browser.wait_for(
-        "['cam_a', 'cam_b'].every((n, i) => signature(tileImg(n)) !== first[i])", timeout=10
+        "['cam_a', 'cam_b'].every((n, i) => signature(tileCanvas(n)) !== first[i])", timeout=10
     )
     caption = browser.wait_for(
-        "document.querySelector('#grid li[data-stream=cam_a]').innerText.includes('fps')"
-        " && document.querySelector('#grid li[data-stream=cam_a]').innerText"
+        "tile('cam_a').innerText.includes('fps') && tile('cam_a').innerText"
     )
     assert "cam_a" in caption and "320×240" in caption and "inactive" in caption
+    # A recording dot, and the age of the frame shown.
+    browser.wait_for("!tile('cam_a').querySelector('.rec').hidden")
+    assert browser.wait_for("tile('cam_a').querySelector('.age').textContent").startswith("frame ")
+    # The header counts the viewers the tiles count.
+    browser.wait_for(
+        "document.getElementById('viewers').textContent === '2 viewers (all streams)'")
+    assert browser.js(
+        "['cam_a', 'cam_b'].every((n) => tile(n).innerText.includes('· 1 viewer ·'))")
     assert browser.wait_for("document.getElementById('health-status').textContent") == "healthy"
-    # Tiles are links: reachable with the keyboard, and they have alternative text.
+    # Tiles are links: reachable with the keyboard, and their pictures are named.
     tiles_js = "[...document.querySelectorAll('#grid a.tile')]"
     assert browser.js(f"{tiles_js}.map((a) => a.tabIndex)") == [0, 0]
-    assert browser.js("tileImg('cam_b').alt") == "Live view of cam_b"
+    assert browser.js("tileCanvas('cam_b').getAttribute('aria-label')") == "Live view of cam_b"
     # Access control is off: no sign-in form, no account, no token kept.
     hidden = "['signin', 'account', 'signin-open'].every((id) => document.getElementById(id).hidden)"
     assert browser.js(hidden)
     assert browser.js("sessionStorage.length + localStorage.length") == 0
-    _background_tab_lets_go_of_its_tiles(browser, server.url)
+    # frames_out counts what the socket sent (at least what the tile drew).
+    drawn = browser.js("frames('cam_a')")
+    assert _stats(server.url, "cam_a")["frames_out"] >= drawn > 0
+    _background_tab_costs_nothing(browser, server.url)
 
 
-def test_a_tile_asks_for_frames_no_wider_than_it_shows(start_server, publishers, browser):
-    server = start_server()
-    publishers(server.url, "wide_cam", size=(640, 480))
-    publishers(server.url, "narrow_cam", size=(160, 120))
-    _wait_streams(server.url, ["narrow_cam", "wide_cam"])
-    _open_dashboard(browser, server.url)
-    browser.wait_for("tileNames().length === 2")
-    browser.wait_for("tileImg('wide_cam').naturalWidth > 0 && tileImg('narrow_cam').naturalWidth > 0")
-    shown = browser.js(
-        "Math.ceil(tileImg('wide_cam').closest('a').clientWidth * devicePixelRatio / 160) * 160"
-    )
-    assert shown < 640  # the 1280-pixel window holds tiles narrower than that
-    assert browser.js("tileImg('wide_cam').getAttribute('src')") == f"/stream/wide_cam?width={shown}"
-    assert browser.js("tileImg('wide_cam').naturalWidth") == shown
-    # A stream no wider than its tile is sent as it is.
-    assert browser.js("tileImg('narrow_cam').getAttribute('src')") == "/stream/narrow_cam"
-    assert httpx.get(f"{server.url}/api/streams/wide_cam/stats").json()["variants"] == 1
-
-
-def _background_tab_lets_go_of_its_tiles(browser: Chromium, url: str) -> None:
-    # Another tab in front: this one lets go of its MJPEG connections, then takes them again.
+def _background_tab_costs_nothing(browser: Chromium, url: str) -> None:
+    # Another tab in front: this one asks for no frame (zero viewers, frames_out still),
+    # then for all of them again when it is back in front.
     other = browser.open_tab()
     browser.wait_for("document.visibilityState === 'hidden'")
     _wait_viewers(url, "cam_a", 0)
     _wait_viewers(url, "cam_b", 0)
+    before = _stats(url, "cam_a")["frames_out"]
+    total = _stats(url, "cam_a")["total_frames"]
+    wait_for(lambda: _stats(url, "cam_a")["total_frames"] >= total + 5, what="5 more frames")
+    assert _stats(url, "cam_a")["frames_out"] == before
     browser.close_tab(other)
     browser.wait_for("document.visibilityState === 'visible'")
     _wait_viewers(url, "cam_a", 1)
-    browser.wait_for("tileImg('cam_a').naturalWidth === 320")
+    drawn = browser.js("frames('cam_a')")
+    browser.wait_for(f"frames('cam_a') > {drawn}")
 
 
-def test_streams_come_and_go_without_reload_or_reconnecting_the_others(
+def test_a_tile_asks_for_frames_no_wider_than_it_shows_in_its_aspect_ratio(
     start_server, publishers, browser
 ):
+    server = start_server()
+    publishers(server.url, "wide_cam", size=(640, 360))
+    publishers(server.url, "narrow_cam", size=(160, 120))
+    _wait_streams(server.url, ["narrow_cam", "wide_cam"])
+    _open_dashboard(browser, server.url)
+    browser.wait_for("tileNames().length === 2")
+    browser.wait_for("tileWidth('wide_cam') > 0 && tileWidth('narrow_cam') > 0")
+    shown = browser.js(
+        "Math.ceil(tileCanvas('wide_cam').clientWidth * devicePixelRatio / 160) * 160")
+    assert shown < 640  # the 1280-pixel window holds tiles narrower than that
+    browser.wait_for(f"tileWidth('wide_cam') === {shown}")
+    # A stream no wider than its tile is sent as it is.
+    assert browser.js("tileWidth('narrow_cam')") == 160
+    assert _stats(server.url, "wide_cam")["variants"] == 1
+    assert _stats(server.url, "narrow_cam")["variants"] == 0
+    # Each tile has its stream's shape (16:9 and 4:3), not one fixed shape for all.
+    ratio = "tileCanvas('{}').clientHeight / tileCanvas('{}').clientWidth"
+    assert abs(browser.js(ratio.format("wide_cam", "wide_cam")) - 360 / 640) < 0.02
+    assert abs(browser.js(ratio.format("narrow_cam", "narrow_cam")) - 120 / 160) < 0.02
+
+
+def test_sixteen_streams_all_live_over_one_socket_and_hidden_tiles_cost_nothing(
+    start_server, publishers, browser
+):
+    server = start_server({"recording": {"enabled": False}})
+    names = [f"fleet{i:02d}" for i in range(16)]
+    for name in names:
+        publishers(server.url, name, size=(160, 120), fps=10)
+    _wait_streams(server.url, names)
+    _open_dashboard(browser, server.url)
+    browser.wait_for(f"tileNames().length === {len(names)}")
+
+    offscreen_js = ("tileNames().filter((n) => tile(n).getBoundingClientRect().top"
+                    " >= innerHeight)")
+    hidden = browser.js(offscreen_js)
+    visible = [name for name in names if name not in hidden]
+    assert hidden and visible, (hidden, visible)
+    # Every tile on screen draws frames, counted per tile by the page.
+    browser.wait_for(f"{visible}.every((n) => frames(n) >= 5)", timeout=30)
+    _one_socket(browser, server.url)
+    # Tiles below the fold ask for nothing: no viewer, no frame sent.
+    for name in hidden:
+        _wait_viewers(server.url, name, 0)
+    before = {name: _stats(server.url, name)["frames_out"] for name in hidden}
+    watched = _stats(server.url, visible[0])["frames_out"]
+    wait_for(lambda: _stats(server.url, visible[0])["frames_out"] >= watched + 10,
+             what="10 more frames to a tile on screen")
+    assert {name: _stats(server.url, name)["frames_out"] for name in hidden} == before
+    assert browser.js(f"{hidden}.map(frames)") == [0] * len(hidden)
+    assert browser.js(f"{hidden}.map(tileStatus)") == ["paused"] * len(hidden)
+
+    # Scrolled into view, they draw; those scrolled out let go.
+    browser.js("window.scrollTo(0, document.body.scrollHeight)")
+    browser.wait_for(f"{hidden}.every((n) => frames(n) >= 5)", timeout=30)
+    for name in hidden:
+        assert _stats(server.url, name)["frames_out"] > before[name]
+    gone = browser.js(
+        "tileNames().filter((n) => tile(n).getBoundingClientRect().bottom <= 0)")
+    assert gone
+    for name in gone:
+        _wait_viewers(server.url, name, 0)
+    _one_socket(browser, server.url)
+
+
+def test_streams_come_and_go_and_an_ended_stream_says_so(start_server, publishers, browser):
     server = start_server(
         {"streams": {"timeout_seconds": 2}, "cleanup": {"interval_seconds": 0.5}}
     )
@@ -136,9 +213,10 @@ def test_streams_come_and_go_without_reload_or_reconnecting_the_others(
     publishers(server.url, "cam_b")
     _wait_streams(server.url, ["cam_a", "cam_b"])
     _open_dashboard(browser, server.url)
-    browser.wait_for("tileNames().length === 2 && tileImg('cam_a').naturalWidth > 0")
-    # Mark the page and the two <img> elements: a reload or a rebuilt tile loses the mark.
-    browser.js("window.sameDocument = true; tileImg('cam_a').kept = tileImg('cam_b').kept = true")
+    browser.wait_for("tileNames().length === 2 && frames('cam_a') > 0")
+    # Mark the page and the two canvases: a reload or a rebuilt tile loses the mark.
+    browser.js("window.sameDocument = true;"
+               "tileCanvas('cam_a').kept = tileCanvas('cam_b').kept = true")
 
     extra = publishers(server.url, "cam_0")
     assert browser.wait_for("tileNames().length === 3 && tileNames()") == [
@@ -146,42 +224,44 @@ def test_streams_come_and_go_without_reload_or_reconnecting_the_others(
         "cam_a",
         "cam_b",
     ]
-    browser.wait_for("tileImg('cam_0').naturalWidth > 0")
+    browser.wait_for("frames('cam_0') > 0")
     extra.stop()  # the server removes it after 2 s without a frame
-    browser.wait_for("tileNames().join() === 'cam_a,cam_b'", timeout=15)
+    # The tile says so over its last picture (not a broken image), then goes.
+    browser.wait_for("tileStatus('cam_0') === 'ended'", timeout=15)
+    assert browser.js("tile('cam_0').querySelector('.state').textContent") == "Stream ended"
+    assert browser.js("!tile('cam_0').querySelector('.state').hidden")
+    browser.wait_for("tileNames().join() === 'cam_a,cam_b'", timeout=25)
 
     assert browser.js("window.sameDocument === true")
-    assert browser.js("tileImg('cam_a').kept && tileImg('cam_b').kept")
-    assert browser.js("tileImg('cam_a').getAttribute('src')") == "/stream/cam_a"
+    assert browser.js("tileCanvas('cam_a').kept && tileCanvas('cam_b').kept")
     assert httpx.get(f"{server.url}/api/streams/cam_0/stats").status_code == 404
 
     # Deleted while its publisher goes on: a new stream of the same name within a frame.
-    # The tile's MJPEG response ended with the old one, so the tile reconnects.
+    # The tile shows it ended, then subscribes again and moves on.
     assert httpx.delete(f"{server.url}/api/streams/cam_a").status_code == 200
-    browser.wait_for("tileImg('cam_a').getAttribute('src') === '/stream/cam_a?g=1'")
-    browser.js("window.first = signature(tileImg('cam_a'))")
-    browser.wait_for("signature(tileImg('cam_a')) !== first")
-    assert browser.js("tileImg('cam_a').kept && window.sameDocument === true")
+    browser.wait_for("tileStatus('cam_a') === 'ended'")
+    drawn = browser.js("frames('cam_a')")
+    browser.wait_for(f"tileStatus('cam_a') === 'live' && frames('cam_a') > {drawn}")
+    browser.js("window.first = signature(tileCanvas('cam_a'))")
+    browser.wait_for("signature(tileCanvas('cam_a')) !== first")
+    assert browser.js("tileCanvas('cam_a').kept && window.sameDocument === true")
+    _one_socket(browser, server.url)
 
 
-def test_many_streams_use_snapshots_not_connections(start_server, publishers, browser):
-    server = start_server()
-    names = [f"cam{i}" for i in range(6)]
-    for name in names:
-        publishers(server.url, name, size=(160, 120), fps=5)
-    _wait_streams(server.url, names)
+def test_the_socket_comes_back_after_a_server_restart(start_server, publishers, browser,
+                                                      hold_port):
+    port = hold_port(for_server=True)
+    server = start_server({"server": {"port": port}})
+    publishers(server.url, "cam")
+    _wait_streams(server.url, ["cam"])
     _open_dashboard(browser, server.url)
-
-    browser.wait_for(f"tileNames().length === {len(names)}")
-    browser.wait_for("tileNames().every((n) => tileImg(n).naturalWidth === 160)")
-    sources = browser.js("tileNames().map((n) => tileImg(n).getAttribute('src'))")
-    assert all(src.startswith(f"/snapshot/{n}?") for src, n in zip(sources, names))
-    browser.js("window.first = tileNames().map((n) => signature(tileImg(n)))")
-    browser.wait_for("tileNames().every((n, i) => signature(tileImg(n)) !== first[i])")
-    assert browser.js("!document.getElementById('grid-mode').hidden")
-    # No tile holds an MJPEG connection, so the browser keeps connections for everything else.
-    listed = httpx.get(f"{server.url}/api/streams").json()["streams"]
-    assert [s["viewer_count"] for s in listed] == [0] * len(names)
+    browser.wait_for("tileNames().length === 1 && frames('cam') > 0")
+    server.stop()
+    browser.wait_for("['reconnecting', 'ended'].includes(tileStatus('cam'))")
+    server.start()
+    drawn = browser.js("frames('cam')")
+    browser.wait_for(f"tileStatus('cam') === 'live' && frames('cam') > {drawn}", timeout=30)
+    _one_socket(browser, server.url)
 
 
 def test_stream_view_shows_live_video_stats_and_plays_a_recording(
@@ -199,35 +279,54 @@ def test_stream_view_shows_live_video_stats_and_plays_a_recording(
     browser.js("document.querySelector('#grid a.tile').focus()")
     browser.press("Enter", 13, "\r")  # opened from the keyboard
     browser.wait_for("location.hash === '#/stream/cam'")
-    browser.wait_for("document.getElementById('sv-live').naturalWidth === 320")
-    _wait_viewers(server.url, "cam", 1)  # the view's live image; the tile let go of its own
-    assert browser.js("document.getElementById('sv-live').getAttribute('src')") == "/stream/cam"
+    browser.wait_for("svFrames() > 0 && svCanvas().width === 320")
+    _wait_viewers(server.url, "cam", 1)  # the view's player; the tile let go of its own
+    _one_socket(browser, server.url)
     assert browser.js("document.getElementById('grid-view').hidden")
+    # The player has the stream's shape.
+    assert abs(browser.js("svCanvas().clientHeight / svCanvas().clientWidth") - 0.75) < 0.02
     stats = browser.wait_for(
         "document.getElementById('sv-stats').innerText.includes('Frames')"
         " && document.getElementById('sv-stats').innerText"
     )
     assert "320×240" in stats and "Recorded" in stats
+    # One time zone, named in the footer (the browser's; UTC in this headless one).
+    zone = browser.js("document.getElementById('zone').textContent")
+    assert "(UTC+00:00)" in zone, zone
     assert browser.js("document.getElementById('sv-snapshot').getAttribute('href')") == (
         "/snapshot/cam"
     )
+    assert browser.wait_for("!document.getElementById('sv-rec').hidden")
 
+    _fullscreen(browser, "#sv-media .fs", "document.getElementById('sv-media')")
     _play_a_finished_recording(browser, server.url)
 
-    # The stream is deleted and its publisher creates it again: the live image reconnects.
+    # The stream is deleted and its publisher creates it again: the player says it ended,
+    # then shows the new stream.
     assert httpx.delete(f"{server.url}/api/streams/cam").status_code == 200
-    browser.wait_for("document.getElementById('sv-live').src.includes('/stream/cam?t=')")
-    browser.js("window.first = signature(document.getElementById('sv-live'))")
-    browser.wait_for("signature(document.getElementById('sv-live')) !== first")
+    browser.wait_for("document.getElementById('sv-media').dataset.status === 'ended'")
+    drawn = browser.js("svFrames()")
+    browser.wait_for(f"svFrames() > {drawn}")
 
-    # Back to the grid: the view's live image and the player let go of their connections.
+    # Back to the grid: the player lets go, the tile takes its place.
     browser.js("location.hash = '#/'")
     browser.wait_for("!document.getElementById('grid-view').hidden")
-    assert browser.js("document.getElementById('sv-live').src.startsWith('data:')")
-    # (the grid saw the stream re-created meanwhile, so its tile asks with ?g=1)
-    tile_src = browser.js("document.querySelector('#grid img').getAttribute('src')")
-    assert tile_src in ("/stream/cam", "/stream/cam?g=1")
+    assert browser.js("svCanvas()") is None
+    browser.wait_for("frames('cam') > 0")
     _wait_viewers(server.url, "cam", 1)  # the tile again, alone
+
+
+def _fullscreen(browser: Chromium, button: str, element: str) -> None:
+    """Click ``button`` like a user (a real mouse event) and leave fullscreen again."""
+    box = browser.js(f"(() => {{ const r = document.querySelector('{button}')"
+                     ".getBoundingClientRect();"
+                     " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+    for kind in ("mousePressed", "mouseReleased"):
+        browser.page("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1],
+                     button="left", clickCount=1)
+    browser.wait_for(f"document.fullscreenElement === {element}")
+    browser.js("document.exitFullscreen()")
+    browser.wait_for("document.fullscreenElement === null")
 
 
 def _play_a_finished_recording(browser: Chromium, url: str) -> None:

@@ -25,7 +25,12 @@ SESSION_KEY = "robogpt-video.session"
 PAGE_JS = """
 window.byId = (id) => document.getElementById(id);
 window.shown = (id) => !document.getElementById(id).hidden;
-window.tileImg = (name) => document.querySelector(`#grid li[data-stream="${name}"] img`);
+// The width of the frames a tile (or the stream view) drew; 0 before the first one.
+window.drawnWidth = (media) =>
+  media && media.dataset.frames > 0 ? media.querySelector("canvas").width : 0;
+window.tileWidth = (name) =>
+  drawnWidth(document.querySelector(`#grid li[data-stream="${name}"] .media`));
+window.svWidth = () => drawnWidth(byId("sv-media"));
 window.tileNames = () => [...document.querySelectorAll("#grid li")].map((li) => li.dataset.stream);
 """
 
@@ -106,6 +111,7 @@ def test_sign_in_with_a_password_then_live_tiles_and_recordings_until_sign_out(
     assert browser.js(
         "performance.getEntriesByType('resource').every((e) => !/[/](stream|snapshot)[/]/.test(e.name))"
     )
+    assert browser.websockets() == []
 
     assert _error_after(browser, "wrong", name="ops") == (
         "Sign-in refused: wrong user name or password"
@@ -114,15 +120,15 @@ def test_sign_in_with_a_password_then_live_tiles_and_recordings_until_sign_out(
 
     _sign_in(browser, "ops", PASSWORD)
     assert browser.wait_for("tileNames().length === 2 && tileNames()") == ["cam_a", "cam_b"]
-    widths = "[tileImg('cam_a').naturalWidth, tileImg('cam_b').naturalWidth]"
+    widths = "[tileWidth('cam_a'), tileWidth('cam_b')]"
     browser.wait_for(f"{widths}.every((w) => w > 0)")
     assert browser.js(widths) == [320, 160]
     assert browser.js("!shown('signin') && byId('account-user').textContent") == "ops"
     token = browser.js(f"{_kept()}.token")
     assert token.startswith("rgv1.")
     assert browser.js("localStorage.length") == 0
-    src = browser.js("tileImg('cam_a').getAttribute('src')")
-    assert src == f"/stream/cam_a?token={token}"
+    # One socket for every tile, with the token (a browser's WebSocket has no header).
+    assert browser.websockets() == [f"{server.url.replace('http', 'ws')}/ws/view?token={token}"]
     _wait_viewers(server.url, {"cam_a": 1, "cam_b": 1})
     # /health's details come with the token.
     assert "streams" in browser.wait_for("byId('summary').textContent")
@@ -132,7 +138,7 @@ def test_sign_in_with_a_password_then_live_tiles_and_recordings_until_sign_out(
 
     # Asked once: a reload in the same tab keeps the sign-in.
     _open(browser, server.url)
-    browser.wait_for("tileNames().length === 2 && tileImg('cam_a').naturalWidth === 320")
+    browser.wait_for("tileNames().length === 2 && tileWidth('cam_a') === 320")
     assert browser.js("!shown('signin')")
 
     _stream_view_plays_a_recording(browser, server.url, token)
@@ -149,8 +155,7 @@ def test_sign_in_with_a_password_then_live_tiles_and_recordings_until_sign_out(
 
 def _stream_view_plays_a_recording(browser: Chromium, url: str, token: str) -> None:
     browser.js("location.hash = '#/stream/cam_a'")
-    browser.wait_for("byId('sv-live').naturalWidth === 320")
-    assert browser.js("byId('sv-live').getAttribute('src')") == f"/stream/cam_a?token={token}"
+    browser.wait_for("svWidth() === 320")
     assert browser.js("byId('sv-snapshot').getAttribute('href')") == (
         f"/snapshot/cam_a?token={token}"
     )
@@ -179,8 +184,8 @@ def test_a_token_user_sees_its_streams_and_is_told_in_place_what_it_may_not_do(
     _open(browser, server.url)
 
     # Anyone may watch the lobby: no form, its tile, and a way to sign in.
-    browser.wait_for("tileNames().join() === 'lobby' && tileImg('lobby').naturalWidth === 160")
-    assert browser.js("tileImg('lobby').getAttribute('src')") == "/stream/lobby"
+    browser.wait_for("tileNames().join() === 'lobby' && tileWidth('lobby') === 160")
+    assert browser.websockets() == [f"{server.url.replace('http', 'ws')}/ws/view"]
     browser.wait_for("shown('signin-open')")
     assert browser.js("!shown('signin') && !shown('account')")
     browser.js("byId('signin-open').click()")
@@ -191,7 +196,7 @@ def test_a_token_user_sees_its_streams_and_is_told_in_place_what_it_may_not_do(
     browser.wait_for("byId('account-user').textContent === 'guest'")
     # The server lists only what guest may view, and what anyone may.
     browser.wait_for("tileNames().join() === 'cam_a,lobby' "
-                     "&& tileImg('cam_a').naturalWidth === 160")
+                     "&& tileWidth('cam_a') === 160")
     assert browser.js("!shown('signin-open')")
 
     # Another stream by its address: "not allowed" where the video would be.
@@ -199,21 +204,21 @@ def test_a_token_user_sees_its_streams_and_is_told_in_place_what_it_may_not_do(
     denied = browser.wait_for("shown('sv-denied') && byId('sv-denied').textContent")
     assert denied.startswith("Not allowed: you may not watch cam_b")
     assert "user 'guest' has no view permission on stream 'cam_b'" in denied
-    assert browser.js("!shown('sv-live') && byId('sv-live').src.startsWith('data:')")
+    assert browser.js("!shown('sv-media') && !document.querySelector('#sv-media canvas')")
     _wait_viewers(server.url, {"cam_b": 0})
     recordings = browser.wait_for("shown('rec-empty') && byId('rec-empty').textContent")
     assert recordings.startswith("Not allowed: you may not play back recordings")
 
     # Its own stream: live; its recordings are not guest's to play back.
     browser.js("location.hash = '#/stream/cam_a'")
-    browser.wait_for("shown('sv-live') && byId('sv-live').naturalWidth === 160")
+    browser.wait_for("shown('sv-media') && svWidth() === 160")
     assert browser.js("!shown('sv-denied')")
     browser.wait_for("byId('rec-empty').textContent.startsWith('Not allowed')")
 
     # Signed out: anonymous again, with the lobby (not a form, anyone may watch it).
     browser.js("location.hash = '#/'")
     browser.js("byId('signout').click()")
-    browser.wait_for("tileNames().join() === 'lobby' && tileImg('lobby').naturalWidth === 160")
+    browser.wait_for("tileNames().join() === 'lobby' && tileWidth('lobby') === 160")
     browser.wait_for("shown('signin-open')")
     assert browser.js("!shown('signin') && !shown('account')")
 
@@ -230,7 +235,7 @@ def test_an_ended_session_brings_the_form_back_once(
     _open(browser, server.url)
     browser.wait_for("shown('signin')")
     _sign_in(browser, "ops", PASSWORD)
-    browser.wait_for("tileImg('cam_a') && tileImg('cam_a').naturalWidth === 320")
+    browser.wait_for("tileWidth('cam_a') === 320")
     old = browser.js(f"{_kept()}.token")
     # Watch what the page sends from now on, and how often the form appears.
     browser.js("""
@@ -270,7 +275,7 @@ def test_an_ended_session_brings_the_form_back_once(
         assert response.headers["WWW-Authenticate"].startswith("Basic ")
 
     _sign_in(browser, "ops", PASSWORD)
-    browser.wait_for("tileImg('cam_a') && tileImg('cam_a').naturalWidth === 320", timeout=20)
+    browser.wait_for("tileWidth('cam_a') === 320", timeout=20)
     assert browser.js(f"{_kept()}.token") != old
 
 

@@ -79,6 +79,8 @@ RULES = (
     _rule("GET", "/ws/publish/{name}", "publish", "name"),
     _rule("GET HEAD", "/stream/{name}", "view", "name"),
     _rule("GET HEAD", "/snapshot/{name}", "view", "name"),
+    # Some stream: the socket checks `view` on each stream it is asked for.
+    _rule("GET", "/ws/view", "view"),
     _rule("GET", "/api/streams", "view"),
     _rule("GET", "/api/streams/{name}/stats", "view", "name"),
     _rule("GET", "/api/streams/{name}/frames", "view", "name"),

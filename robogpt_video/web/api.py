@@ -31,6 +31,12 @@ def _stream(request: Request, name: str):
     return stream
 
 
+def _is_recording(recorder, name: str) -> bool:
+    """Whether this node writes a segment of ``name`` now."""
+    stats = recorder.stream_stats(name) if recorder is not None else None
+    return bool(stats and stats.get("segment"))
+
+
 @router.get("/api/streams", response_model=StreamList, tags=["streams"])
 async def list_streams(request: Request) -> dict:
     """All live streams with their statistics."""
@@ -42,6 +48,8 @@ async def list_streams(request: Request) -> dict:
         every = [stream.summary() for stream in runtime.registry]
     streams = [s for s in every if not authenticator.enabled or visible(s["name"])]
     streams.sort(key=lambda s: s["name"])
+    for summary in streams:  # the dashboard's recording dot
+        summary["is_recording"] = _is_recording(runtime.recorder, summary["name"])
     return {"count": len(streams), "streams": streams}
 
 
@@ -57,10 +65,11 @@ async def stream_stats(request: Request, name: str) -> dict:
         stats = await runtime.cluster.stream_stats(name)
         if stats is not None:
             recording = recorder.stream_stats(name) if recorder is not None else None
-            return {**stats, "recording": recording}
+            return {**stats, "recording": recording, "is_recording": _is_recording(recorder, name)}
     stream = _stream(request, name)
     recording = recorder.stream_stats(stream.name) if recorder is not None else None
-    return {**stream.stats(), "recording": recording}
+    return {**stream.stats(), "recording": recording,
+            "is_recording": _is_recording(recorder, stream.name)}
 
 
 @router.get(

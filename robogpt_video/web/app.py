@@ -21,7 +21,9 @@ from .. import __version__
 from ..auth import Authenticator
 from ..config import Settings
 from ..runtime import Runtime
-from . import api, cleanup, clips, ingest, live, metrics, openapi, recordings, session, ui
+from . import (
+    api, cleanup, clips, ingest, live, metrics, openapi, recordings, session, ui, viewsocket,
+)
 from .access import Access
 from .connections import ConnectionLimits
 from .errors import EXCEPTION_HANDLERS
@@ -112,6 +114,7 @@ def create_app(
     runtime.on_shutdown.append(draining.set)
     live.add_routes(app)
     ingest.add_routes(app)
+    viewsocket.add_routes(app)
     # Last: every path the routes above do not take (and their OPTIONS preflights).
     api_app = create_api(settings, runtime, app_metrics, access.authenticator)
     app.router.register_resource(ASGIResource(_Asgi24(api_app), root_path="/"))

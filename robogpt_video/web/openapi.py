@@ -327,6 +327,34 @@ def _websocket() -> dict:
     }
 
 
+def _view_socket() -> dict:
+    return {
+        "tags": ["live"],
+        "summary": "Watch many streams over one WebSocket (the dashboard's)",
+        "description": (
+            "Send a text message `{\"type\": \"subscribe\", \"streams\": [{\"name\": \"cam1\", "
+            "\"fps\": 15, \"width\": 320, \"quality\": 70}]}` (`fps`, `width`, `quality` as "
+            "on `/stream/{name}`, all optional); each such message replaces the set. Each "
+            "frame comes as one binary message: byte 0 the header version (1), byte 1 the "
+            "length N of the stream's name, N bytes of name, then big-endian float64 "
+            "sequence, float64 arrival time (Unix seconds), float32 age when sent "
+            "(seconds), uint16 width, uint16 height, and the JPEG. A slow link skips to "
+            "each stream's newest frame. Text messages from the server are JSON with a "
+            "`type`: `subscribed` (the streams now served), `ended` (no such stream, or "
+            "it ended: subscribe again to retry), `forbidden` (no `view` permission on "
+            "that stream), `error` (a bad message, e.g. `invalid_message`, or "
+            "`viewer_limit_reached`); the connection stays open after each. With access "
+            "control on, a browser passes its token as `?token=`."
+        ),
+        "operationId": "view_socket",
+        "responses": {
+            "101": {"description": "Switching Protocols: the WebSocket is open"},
+            "400": _error("`websocket_required`: not a WebSocket handshake "
+                          "(no `Upgrade: websocket`)"),
+        },
+    }
+
+
 def _view(head: bool) -> dict:
     ok: dict[str, Any] = {
         "description": "Live MJPEG until the stream ends (deleted or timed out) or the server "
@@ -380,6 +408,7 @@ def _hot_paths() -> dict:
     return {
         "/publish/{name}": {"post": _publish("post"), "put": _publish("put")},
         "/ws/publish/{name}": {"get": _websocket()},
+        "/ws/view": {"get": _view_socket()},
         "/stream/{name}": {"get": _view(False), "head": _view(True)},
         "/snapshot/{name}": {"get": _snapshot(False), "head": _snapshot(True)},
     }

@@ -19,6 +19,8 @@ class StreamSummary(_Open):
     fps: float
     width: int | None = None
     height: int | None = None
+    #: This node is writing a recording segment of it now.
+    is_recording: bool = False
 
 
 class StreamList(_Open):

@@ -6,15 +6,11 @@
 const POLL_MS = 2000;       // /api/streams and the open stream's stats
 const HEALTH_MS = 5000;     // /health
 const RECORDINGS_MS = 10000;
-const SNAPSHOT_MS = 1000;   // a snapshot tile asks for its next JPEG this long after the last
-// An MJPEG <img> holds one HTTP connection for as long as it shows. Over HTTP/1.1
-// Chrome opens at most 6 connections per host, shared by every tab; a 7th request
-// waits until one closes. So live tiles only while few enough leave 2 connections
-// for the API, snapshots and navigation. HTTP/2 (e.g. behind the nginx example)
-// multiplexes everything on one connection and has no such limit.
-const LIVE_TILES_HTTP1 = 4;
-const LIVE_TILES_HTTP2 = 64;
-// Setting an <img> to this ends its MJPEG request (removing the element may not).
+const ENDED_KEEP_MS = 10000;  // a tile whose stream ended stays this long, saying so
+const RECONNECT_MS = [500, 1000, 2000, 4000, 8000];  // the live socket's backoff
+// Every live picture comes over ONE WebSocket (/ws/view): an MJPEG <img> per tile
+// would hold one of the browser's 6 HTTP/1.1 connections to this server each.
+// Setting an <img> to this ends its request (the recording player's).
 const BLANK = "data:image/gif;base64,R0lGODlhAQABAAAAACH5BAEKAAEALAAAAAABAAEAAAICTAEAOw==";
 // The sign-in (POST /api/session's answer) is kept under this key in sessionStorage:
 // this tab only, gone when the tab closes.
@@ -22,28 +18,18 @@ const SESSION_KEY = "robogpt-video.session";
 
 const $ = (id) => document.getElementById(id);
 const tiles = new Map();    // stream name -> tile
-let tileMode = "live";      // "live" or "snapshot", for every tile at once
 let openStream = null;      // name shown in the single-stream view, or null
 let reviewing = false;      // the recordings page (recordings.js) is shown
 let svTimers = [];
 let lastSegment = null;     // the open stream's recording file: a new one refreshes the table
-let svCreated = null;       // the open stream's created_at; another one means reconnect
-let svLive = false;         // whether the open stream's live <img> is (to be) showing
+let svCreated = null;       // the open stream's created_at; another one means a new stream
+let svView = null;          // the open stream's live view (see makeView), once allowed
 let session = null;         // {user, token, expires, permissions} once signed in
 let authEpoch = 0;          // +1 at every sign-in and sign-out: older answers are dropped
 let statusOnlyHealth = false;  // /health left out its details: access control is on
 let signedOutNote = null;   // what the sign-in form says after "Sign out"
 let dashboardLoops = [];    // stops the grid's poll
 let holdTimer = null;       // counts down a 429's Retry-After on the sign-in button
-
-function liveTileLimit() {
-  const forced = new URLSearchParams(location.search).get("tiles");
-  if (forced === "live") return Infinity;
-  if (forced === "snapshot") return 0;
-  const nav = performance.getEntriesByType("navigation")[0];
-  const multiplexed = nav && /^(h2|h3)/.test(nav.nextHopProtocol || "");
-  return multiplexed ? LIVE_TILES_HTTP2 : LIVE_TILES_HTTP1;
-}
 
 // An error answer as an Error: the server's message, its status and Retry-After.
 async function failure(url, response) {
@@ -121,6 +107,7 @@ const fmt = {
   },
   size(s) { return s.width ? `${s.width}×${s.height}` : "no frame"; },
   time(iso) { return iso ? localTime(Date.parse(iso) / 1000) : "–"; },  // recordings.js
+  age(s) { return s < 10 ? `${s.toFixed(1)}\u00a0s` : fmt.seconds(s); },
 };
 
 function el(tag, props = {}, ...children) {
@@ -145,7 +132,6 @@ async function pollHealth() {
     $("health-problems").replaceChildren(...problems);
     $("summary").textContent = statusOnlyHealth ? "" : [
       `${health.active_streams} / ${health.max_streams} streams`,
-      plural(health.viewers, "viewer"),
       health.recording_enabled ? "recording" : "recording off",
     ].join(" · ");
     $("version").textContent = statusOnlyHealth ? "" : ` · v${health.version}`;
@@ -159,82 +145,285 @@ async function pollHealth() {
   }
 }
 
+// ---- live pictures: one WebSocket for every tile and the stream view ----------------
+// The page sends the set of streams it shows (one JSON message that replaces the last);
+// the server sends each frame as one binary message: header + JPEG (docs/dashboard.md).
+// A view is one place a stream is drawn: a tile, or the stream view's player.
+
+const live = {
+  ws: null,          // the socket, while open or opening
+  sent: null,        // the last subscribe message sent on it
+  retry: 0,          // reconnect attempts since the last open
+  timer: null,       // the next reconnect
+  views: new Map(),  // stream name -> views drawing it (a tile, the stream view)
+};
+
+// Four corners (an inline SVG: no icon font to load).
+const FULLSCREEN_ICON = '<svg viewBox="0 0 16 16" width="14" height="14" aria-hidden="true" ' +
+  'fill="none" stroke="currentColor" stroke-width="2"><path d="M1 5V1h4M11 1h4v4M15 11v4h-4M5 15H1v-4"/></svg>';
+
+function makeView(name, media) {
+  const canvas = el("canvas", { width: 4, height: 3 });
+  canvas.setAttribute("role", "img");
+  const state = el("div", { className: "state" });
+  const age = el("span", { className: "age" });
+  const fullscreen = el("button", { type: "button", className: "fs" });
+  fullscreen.innerHTML = FULLSCREEN_ICON;
+  fullscreen.title = "Fullscreen";
+  fullscreen.setAttribute("aria-label", `Fullscreen ${name}`);
+  fullscreen.addEventListener("click", (event) => {
+    event.preventDefault();
+    event.stopPropagation();
+    if (document.fullscreenElement) document.exitFullscreen();
+    else media.requestFullscreen().catch((error) => console.warn(error));
+  });
+  media.append(canvas, state, age, fullscreen);
+  const view = {
+    name, media, canvas, state, age, fullscreen,
+    frames: 0,          // frames drawn (media.dataset.frames, for tests and curiosity)
+    pending: null,      // the newest frame waiting while one is decoded
+    decoding: false,
+    shownAge: null,     // [age when sent (s), performance.now() when received]
+    status: "connecting",
+    width: 0,           // the width it asks for (0: as sent)
+  };
+  setStatus(view, "connecting");
+  return view;
+}
+
+// What a view shows over its picture: nothing while frames come.
+const STATUS_TEXT = {
+  connecting: "Connecting…", reconnecting: "Reconnecting…", ended: "Stream ended",
+  waiting: "Waiting for a frame…", paused: "",
+};
+
+function setStatus(view, status, text) {
+  view.status = status;
+  view.media.dataset.status = status;
+  view.state.textContent = text || STATUS_TEXT[status] || "";
+  view.state.hidden = !view.state.textContent;
+}
+
+function setAspect(view, width, height) {
+  if (width && height) view.canvas.style.aspectRatio = `${width} / ${height}`;
+}
+
+function attach(view) {
+  let views = live.views.get(view.name);
+  if (!views) live.views.set(view.name, views = new Set());
+  views.add(view);
+}
+
+function detach(view) {
+  const views = live.views.get(view.name);
+  if (views) {
+    views.delete(view);
+    if (!views.size) live.views.delete(view.name);
+  }
+}
+
+// A view asks for frames no wider than it shows (in device pixels, rounded up to a
+// multiple of WIDTH_STEP so that views of about the same size share one resized
+// version on the server); a stream no wider than that is sent as it is.
+const WIDTH_STEP = 160;
+
+function askedWidth(view) {
+  const streamWidth = view.streamWidth || 0;
+  const shown = view.canvas.clientWidth * (window.devicePixelRatio || 1);
+  const width = Math.ceil(shown / WIDTH_STEP) * WIDTH_STEP;
+  return width > 0 && streamWidth > width ? width : 0;
+}
+
+// The views that want frames now: none while the tab is hidden; else the stream
+// view's player, or the grid's tiles that are on screen and whose stream is live.
+function wantedViews() {
+  if (document.hidden || reviewing || !$("signin").hidden) return [];
+  if (openStream !== null) return svView && svView.status !== "ended" ? [svView] : [];
+  return [...tiles.values()]
+    .filter((tile) => tile.onscreen && tile.view.status !== "ended")
+    .map((tile) => tile.view);
+}
+
+// Send the set of wanted streams when it changed; open the socket if needed.
+function syncLive() {
+  const wanted = wantedViews();
+  for (const tile of tiles.values()) {
+    if (!wanted.includes(tile.view) && tile.view.status !== "ended") setStatus(tile.view, "paused");
+  }
+  const streams = wanted.map((view) => {
+    const entry = { name: view.name };
+    if (view.width) entry.width = view.width;
+    return entry;
+  });
+  const message = JSON.stringify({ type: "subscribe", streams });
+  if (!live.ws) {
+    if (streams.length && live.timer === null) connectLive();
+    return;
+  }
+  if (live.ws.readyState !== WebSocket.OPEN || message === live.sent) return;
+  live.ws.send(message);
+  live.sent = message;
+  for (const view of wanted) if (view.status === "paused") setStatus(view, "waiting");
+}
+
+function connectLive() {
+  live.timer = null;
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${scheme}//${location.host}${withToken("/ws/view")}`);
+  ws.binaryType = "arraybuffer";
+  live.ws = ws;
+  live.sent = null;
+  ws.onopen = () => {
+    live.retry = 0;
+    syncLive();
+  };
+  ws.onmessage = (event) => {
+    if (ws !== live.ws) return;
+    if (typeof event.data === "string") liveNotice(JSON.parse(event.data));
+    else liveFrame(event.data);
+  };
+  ws.onclose = () => {
+    if (ws !== live.ws) return;  // closed on purpose (closeLive)
+    live.ws = null;
+    live.sent = null;
+    for (const views of live.views.values()) {
+      for (const view of views) if (view.status !== "ended") setStatus(view, "reconnecting");
+    }
+    // The server restarted or this node went away: try again, less and less often.
+    const delay = RECONNECT_MS[Math.min(live.retry, RECONNECT_MS.length - 1)];
+    live.retry += 1;
+    live.timer = setTimeout(() => { live.timer = null; syncLive(); }, delay);
+  };
+}
+
+function closeLive() {
+  clearTimeout(live.timer);
+  live.timer = null;
+  const ws = live.ws;
+  live.ws = null;
+  live.sent = null;
+  if (ws) ws.close();
+}
+
+// A text message: a stream ended or is not allowed, or a bad message (a bug here).
+function liveNotice(notice) {
+  const views = notice.stream ? live.views.get(notice.stream) : null;
+  if (notice.type === "subscribed" || !views) {
+    if (notice.type === "error") console.warn("live socket:", notice.message);
+    return;
+  }
+  for (const view of views) {
+    if (notice.type === "ended") {
+      view.pending = null;
+      setStatus(view, "ended");
+    } else if (notice.type === "forbidden") {
+      setStatus(view, "forbidden", `Not allowed: ${notice.message}`);
+    } else {
+      setStatus(view, "error", notice.message);
+    }
+  }
+  live.sent = null;  // the server dropped it from the set: send the set again when asked
+}
+
+// A binary message: version, name length, name, then float64 sequence, float64 arrival
+// time, float32 age when sent, uint16 width and height (big-endian), then the JPEG.
+function liveFrame(buffer) {
+  const bytes = new Uint8Array(buffer);
+  if (bytes[0] !== 1) return;
+  const length = bytes[1];
+  const name = String.fromCharCode(...bytes.subarray(2, 2 + length));
+  const views = live.views.get(name);
+  if (!views) return;
+  const data = new DataView(buffer, 2 + length);
+  const frame = {
+    seq: data.getFloat64(0), age: data.getFloat32(16), received: performance.now(),
+    width: data.getUint16(20), height: data.getUint16(22),
+    jpeg: new Blob([bytes.subarray(2 + length + 24)], { type: "image/jpeg" }),
+  };
+  for (const view of views) draw(view, frame);
+}
+
+// One decode at a time per view; a frame that comes meanwhile replaces the waiting
+// one (newest wins). Each bitmap is closed once drawn: nothing piles up.
+function draw(view, frame) {
+  if (view.decoding) {
+    view.pending = frame;
+    return;
+  }
+  view.decoding = true;
+  createImageBitmap(frame.jpeg).then((bitmap) => {
+    const { canvas } = view;
+    if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+    }
+    setAspect(view, frame.width, frame.height);
+    canvas.getContext("2d").drawImage(bitmap, 0, 0);
+    bitmap.close();
+    view.frames += 1;
+    view.media.dataset.frames = view.frames;
+    view.shownAge = [frame.age, frame.received];
+    if (view.status !== "ended" && view.status !== "live") setStatus(view, "live");
+  }).catch((error) => console.warn(`${view.name}: a frame did not decode`, error))
+    .finally(() => {
+      view.decoding = false;
+      const next = view.pending;
+      view.pending = null;
+      if (next && view.status !== "ended") draw(view, next);
+    });
+}
+
+// Frame age (the server's age when it sent the frame plus the time since it came: no
+// clock of the browser is compared with the server's).
+function showAges() {
+  const now = performance.now();
+  for (const views of live.views.values()) {
+    for (const view of views) {
+      if (!view.shownAge) continue;
+      const age = view.shownAge[0] + (now - view.shownAge[1]) / 1000;
+      view.age.textContent = `frame ${fmt.age(age)} old`;
+      view.age.classList.toggle("old", age >= 2);
+    }
+  }
+}
+
 // ---- grid ---------------------------------------------------------------------
 
 function makeTile(name) {
-  const img = el("img", { alt: `Live view of ${name}`, decoding: "async" });
+  const media = el("div", { className: "media" });
+  const rec = el("span", { className: "rec", textContent: "REC", title: "recording to disk" });
   const meta = el("div", { className: "meta" });
   const caption = el("div", { className: "caption" },
-    el("div", { className: "name", textContent: name }), meta);
-  const link = el("a", { className: "tile", href: `#/stream/${enc(name)}` }, img, caption);
+    el("div", { className: "name" }, rec, name), meta);
+  const link = el("a", { className: "tile", href: `#/stream/${enc(name)}` }, media, caption);
   const li = el("li", {}, link);
   li.dataset.stream = name;
-  const tile = { name, img, meta, link, li, mode: null, timer: null, onscreen: true };
+  const view = makeView(name, media);
+  view.canvas.setAttribute("aria-label", `Live view of ${name}`);
+  // The fullscreen button is not part of the link (a click would open the stream).
+  li.append(view.fullscreen);
+  attach(view);
+  const tile = { name, view, meta, rec, link, li, onscreen: false };
   tile.created = null;  // the stream's created_at: another one means a new stream, same name
-  tile.generation = 0;
-  const snapshotDone = (delay) => {
-    if (tile.mode === "snapshot" && img.src !== BLANK) nextSnapshot(tile, delay);
-  };
-  img.addEventListener("load", () => snapshotDone(SNAPSHOT_MS));
-  img.addEventListener("error", () => snapshotDone(2 * SNAPSHOT_MS));
+  tile.endedAt = null;  // when the server stopped listing it
   return tile;
 }
 
-// Tiles run only while the grid is on screen: hidden tabs and the single-stream view
-// let go of their connections (the browser's limit is shared by every tab).
-const gridMode = () => (openStream === null && !reviewing && !document.hidden ? tileMode : "stopped");
-
-// A tile asks for frames no wider than it shows (in device pixels, rounded up to a
-// multiple of TILE_STEP so that tiles of about the same size share one resized version
-// on the server); a stream no wider than that is sent as it is.
-const TILE_STEP = 160;
-
-function tileQuery(tile, extra) {
-  const params = new URLSearchParams(extra);
-  const shown = tile.link.clientWidth * (window.devicePixelRatio || 1);
-  const width = Math.ceil(shown / TILE_STEP) * TILE_STEP;
-  if (width > 0 && tile.streamWidth > width) params.set("width", width);
-  const query = params.toString();
-  return query ? `?${query}` : "";
-}
-
-function setTileMode(tile, mode) {
-  if (tile.mode === mode) return;
-  tile.mode = mode;
-  clearTimeout(tile.timer);
-  if (mode === "live") {
-    // A query string only after a reconnect: the same URL may be served from image memory.
-    const again = tile.generation ? { g: tile.generation } : {};
-    tile.img.src = withToken(`/stream/${enc(tile.name)}${tileQuery(tile, again)}`);
+const onscreen = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    const tile = tiles.get(entry.target.dataset.stream);
+    if (tile) tile.onscreen = entry.isIntersecting;
   }
-  else {
-    tile.img.src = BLANK;
-    if (mode === "snapshot") nextSnapshot(tile, 0);
-  }
-}
-
-function nextSnapshot(tile, delay) {
-  clearTimeout(tile.timer);
-  tile.timer = setTimeout(() => {
-    if (tile.mode !== "snapshot") return;
-    if (!tile.onscreen || document.hidden) return nextSnapshot(tile, SNAPSHOT_MS);
-    // A new URL each time; the old JPEG stays on screen until the new one is decoded.
-    tile.img.src = withToken(`/snapshot/${enc(tile.name)}${tileQuery(tile, { t: Date.now() })}`);
-  }, delay);
-}
-
-const onscreen = "IntersectionObserver" in window
-  ? new IntersectionObserver((entries) => {
-    for (const entry of entries) {
-      const tile = tiles.get(entry.target.dataset.stream);
-      if (tile) tile.onscreen = entry.isIntersecting;
-    }
-  })
-  : null;
+  syncLive();
+});
 
 function updateTile(tile, s) {
   const idle = s.inactive_seconds >= 2;
   tile.link.classList.toggle("idle", idle);
+  tile.rec.hidden = !s.is_recording;
+  setAspect(tile.view, s.width, s.height);
+  tile.view.streamWidth = s.width || 0;
+  tile.view.width = askedWidth(tile.view);
   tile.meta.replaceChildren(
     `${s.fps.toFixed(1)} fps · ${fmt.size(s)} · ${plural(s.viewer_count, "viewer")} · `,
     el("span", {
@@ -244,10 +433,8 @@ function updateTile(tile, s) {
 }
 
 function removeTile(tile) {
-  tile.mode = null;
-  clearTimeout(tile.timer);
-  tile.img.src = BLANK;
-  onscreen && onscreen.unobserve(tile.li);
+  detach(tile.view);
+  onscreen.unobserve(tile.li);
   tile.li.remove();
   tiles.delete(tile.name);
 }
@@ -256,8 +443,16 @@ async function pollStreams() {
   const { streams } = await getJSON("/api/streams");
   signedOutNote = null;  // streams without signing in: a later 401 is not about "Sign out"
   const names = new Set(streams.map((s) => s.name));
-  for (const tile of [...tiles.values()]) if (!names.has(tile.name)) removeTile(tile);
-  tileMode = streams.length <= liveTileLimit() ? "live" : "snapshot";
+  const now = Date.now();
+  for (const tile of [...tiles.values()]) {
+    if (names.has(tile.name)) continue;
+    // Gone from the server: the tile says so for a while, then goes.
+    if (tile.endedAt === null) {
+      tile.endedAt = now;
+      setStatus(tile.view, "ended");
+      tile.meta.textContent = "ended";
+    } else if (now - tile.endedAt >= ENDED_KEEP_MS) removeTile(tile);
+  }
   const grid = $("grid");
   for (const s of streams) {
     let tile = tiles.get(s.name);
@@ -267,23 +462,20 @@ async function pollStreams() {
       // Keep name order by inserting before the first larger name; existing tiles never move.
       const after = [...grid.children].find((li) => li.dataset.stream > s.name);
       grid.insertBefore(tile.li, after || null);
-      onscreen && onscreen.observe(tile.li);
+      onscreen.observe(tile.li);
     }
     updateTile(tile, s);
-    tile.streamWidth = s.width || 0;
-    if (tile.created !== null && tile.created !== s.created_at) {
-      tile.generation += 1;  // removed and created again between two polls: reconnect
-      tile.mode = null;
+    tile.endedAt = null;
+    if (tile.view.status === "ended" && tile.created !== s.created_at) {
+      setStatus(tile.view, "waiting");  // created again under the same name
     }
     tile.created = s.created_at;
-    setTileMode(tile, gridMode());
   }
-  $("empty").hidden = streams.length > 0;
-  const note = $("grid-mode");
-  note.hidden = tileMode === "live" || streams.length === 0;
-  note.textContent = `Tiles show a snapshot every ${SNAPSHOT_MS / 1000} s: more than ` +
-    `${liveTileLimit()} live MJPEG tiles would use up the browser's connections to this ` +
-    "server. Open a stream for live video.";
+  // The header counts what the tiles count: every viewer of every listed stream.
+  const viewers = streams.reduce((sum, s) => sum + s.viewer_count, 0);
+  $("viewers").textContent = `${plural(viewers, "viewer")} (all streams)`;
+  $("empty").hidden = tiles.size > 0;
+  syncLive();
 }
 
 // ---- single-stream view ---------------------------------------------------------
@@ -313,29 +505,42 @@ function showStats(stats) {
   $("sv-stats").replaceChildren(...items);
 }
 
-// The open stream's live image; `fresh`: a new URL, so the browser asks again.
-function showLive(name, fresh) {
-  svLive = true;
-  $("sv-live").hidden = false;
-  $("sv-state").hidden = false;
-  $("sv-denied").hidden = true;
-  $("sv-side").hidden = false;
-  $("sv-live").src = withToken(`/stream/${enc(name)}${fresh ? `?t=${Date.now()}` : ""}`);
+// The open stream's live player: a view on the same socket as the tiles.
+function showLive(name) {
+  if (!svView) {
+    const media = $("sv-media");
+    media.replaceChildren();
+    svView = makeView(name, media);
+    svView.canvas.setAttribute("aria-label", `Live video of ${name}`);
+    attach(svView);
+  }
+  mediaVisible(true);
+  syncLive();
 }
 
-// 403: the video's place says so (no broken image); a later allowed answer reconnects.
+function mediaVisible(shown) {
+  $("sv-media").hidden = !shown;
+  $("sv-state").hidden = !shown;
+  $("sv-side").hidden = !shown;
+  $("sv-denied").hidden = shown;
+}
+
+function dropLive() {
+  if (svView) detach(svView);
+  svView = null;
+  $("sv-media").replaceChildren();
+}
+
+// 403: the video's place says so (no picture asked for); a later allowed answer shows it.
 function denyView(name, error) {
-  svLive = false;
+  dropLive();
   svCreated = "denied";
-  $("sv-live").src = BLANK;
-  $("sv-live").hidden = true;
-  $("sv-state").hidden = true;
-  $("sv-side").hidden = true;
+  mediaVisible(false);
   const denied = $("sv-denied");
   denied.textContent = `Not allowed: you may not watch ${name} (${error.message}).`;
-  denied.hidden = false;
   $("sv-state").textContent = "";
   $("sv-stats").replaceChildren();
+  syncLive();
 }
 
 async function pollStats(name) {
@@ -346,20 +551,26 @@ async function pollStats(name) {
     if (openStream !== name) throw error;
     if (error.status === 403) return denyView(name, error);
     if (error.status !== 404) throw error;
-    svCreated = "gone";  // its MJPEG response has ended: reconnect once it is back
+    svCreated = "gone";  // a new stream of this name, when it comes, is shown afresh
+    if (svView) setStatus(svView, "ended");
     $("sv-state").textContent = "Not live: the stream ended or has not started.";
     $("sv-stats").replaceChildren();
+    syncLive();
     return;
   }
   if (openStream !== name) return;  // the view changed while we waited
-  if (!svLive) {
-    showLive(name, svCreated !== null);  // allowed now (see openView)
-  } else if (svCreated !== null && svCreated !== stats.created_at) {
-    showLive(name, true);  // ended and created again
+  if (!svView) showLive(name);  // allowed now (see openView)
+  if (svCreated !== null && svCreated !== stats.created_at && svView.status === "ended") {
+    setStatus(svView, "waiting");  // ended and created again
   }
   svCreated = stats.created_at;
+  setAspect(svView, stats.width, stats.height);
+  svView.streamWidth = stats.width || 0;
+  svView.width = askedWidth(svView);
   showStats(stats);
   $("sv-state").textContent = stats.inactive_seconds >= 2 ? "Live (no new frame)" : "Live";
+  $("sv-rec").hidden = !stats.is_recording;
+  syncLive();
   const segment = stats.recording && stats.recording.segment;
   if (segment && lastSegment !== null && segment !== lastSegment) {
     pollRecordings(name).catch(failed);  // a segment just closed: list it now
@@ -424,28 +635,23 @@ async function pollRecordings(name) {
 
 function openView(name) {
   openStream = name;
-  for (const tile of tiles.values()) setTileMode(tile, "stopped");  // free their connections
   $("grid-view").hidden = true;
   $("stream-view").hidden = false;
   $("sv-name").textContent = name;
   document.title = `${name} · robogpt-video`;
-  $("sv-live").alt = `Live video of ${name}`;
   $("sv-snapshot").href = withToken(`/snapshot/${enc(name)}`);
   $("sv-mjpeg").href = withToken(`/stream/${enc(name)}`);
   $("sv-review").href = `#/recordings?stream=${enc(name)}`;
   $("sv-state").textContent = "";
+  $("sv-rec").hidden = true;
   lastSegment = null;
   svCreated = null;
-  svLive = false;
-  $("sv-denied").hidden = true;
-  $("sv-live").hidden = false;
-  $("sv-state").hidden = false;
-  $("sv-side").hidden = false;
+  dropLive();
+  mediaVisible(true);
   // A stream of the grid may be watched (the server lists only those): live at once.
-  // Any other waits for its statistics, so the <img> never asks without permission
-  // (a 401 with a Basic challenge makes a browser open its own password prompt).
-  if (tiles.has(name)) showLive(name, false);
-  else $("sv-live").src = BLANK;
+  // Any other waits for its statistics, so nothing is asked for without permission.
+  if (tiles.has(name)) showLive(name);
+  else syncLive();
   svTimers = [
     every(POLL_MS, () => pollStats(name)),
     every(RECORDINGS_MS, () => pollRecordings(name)),
@@ -455,14 +661,13 @@ function openView(name) {
 function closeView() {
   svTimers.forEach((stop) => stop());
   svTimers = [];
-  svLive = false;
-  $("sv-live").src = BLANK;
+  dropLive();
   closePlayer();
   openStream = null;
   $("stream-view").hidden = true;
   $("grid-view").hidden = false;
   document.title = "robogpt-video";
-  for (const tile of tiles.values()) setTileMode(tile, gridMode());
+  syncLive();
 }
 
 function route() {
@@ -472,14 +677,14 @@ function route() {
     if (openStream !== null) closeView();
     reviewing = true;
     $("grid-view").hidden = true;
-    for (const tile of tiles.values()) setTileMode(tile, "stopped");
+    syncLive();  // the tiles let go of their streams
     return openRecordings(new URLSearchParams(reviewMatch[1] || ""));
   }
   if (reviewing) {
     reviewing = false;
     closeRecordings();
     $("grid-view").hidden = false;
-    for (const tile of tiles.values()) setTileMode(tile, gridMode());
+    syncLive();
   }
   const match = location.hash.match(/^#\/stream\/([^/]+)$/);
   const name = match ? decodeURIComponent(match[1]) : null;
@@ -546,7 +751,8 @@ function startDashboard() {
   dashboardLoops = [every(POLL_MS, pollStreams)];
 }
 
-// Everything that asks the server for streams stops, and every <img> lets go.
+// Everything that asks the server for streams stops, and the live socket closes (the
+// next one carries the next sign-in's token).
 function stopDashboard() {
   dashboardLoops.forEach((stop) => stop());
   dashboardLoops = [];
@@ -556,9 +762,10 @@ function stopDashboard() {
     reviewing = false;
     closeRecordings();
   }
+  closeLive();
   $("grid-view").hidden = true;
   $("empty").hidden = true;
-  $("grid-mode").hidden = true;
+  $("viewers").textContent = "";
 }
 
 function showSignIn(note, cancellable) {
@@ -663,12 +870,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("signin-open").addEventListener("click", () => showSignIn("Sign in to see the streams of your user.", true));
   $("signin-cancel").addEventListener("click", startDashboard);
   window.addEventListener("hashchange", route);
-  document.addEventListener("visibilitychange", () => {
-    for (const tile of tiles.values()) setTileMode(tile, gridMode());
-    if (openStream === null || !svLive) return;
-    if (document.hidden) $("sv-live").src = BLANK;
-    else showLive(openStream, true);
+  // A hidden tab asks for no frame at all; a resized window may ask for other widths.
+  document.addEventListener("visibilitychange", syncLive);
+  window.addEventListener("resize", () => {
+    for (const tile of tiles.values()) tile.view.width = askedWidth(tile.view);
+    if (svView) svView.width = askedWidth(svView);
+    syncLive();
   });
+  setInterval(showAges, 250);
   session = readSession();
   startDashboard();
   every(HEALTH_MS, pollHealth);
