@@ -10,7 +10,7 @@ import pytest
 
 from browser import Chromium, headless_chromium
 from helpers import wait_for
-from test_browser import SIGNATURE_JS
+from test_browser import PAGE_JS
 
 LONG = "warehouse_north_loading_dock_overhead_camera_02"  # a long file name
 CONFIG = {
@@ -60,7 +60,7 @@ def _record(start_server, publishers):
 
 def _open_page(browser: Chromium, url: str, rows: int) -> None:
     browser.goto(f"{url}/#/recordings")
-    browser.js(SIGNATURE_JS)
+    browser.js(PAGE_JS)
     browser.wait_for(f"document.querySelectorAll('#rv-table tbody tr').length === {rows}")
 
 
