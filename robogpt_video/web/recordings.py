@@ -21,6 +21,7 @@ from ..recording.replay import Replay
 from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore, fd_path
 from .access import current_principal
 from .mjpeg import CONTENT_TYPE, build_part
+from .peers import PEER_HEADER, Peers
 from .schemas import ErrorBody, RecordingDeleted
 
 router = APIRouter(tags=["recordings"])
@@ -71,9 +72,48 @@ def _store(request: Request) -> RecordingStore:
     return RecordingStore(runtime.settings.recording.directory)
 
 
-def _open_paths(request: Request) -> set:
+def _open_paths(request: Request, elsewhere: set[str] = frozenset()) -> set:
+    """Video files being written: by this node, and (``elsewhere``: "stream/file"
+    names) by other nodes sharing its recordings directory."""
     recorder = request.app.state.runtime.recorder
-    return recorder.open_paths() if recorder is not None else set()
+    found = recorder.open_paths() if recorder is not None else set()
+    if elsewhere:
+        root = _store(request).root
+        found = found | {root / name for name in elsewhere}
+    return found
+
+
+def _peers(request: Request) -> Peers | None:
+    """The other nodes (cluster on), unless this request came from one of them: a
+    proxied request is answered from this node's files, never passed on again."""
+    peers = getattr(request.app.state, "peers", None)
+    if peers is None or PEER_HEADER in request.headers:
+        return None
+    return peers
+
+
+async def _elsewhere(request: Request) -> tuple[dict[str, str] | None, set[str]]:
+    """(the nodes to ask, or None while Redis cannot say; the files that nodes sharing
+    this node's directory are writing)."""
+    peers = getattr(request.app.state, "peers", None)
+    if peers is None:
+        return {}, set()
+    return await peers.others()
+
+
+async def _local_or_proxied(request: Request, stream: str, file: str, suffix: str = ""):
+    """(store, recording) of a file this node has; else another node's answer to this
+    request (a ``Response``), proxied; NotFound if no node has it."""
+    store = _store(request)
+    try:
+        return store, await asyncio.to_thread(store.resolve, stream, file)
+    except NotFound:
+        peers = _peers(request)
+        if peers is None:
+            raise
+    node, url = await peers.locate(stream, file)
+    path = f"/api/recordings/{stream}/{file}{suffix}"
+    return None, await peers.proxy(request.method, node, url, path, request.headers)
 
 
 def _parse_time(value: str | None, field: str) -> float | None:
@@ -157,7 +197,12 @@ async def list_recordings(
     since: str | None = Query(None, description="ISO-8601; recordings that end after it"),
     until: str | None = Query(None, description="ISO-8601; recordings that start before it"),
 ) -> dict:
-    """Recordings on disk, newest first, with their sidecar metadata and size."""
+    """Recordings on disk, newest first, with their sidecar metadata and size.
+
+    With a cluster: every node's (each entry has ``node``); ``nodes`` names the nodes
+    whose recordings are listed, ``missing_nodes`` those that did not answer, and
+    ``complete`` is false if any did not or Redis cannot say which nodes there are
+    (``problems`` says why)."""
     since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
     store = _store(request)
     if stream:
@@ -166,10 +211,50 @@ async def list_recordings(
         visible = current_principal.get().can_see("playback")
     else:
         visible = _everything
+    others, writing = await _elsewhere(request)
     entries = await asyncio.to_thread(
-        _listing, store, stream or None, since_ts, until_ts, _open_paths(request), visible
+        _listing, store, stream or None, since_ts, until_ts, _open_paths(request, writing),
+        visible,
     )
-    return {"count": len(entries), "recordings": entries}
+    cluster = request.app.state.runtime.cluster
+    if cluster is None:
+        return {"count": len(entries), "recordings": entries}
+    for entry in entries:
+        entry["node"] = cluster.node_name
+    nodes, missing, problems = [cluster.node_name], {}, []
+    peers = _peers(request)
+    if peers is not None and others is None:
+        problems.append("Redis unreachable: the other nodes and their recordings are unknown")
+    elif peers is not None and others:
+        query = {key: value for key, value in
+                 (("stream", stream), ("since", since), ("until", until)) if value}
+        more, answered, missing = await peers.listings(others, query)
+        entries = _merged(entries, [e for e in more if visible(e["stream_name"])])
+        nodes += answered
+        problems += [f"node {name} did not answer: {why}" for name, why in sorted(missing.items())]
+    return {
+        "count": len(entries),
+        "recordings": entries,
+        "nodes": nodes,
+        "missing_nodes": sorted(missing),
+        "complete": not problems,
+        "problems": problems,
+    }
+
+
+def _merged(entries: list[dict], more: list[dict]) -> list[dict]:
+    """This node's entries and other nodes', newest first; a file two nodes list (a
+    shared directory) once, open if either writes it."""
+    seen = {(e["stream_name"], e["file"]): e for e in entries}
+    for entry in more:
+        key = (entry["stream_name"], entry["file"])
+        if key in seen:
+            seen[key]["open"] = bool(seen[key].get("open") or entry.get("open"))
+        else:
+            seen[key] = entry
+    out = list(seen.values())
+    out.sort(key=lambda e: (str(e.get("start_time")), e["file"]), reverse=True)
+    return out
 
 
 class OpenFileResponse(FileResponse):
@@ -200,8 +285,9 @@ def _open(store: RecordingStore, rec: RecordingFile, sidecar: bool):
 )
 async def download_recording(request: Request, stream: str, file: str) -> FileResponse:
     """The video file (``Range`` requests get ``206``), or its ``.json`` sidecar."""
-    store = _store(request)
-    rec = await asyncio.to_thread(store.resolve, stream, file)
+    store, rec = await _local_or_proxied(request, stream, file)
+    if store is None:
+        return rec  # another node's answer
     if file.endswith(SIDECAR_SUFFIX):
         opened, info = await asyncio.to_thread(_open, store, rec, True)
         return OpenFileResponse(opened, info, media_type="application/json")
@@ -217,9 +303,11 @@ async def download_recording(request: Request, stream: str, file: str) -> FileRe
 )
 async def delete_recording(request: Request, stream: str, file: str) -> dict:
     """Delete one recording and its sidecar (``409`` while it is being written)."""
-    store = _store(request)
-    rec = await asyncio.to_thread(store.resolve, stream, file)
-    if rec.path in _open_paths(request):
+    store, rec = await _local_or_proxied(request, stream, file)
+    if store is None:
+        return rec  # another node's answer
+    _, writing = await _elsewhere(request)
+    if rec.path in _open_paths(request, writing):
         raise ApiError(
             f"recording '{rec.name}' is being written; it can be deleted once it closes",
             code="recording_in_use",
@@ -243,8 +331,9 @@ async def delete_recording(request: Request, stream: str, file: str) -> dict:
 )
 async def play_recording(request: Request, stream: str, file: str) -> StreamingResponse:
     """The recording replayed as live MJPEG at its recorded timing (any browser plays it)."""
-    store = _store(request)
-    rec = await asyncio.to_thread(store.resolve, stream, file)
+    store, rec = await _local_or_proxied(request, stream, file, "/play")
+    if store is None:
+        return rec  # another node's answer
     meta = await asyncio.to_thread(store.read_sidecar, rec) or {}
     start_ts = _parse_sidecar_time(meta.get("start_time")) or rec.start.timestamp()
     try:
