@@ -793,7 +793,7 @@ class Cluster:
                 latest = stream.latest
                 if latest is None or announced.get(stream.name, 0) > now - ANNOUNCE_SECONDS / 2:
                     continue
-                if stream.name in announced and now - latest.monotonic > ANNOUNCE_SECONDS:
+                if latest.monotonic <= announced.get(stream.name, -math.inf):
                     continue  # quiet since the last announcement: the key's TTL runs
                 key = STREAM + stream.name
                 pipe.hsetnx(key, "node", self.node_name)
