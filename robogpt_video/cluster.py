@@ -798,7 +798,7 @@ class Cluster:
                 key = STREAM + stream.name
                 pipe.hsetnx(key, "node", self.node_name)
                 pipe.hset(key, mapping={
-                    "advertise_url": self.settings.advertise_url,
+                    "advertise_url": self.advertise_url,
                     "last_frame_time": repr(latest.timestamp),
                     "width": latest.width, "height": latest.height,
                     NODE_FIELD + self.node_name: json.dumps(self._part(stream)),
