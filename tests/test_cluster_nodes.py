@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import iter_parts, make_jpeg, publish, wait_for
+from helpers import ServerProcess, iter_parts, make_jpeg, publish, wait_for
 from recording_tools import sidecars
 
 pytestmark = pytest.mark.skipif(
@@ -207,3 +207,47 @@ def test_with_access_control_another_nodes_files_obey_the_users_permissions(
         logs = node.output() + "".join(
             p.read_text(errors="replace") for p in (node.workdir / "logs").glob("*"))
         assert secret not in logs
+
+
+def test_workers_share_one_directory_and_are_reached_through_their_port(
+    tmp_path, start_server, redis_server
+):
+    """``serve --workers 2`` and one more node: the workers serve each other's files
+    from their shared directory (they do not ask each other) and know what the other
+    is writing; the other node reaches them through their one port."""
+    config = {"cluster": {"redis_url": redis_server.url}, "recording": RECORDING}
+    workers = ServerProcess(tmp_path / "workers", config, args=["--workers", "2"])
+    workers.start()
+    try:
+        b = start_server(config)
+        wait_for(lambda: len({node_name(workers) for _ in range(20)}) == 2 or None,
+                 what="both workers to answer")
+        done = Path(record(workers, "cam")["recording_path"])
+        live = Path(record(workers, "live", close=False)["recording_path"])
+        own = Path(record(b, "mine")["recording_path"])
+
+        # Whichever worker answers B knows the segment being written is open (its own,
+        # or its sibling's as announced: ≤ 1 s old).
+        def open_in(body):
+            return {e["file"]: e["open"] for e in body["recordings"]}
+
+        body = wait_for(lambda: (lambda l: l if l["count"] == 3 and open_in(l)[live.name]
+                                 else None)(listing(b)), what="B to list the workers' recordings")
+        assert len(body["nodes"]) == 2 and body["complete"]  # B and one of the workers
+        assert set(open_in(body)) == {done.name, live.name, own.name}
+        assert not open_in(body)[done.name]
+        got = httpx.get(f"{b.url}/api/recordings/cam/{done.name}", timeout=10)
+        assert got.status_code == 200 and got.content == done.read_bytes()
+
+        def every_worker(check) -> bool:  # a new connection each: the kernel picks a worker
+            return all(check() for _ in range(10))
+
+        wait_for(lambda: every_worker(lambda: (lambda l: l["count"] == 3 and len(l["nodes"]) == 2
+                                               and open_in(l)[live.name])(listing(workers))),
+                 what="either worker to list everything, the segment being written as open")
+        assert every_worker(lambda: httpx.delete(
+            f"{workers.url}/api/recordings/live/{live.name}", timeout=10).status_code == 409)
+        got = httpx.get(f"{workers.url}/api/recordings/mine/{own.name}", timeout=10)
+        assert got.status_code == 200 and got.content == own.read_bytes()
+    finally:
+        workers.stop()

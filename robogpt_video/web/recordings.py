@@ -27,7 +27,12 @@ from .schemas import ErrorBody, RecordingDeleted
 router = APIRouter(tags=["recordings"])
 # What each route answers besides 200, for the OpenAPI document (/docs).
 _NAME = {400: {"model": ErrorBody, "description": "`invalid_stream_name`"}}
-_FILE = {**_NAME, 404: {"model": ErrorBody, "description": "`not_found`: no such recording"}}
+_FILE = {
+    **_NAME,
+    404: {"model": ErrorBody, "description": "`not_found`: no such recording (on any node)"},
+    503: {"model": ErrorBody, "description": "`node_unreachable` (cluster): not on the nodes "
+          "that answered, and a node that may have it did not answer"},
+}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _HEADER = {"schema": {"type": "string"}}
 _DOWNLOAD = {
@@ -51,6 +56,7 @@ _DOWNLOAD = {
         "content": {"text/plain": {"schema": {"type": "string"}}},
     },
     404: _FILE[404],
+    503: _FILE[503],
     416: {
         "description": "The `Range` starts past the end of the file: an empty plain-text "
         "answer with `Content-Range: bytes */<size>`",
