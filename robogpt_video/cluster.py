@@ -825,6 +825,8 @@ class Cluster:
         directory, the files it writes), and the peer secret (made by the first node)."""
         if not self.storage:
             try:  # nodes that share a recordings directory (workers) share a storage id
+                if self.recorder is not None:  # it is made at the first segment otherwise
+                    os.makedirs(self.recording_directory, exist_ok=True)
                 info = os.stat(self.recording_directory)
                 self.storage = f"{socket.gethostname()}:{info.st_dev}:{info.st_ino}"
             except OSError:
@@ -862,6 +864,8 @@ class Cluster:
             try:
                 writing = json.loads(fields.get("open") or "[]")
             except ValueError:
+                writing = []
+            if not isinstance(writing, list):
                 writing = []
             out[name] = {"url": fields.get("url", ""), "storage": fields.get("storage", ""),
                          "open": writing}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import logging
 import time
 from collections.abc import Mapping
 
@@ -31,7 +30,6 @@ from starlette.types import Receive, Scope, Send
 from ..auth import Principal
 from ..errors import ApiError, NotFound
 
-log = logging.getLogger(__name__)
 
 PEER_HEADER = "X-Robogpt-Peer"
 #: On a proxied answer: the node that has the file.
