@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import socket
 import ssl
 import struct
@@ -113,6 +114,22 @@ for _, k in ipairs(KEYS) do
 end
 return 0
 """
+#: The live nodes (docs/cluster.md "Recordings on every node"): each name of rv:nodes
+#: whose rv:node:<name> hash (url, storage, open) has not expired. KEYS: rv:nodes;
+#: ARGV: key prefix. Returns {name, fields...} per live node.
+NODES_LIST = """
+local out = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local fields = redis.call('HGETALL', ARGV[1] .. n)
+  if #fields == 0 then redis.call('SREM', KEYS[1], n)
+  else table.insert(out, n); table.insert(out, fields) end
+end
+return out
+"""
+NODES = "rv:nodes"
+NODE_KEY = "rv:node:"
+NODE_TTL = 5  # seconds a node stays listed after its last announcement
+PEER_SECRET_KEY = "rv:peer-secret"  # signs node-to-node requests (web/peers.py)
 LEASE_KEY = "rv:rec:"
 EXPIRE_KEY = "rv:expire:"  # the node ending an idle stream on every node (SET NX)
 FENCE_KEY = "rv:recfence:"
@@ -249,12 +266,22 @@ class Cluster:
         self._lease_script = None
         self._release_script = None
         self.leases_lost = 0
+        # Recordings on every node (web/peers.py): how other nodes reach this one, which
+        # recordings directory it has, the secret that signs node-to-node requests.
+        self.advertise_url = settings.cluster.advertise_url
+        self.recording_directory = settings.recording.directory
+        self.storage = ""
+        self.peer_secret: bytes | None = None
+        self._nodes_script = None
 
-    def set_address(self, host: str, port: int) -> None:
-        """The address the server bound: the default node name becomes host:port."""
+    def set_address(self, host: str, port: int, url: str = "") -> None:
+        """The address the server bound: the default node name becomes host:port, the
+        default ``advertise_url`` ``url`` (the server's URL, see server.py)."""
         if not self.settings.node_name:
             self.node_name = f"{socket.gethostname()}:{port}"
         self.lease_id = f"{self.node_name}/{self.origin.hex()}"
+        if not self.settings.advertise_url:
+            self.advertise_url = url
 
     # -- service ---------------------------------------------------------------------------
 
@@ -275,6 +302,7 @@ class Cluster:
         # The recorder has stopped (services stop in reverse): give the leases back, so
         # another node takes over at once rather than after LEASE_TTL.
         await self._release([name for name, state in self._rec.items() if state == HOLDER])
+        await self._leave()
         await self.mirrors.stop()
         self._drop_subscriber()
         if self._client is not None:
@@ -774,12 +802,12 @@ class Cluster:
                 latest = stream.latest
                 if latest is None or announced.get(stream.name, 0) > now - ANNOUNCE_SECONDS / 2:
                     continue
-                if stream.name in announced and now - latest.monotonic > ANNOUNCE_SECONDS:
+                if latest.monotonic <= announced.get(stream.name, -math.inf):
                     continue  # quiet since the last announcement: the key's TTL runs
                 key = STREAM + stream.name
                 pipe.hsetnx(key, "node", self.node_name)
                 pipe.hset(key, mapping={
-                    "advertise_url": self.settings.advertise_url,
+                    "advertise_url": self.advertise_url,
                     "last_frame_time": repr(latest.timestamp),
                     "width": latest.width, "height": latest.height,
                     NODE_FIELD + self.node_name: json.dumps(self._part(stream)),
@@ -787,6 +815,7 @@ class Cluster:
                 pipe.expire(key, self._ttl())
                 pipe.sadd(STREAMS, stream.name)
                 announced[stream.name] = now
+            self._announce_node(pipe)
             pipe.scard(STREAMS)
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT):
@@ -796,6 +825,70 @@ class Cluster:
                 self._lost(f"announcing streams to Redis failed: {exc or type(exc).__name__}")
                 continue
             self.cluster_streams = replies[-1]
+            self.peer_secret = replies[-2]
+
+    # -- the nodes: recordings on every node (web/peers.py) -----------------------------------
+
+    def _announce_node(self, pipe) -> None:
+        """Add to the announcement: this node in ``rv:nodes`` (its URL, its recordings
+        directory, the files it writes), and the peer secret (made by the first node)."""
+        if not self.storage:
+            try:  # nodes that share a recordings directory (workers) share a storage id
+                if self.recorder is not None:  # it is made at the first segment otherwise
+                    os.makedirs(self.recording_directory, exist_ok=True)
+                info = os.stat(self.recording_directory)
+                self.storage = f"{socket.gethostname()}:{info.st_dev}:{info.st_ino}"
+            except OSError:
+                pass
+        writing = []
+        if self.recorder is not None:
+            writing = sorted(f"{p.parent.name}/{p.name}" for p in self.recorder.open_paths())
+        key = NODE_KEY + self.node_name
+        pipe.hset(key, mapping={"url": self.advertise_url, "storage": self.storage,
+                                "open": json.dumps(writing)})
+        pipe.expire(key, NODE_TTL)
+        pipe.sadd(NODES, self.node_name)
+        pipe.set(PEER_SECRET_KEY, secrets.token_hex(32), nx=True)
+        pipe.get(PEER_SECRET_KEY)
+
+    async def nodes(self) -> dict[str, dict] | None:
+        """Every live node but this one: name -> {url, storage, open: ["stream/file"]};
+        ``None`` while Redis cannot say."""
+        if not self.connected or self._nodes_script is None:
+            return None
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                reply = await self._nodes_script(keys=[NODES], args=[NODE_KEY])
+        except (OSError, aioredis.RedisError, TimeoutError) as exc:
+            log.warning("listing nodes in Redis failed: %s", exc)
+            return None
+        out = {}
+        for i in range(0, len(reply) - 1, 2):
+            name = reply[i].decode(errors="replace")
+            flat = reply[i + 1]
+            fields = {flat[j].decode(): flat[j + 1].decode(errors="replace")
+                      for j in range(0, len(flat) - 1, 2)}
+            if name == self.node_name:
+                continue
+            try:
+                writing = json.loads(fields.get("open") or "[]")
+            except ValueError:
+                writing = []
+            if not isinstance(writing, list):
+                writing = []
+            out[name] = {"url": fields.get("url", ""), "storage": fields.get("storage", ""),
+                         "open": writing}
+        return out
+
+    async def _leave(self) -> None:
+        """At shutdown: out of ``rv:nodes`` at once (peers stop asking this node)."""
+        if not self.connected or self._client is None:
+            return
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self._client.delete(NODE_KEY + self.node_name)
+        except (OSError, aioredis.RedisError, TimeoutError) as exc:
+            log.warning("leaving rv:nodes failed (the entry expires): %s", exc)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -996,6 +1089,7 @@ class Cluster:
             self._list = self._client.register_script(LIST)
             self._lease_script = self._client.register_script(LEASE)
             self._release_script = self._client.register_script(RELEASE)
+            self._nodes_script = self._client.register_script(NODES_LIST)
         async with asyncio.timeout(REDIS_TIMEOUT):
             await self._client.ping()
         options = parse_url(self.url)

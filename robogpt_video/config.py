@@ -478,7 +478,8 @@ class ClusterSettings(_Section):
         "", max_length=200, description="This node's name in Redis; empty: host:port at start"
     )
     advertise_url: str = Field(
-        "", description="How other nodes reach this one (http://host:port); empty: not advertised"
+        "", description="How other nodes reach this one (http://host:port), for recordings "
+        "on other nodes; empty: the address the server bound (docs/cluster.md)"
     )
 
     @field_validator("redis_url")

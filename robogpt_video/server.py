@@ -52,6 +52,15 @@ def first_steps(scheme: str, host: str, port: int) -> str:
     return f"{where}; publish a frame: curl -F frame=@photo.jpg {local}/publish/camera1"
 
 
+def own_url(scheme: str, host: str, port: int) -> str:
+    """How other nodes reach this server by default (``cluster.advertise_url`` empty):
+    the bound address; a wildcard host becomes the machine's address on its default
+    route (loopback if it has none)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = lan_address() or "127.0.0.1"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
 def raise_fd_limit() -> int:
     """Raise the soft limit of open files to the hard one; returns the soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -190,7 +199,8 @@ async def run(
         )
         host, port = sock.getsockname()[:2]
         if runtime.cluster is not None:
-            runtime.cluster.set_address(host, port)
+            scheme = "https" if ssl_context else "http"
+            runtime.cluster.set_address(host, port, own_url(scheme, host, port))
         log.info(
             "robogpt-video listening on %s://%s:%d (recordings in %s)",
             "https" if ssl_context else "http",

@@ -30,6 +30,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from ..auth import NOBODY, Authenticator, Principal
 from ..errors import ApiError, Forbidden, TooManyFailures, Unauthorized
 from .errors import api_error
+from .peers import PEER_HEADER, peer_principal
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,9 @@ class Access:
         #: No user and any origin (the public default): only requests that may change
         #: something, or come from a page, need a look.
         self.open = not authenticator.enabled and self.origins.any
+        #: With a cluster: (header value, method, path) -> the node that signed a
+        #: node-to-node request, or None (web/peers.py).
+        self.peer_check: Callable[[str, str, str], str | None] | None = None
         self.failed = 0  # authentications that failed (metrics)
         self.limited = 0  # requests refused for an exhausted budget (metrics)
 
@@ -290,6 +294,18 @@ class Access:
         return response
 
     async def _authenticate(self, request, action, rule, params) -> Principal:
+        peer = request.headers.get(PEER_HEADER)
+        if peer is not None and self.peer_check is not None and rule is not None \
+                and rule.path.startswith("/api/recordings"):
+            # Another node, on behalf of a user it has checked (recordings only).
+            node = self.peer_check(peer, request.method, request.path)
+            if node is None:
+                self.failed += 1
+                await self.failures.spend(self.address(request))
+                log.warning("node-to-node signature not valid from %s for %s %s",
+                            self.address(request), request.method, request.path)
+                raise Unauthorized("the node-to-node signature is not valid")
+            return peer_principal(node)
         authorization = request.headers.get("Authorization")
         query_token = request.query.get("token")
         if authorization or query_token:

@@ -28,6 +28,7 @@ from .access import Access
 from .connections import ConnectionLimits
 from .errors import EXCEPTION_HANDLERS
 from .metrics import Metrics
+from .peers import Peers
 from .routes import cors_headers
 from .state import ACCESS, DRAINING, METRICS, RUNTIME, SOCKETS
 
@@ -117,6 +118,10 @@ def create_app(
     viewsocket.add_routes(app)
     # Last: every path the routes above do not take (and their OPTIONS preflights).
     api_app = create_api(settings, runtime, app_metrics, access.authenticator)
+    if runtime.cluster is not None:  # recordings on every node
+        api_app.state.peers = peers = Peers(runtime.cluster)
+        access.peer_check = peers.verify
+        app.on_cleanup.append(peers.close)
     app.router.register_resource(ASGIResource(_Asgi24(api_app), root_path="/"))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

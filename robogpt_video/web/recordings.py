@@ -23,12 +23,18 @@ from ..recording.replay import Replay, Still, frame_at
 from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore, fd_path
 from .access import current_principal
 from .mjpeg import BOUNDARY, CONTENT_TYPE
+from .peers import PEER_HEADER, Peers
 from .schemas import ErrorBody, RecordingDeleted
 
 router = APIRouter(tags=["recordings"])
 # What each route answers besides 200, for the OpenAPI document (/docs).
 _NAME = {400: {"model": ErrorBody, "description": "`invalid_stream_name`"}}
-_FILE = {**_NAME, 404: {"model": ErrorBody, "description": "`not_found`: no such recording"}}
+_FILE = {
+    **_NAME,
+    404: {"model": ErrorBody, "description": "`not_found`: no such recording (on any node)"},
+    503: {"model": ErrorBody, "description": "`node_unreachable` (cluster): not on the nodes "
+          "that answered, and a node that may have it did not answer"},
+}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _HEADER = {"schema": {"type": "string"}}
 _DOWNLOAD = {
@@ -48,6 +54,7 @@ _DOWNLOAD = {
     400: {"model": ErrorBody, "description": "`invalid_stream_name`, or `invalid_range`: "
           "a malformed `Range` header"},
     404: _FILE[404],
+    503: _FILE[503],
     416: {
         "model": ErrorBody,
         "description": "`range_not_satisfiable`: the `Range` starts past the end of the "
@@ -69,9 +76,49 @@ def _store(request: Request) -> RecordingStore:
     return RecordingStore(runtime.settings.recording.directory)
 
 
-def _open_paths(request: Request) -> set:
+def _open_paths(request: Request, elsewhere: set[str] = frozenset()) -> set:
+    """Video files being written: by this node, and (``elsewhere``: "stream/file"
+    names) by other nodes sharing its recordings directory."""
     recorder = request.app.state.runtime.recorder
-    return recorder.open_paths() if recorder is not None else set()
+    found = recorder.open_paths() if recorder is not None else set()
+    if elsewhere:
+        root = _store(request).root
+        found = found | {root / name for name in elsewhere}
+    return found
+
+
+def _peers(request: Request) -> Peers | None:
+    """The other nodes (cluster on), unless this request came from one of them: a
+    proxied request is answered from this node's files, never passed on again."""
+    peers = getattr(request.app.state, "peers", None)
+    if peers is None or PEER_HEADER in request.headers:
+        return None
+    return peers
+
+
+async def _elsewhere(request: Request) -> tuple[dict[str, str] | None, set[str]]:
+    """(the nodes to ask, or None while Redis cannot say; the files that nodes sharing
+    this node's directory are writing)."""
+    peers = getattr(request.app.state, "peers", None)
+    if peers is None:
+        return {}, set()
+    return await peers.others()
+
+
+async def _local_or_proxied(request: Request, stream: str, file: str, suffix: str = ""):
+    """(store, recording) of a file this node has; else another node's answer to this
+    request (a ``Response``), proxied; NotFound if no node has it."""
+    store = _store(request)
+    try:
+        return store, await asyncio.to_thread(store.resolve, stream, file)
+    except NotFound:
+        peers = _peers(request)
+        if peers is None:
+            raise
+    node, url = await peers.locate(stream, file)
+    path = f"/api/recordings/{stream}/{file}{suffix}"
+    return None, await peers.proxy(request.method, node, url, path, request.headers,
+                                   request.query_params)
 
 
 def _parse_time(value: str | None, field: str) -> float | None:
@@ -155,7 +202,12 @@ async def list_recordings(
     since: str | None = Query(None, description="ISO-8601; recordings that end after it"),
     until: str | None = Query(None, description="ISO-8601; recordings that start before it"),
 ) -> dict:
-    """Recordings on disk, newest first, with their sidecar metadata and size."""
+    """Recordings on disk, newest first, with their sidecar metadata and size.
+
+    With a cluster: every node's (each entry has ``node``); ``nodes`` names the nodes
+    whose recordings are listed, ``missing_nodes`` those that did not answer, and
+    ``complete`` is false if any did not or Redis cannot say which nodes there are
+    (``problems`` says why)."""
     since_ts, until_ts = _parse_time(since, "since"), _parse_time(until, "until")
     store = _store(request)
     if stream:
@@ -164,10 +216,50 @@ async def list_recordings(
         visible = current_principal.get().can_see("playback")
     else:
         visible = _everything
+    others, writing = await _elsewhere(request)
     entries = await asyncio.to_thread(
-        _listing, store, stream or None, since_ts, until_ts, _open_paths(request), visible
+        _listing, store, stream or None, since_ts, until_ts, _open_paths(request, writing),
+        visible,
     )
-    return {"count": len(entries), "recordings": entries}
+    cluster = request.app.state.runtime.cluster
+    if cluster is None:
+        return {"count": len(entries), "recordings": entries}
+    for entry in entries:
+        entry["node"] = cluster.node_name
+    nodes, missing, problems = [cluster.node_name], {}, []
+    peers = _peers(request)
+    if peers is not None and others is None:
+        problems.append("Redis unreachable: the other nodes and their recordings are unknown")
+    elif peers is not None and others:
+        query = {key: value for key, value in
+                 (("stream", stream), ("since", since), ("until", until)) if value}
+        more, answered, missing = await peers.listings(others, query)
+        entries = _merged(entries, [e for e in more if visible(e["stream_name"])])
+        nodes += answered
+        problems += [f"node {name} did not answer: {why}" for name, why in sorted(missing.items())]
+    return {
+        "count": len(entries),
+        "recordings": entries,
+        "nodes": nodes,
+        "missing_nodes": sorted(missing),
+        "complete": not problems,
+        "problems": problems,
+    }
+
+
+def _merged(entries: list[dict], more: list[dict]) -> list[dict]:
+    """This node's entries and other nodes', newest first; a file two nodes list (a
+    shared directory) once, open if either writes it."""
+    seen = {(e["stream_name"], e["file"]): e for e in entries}
+    for entry in more:
+        key = (entry["stream_name"], entry["file"])
+        if key in seen:
+            seen[key]["open"] = bool(seen[key].get("open") or entry.get("open"))
+        else:
+            seen[key] = entry
+    out = list(seen.values())
+    out.sort(key=lambda e: (str(e.get("start_time")), e["file"]), reverse=True)
+    return out
 
 
 class OpenFileResponse(FileResponse):
@@ -236,8 +328,9 @@ def _open(store: RecordingStore, rec: RecordingFile, sidecar: bool):
 )
 async def download_recording(request: Request, stream: str, file: str) -> FileResponse:
     """The video file (``Range`` requests get ``206``), or its ``.json`` sidecar."""
-    store = _store(request)
-    rec = await asyncio.to_thread(store.resolve, stream, file)
+    store, rec = await _local_or_proxied(request, stream, file)
+    if store is None:
+        return rec  # another node's answer
     if file.endswith(SIDECAR_SUFFIX):
         opened, info = await asyncio.to_thread(_open, store, rec, True)
         return OpenFileResponse(opened, info, media_type="application/json")
@@ -253,9 +346,11 @@ async def download_recording(request: Request, stream: str, file: str) -> FileRe
 )
 async def delete_recording(request: Request, stream: str, file: str) -> dict:
     """Delete one recording and its sidecar (``409`` while it is being written)."""
-    store = _store(request)
-    rec = await asyncio.to_thread(store.resolve, stream, file)
-    if rec.path in _open_paths(request):
+    store, rec = await _local_or_proxied(request, stream, file)
+    if store is None:
+        return rec  # another node's answer
+    _, writing = await _elsewhere(request)
+    if rec.path in _open_paths(request, writing):
         raise ApiError(
             f"recording '{rec.name}' is being written; it can be deleted once it closes",
             code="recording_in_use",
@@ -297,6 +392,7 @@ def _unreadable(rec: RecordingFile, exc: Exception) -> ApiError:
         404: _FILE[404],
         409: {"model": ErrorBody, "description": "`unreadable`: no frame can be read yet "
               "(a segment opened a moment ago)"},
+        503: _FILE[503],
     },
 )
 async def play_recording(
@@ -311,8 +407,9 @@ async def play_recording(
 ) -> StreamingResponse:
     """The recording replayed as live MJPEG at its recorded timing (any browser plays it).
     Seeking and another speed are a new request with other ``start`` and ``speed``."""
-    store = _store(request)
-    rec = await asyncio.to_thread(store.resolve, stream, file)
+    store, rec = await _local_or_proxied(request, stream, file, "/play")
+    if store is None:
+        return rec  # another node's answer
     start_ts = await _recording_start(store, rec)
     try:
         replay = await asyncio.to_thread(_open_replay, store, rec, start)
@@ -379,6 +476,7 @@ _STILL_HEADERS = {
         404: _FILE[404],
         409: {"model": ErrorBody, "description": "`unreadable`: no frame can be read yet "
               "(a segment opened a moment ago)"},
+        503: _FILE[503],
     },
 )
 async def recording_frame(
@@ -391,8 +489,9 @@ async def recording_frame(
 ) -> Response:
     """One frame of a recording as a JPEG; ``X-Previous-Offset`` and ``X-Next-Offset``
     are the ``t`` of the frames before and after it."""
-    store = _store(request)
-    rec = await asyncio.to_thread(store.resolve, stream, file)
+    store, rec = await _local_or_proxied(request, stream, file, "/frame")
+    if store is None:
+        return rec  # another node's answer
     start_ts = await _recording_start(store, rec)
     try:
         still = await asyncio.to_thread(_still, store, rec, t)
