@@ -101,6 +101,19 @@ def test_a_recording_on_one_node_is_listed_served_and_deleted_through_the_other(
             if len(parts) == 3:
                 break
     assert all(jpeg[:2] == b"\xff\xd8" and jpeg[-2:] == b"\xff\xd9" for jpeg in parts)
+    # The query reaches A: a frame step and a replay from a later frame.
+    frame_url = f"{b.url}{entry['download_url']}/frame"
+    first = httpx.get(frame_url, params={"t": 0}, timeout=10)
+    assert first.status_code == 200 and first.content == parts[0]
+    later = float(first.headers["x-next-offset"])
+    second = httpx.get(frame_url, params={"t": later}, timeout=10)
+    assert second.content == parts[1] and float(second.headers["x-offset"]) == later
+    bad_t = httpx.get(frame_url, params={"t": -1}, timeout=10)
+    assert bad_t.status_code == 400 and bad_t.json()["error"] == "invalid_parameters"
+    with httpx.stream("GET", f"{b.url}{entry['play_url']}", params={"start": later, "speed": 4},
+                      timeout=10) as played:
+        headers, jpeg = next(iter_parts(played.iter_bytes()))
+    assert jpeg == parts[1] and float(headers["x-offset"]) == later
 
     missing = httpx.get(f"{b.url}/api/recordings/cam/cam_20200101_000000.mp4", timeout=10)
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"

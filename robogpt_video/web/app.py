@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp_asgi import ASGIResource
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..auth import Authenticator
@@ -67,12 +68,17 @@ def create_api(
 
 
 class _Asgi24:
-    """Tells the ASGI app that ``send`` raises once the client has gone (ASGI spec 2.4).
+    """What the mounted ASGI app needs from aiohttp-asgi and does not get by itself.
 
-    aiohttp-asgi's writes do raise (``ClientConnectionResetError``, an ``OSError``),
-    but its scope names no spec version, and under the default (2.0) Starlette's
-    streaming responses poll ``receive`` for a disconnect, which aiohttp-asgi answers
-    at once with an empty body for as long as the response lasts: a busy loop.
+    - ``send`` raises once the client has gone (ASGI spec 2.4): aiohttp-asgi's writes
+      do raise (``ClientConnectionResetError``, an ``OSError``), but its scope names no
+      spec version, and under the default (2.0) Starlette's streaming responses poll
+      ``receive`` for a disconnect, which aiohttp-asgi answers at once with an empty
+      body for as long as the response lasts: a busy loop. A client that left is not an
+      error: the exception ends here (``errors.py`` logs it at debug level).
+    - An answer to HEAD has no body: Starlette's responses send theirs whatever the
+      method (an ASGI server is expected to drop it) and aiohttp-asgi writes it, which
+      would put the body where a keep-alive client reads its next answer.
     """
 
     def __init__(self, app) -> None:
@@ -80,7 +86,21 @@ class _Asgi24:
 
     async def __call__(self, scope, receive, send) -> None:
         scope["asgi"] = {"version": "3.0", "spec_version": "2.4"}
-        await self.app(scope, receive, send)
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            send = _without_body(send)
+        try:
+            await self.app(scope, receive, send)
+        except (ConnectionError, ClientDisconnect):
+            pass  # the client left: nothing to answer
+
+
+def _without_body(send):
+    async def head_send(message) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head_send
 
 
 def create_app(

@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from ..errors import ApiError
@@ -73,7 +73,10 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    if isinstance(exc, (ConnectionError, ClientDisconnect)):  # the client left mid-answer
+        log.debug("client left during %s %s: %r", request.method, request.url.path, exc)
+    else:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
 
 

@@ -1,6 +1,5 @@
-"""Requests aiohttp cannot parse get the one JSON error shape (web/protocol.py).
-
-Sent over a raw socket: no HTTP client would send them.
+"""HTTP as it is on the wire, over a raw socket: requests aiohttp cannot parse get the
+one JSON error shape (web/protocol.py), and answers to HEAD carry no body.
 """
 
 from __future__ import annotations
@@ -64,3 +63,30 @@ def test_a_malformed_request_never_echoes_or_logs_a_token(shared_server):
     log = shared_server.output()
     assert "malformed request from 127.0.0.1 answered 400" in log
     assert SECRET not in log
+
+
+HEAD_PATHS = [
+    "/api/recordings/cam/cam_20200101_000000.mp4",  # 404 from the mounted JSON API
+    "/api/streams/nope/stats",  # 405
+    "/nonexistent",  # 404, no route
+    "/snapshot/nope",  # 404 from a hot route
+    "/health",  # 405
+]
+
+
+@pytest.mark.parametrize("path", HEAD_PATHS)
+def test_an_answer_to_head_has_no_body_so_the_next_answer_on_the_connection_is_intact(
+    shared_server, path
+):
+    raw = (f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n"
+           "GET /api/streams HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", shared_server.port), timeout=10) as sock:
+        sock.sendall(raw.encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert int(head.split()[1]) in (404, 405)
+    # Right after the HEAD answer's headers comes the next answer, not a body.
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n"), rest[:120]
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["count"] == 0
