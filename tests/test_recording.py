@@ -3,6 +3,7 @@
 import random
 import re
 
+import av
 import httpx
 import pytest
 
@@ -83,6 +84,11 @@ def test_transcoded_codecs_decode(start_server, codec, decoder):
     assert got.codec == decoder and meta["codec"] == codec
     assert got.frames == len(jpegs) == meta["total_frames"]
     assert got.duration == pytest.approx(covered, rel=0.05)
+    # Key frames where gop_size puts them (one a second at the default 30 fps), not on
+    # every frame because each came from a JPEG.
+    with av.open(str(video)) as container:
+        keys = [p.is_keyframe for p in container.demux(video=0) if p.size]
+    assert keys[0] and sum(keys) <= 2, keys
 
 
 def test_idle_stream_closes_its_segment_and_stats_show_it(start_server):

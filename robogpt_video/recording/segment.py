@@ -24,6 +24,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.frame import PictureType
 
 from ..streams import Frame, iso
 from .store import RecordingStore
@@ -137,6 +138,10 @@ class Segment:
             return
         for image in decoded:
             image = image.reformat(self._stream.width, self._stream.height, "yuv420p")
+            # A decoded JPEG is marked as a key picture, which the encoder obeys: unmarked,
+            # it places key frames by gop_size (a segment of key frames only is ≈30×
+            # larger).
+            image.pict_type = PictureType.NONE
             image.pts = pts
             image.time_base = TIME_BASE
             for packet in self._stream.encode(image):
