@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from robogpt_video.config import RecordingSettings  # noqa: E402
 from robogpt_video.recording.recorder import Recorder  # noqa: E402
 from robogpt_video.recording.segment import open_segment  # noqa: E402
-from robogpt_video.streams import Frame, part_head  # noqa: E402
+from robogpt_video.streams import Frame  # noqa: E402
 
 
 def jpegs(count: int, width: int = 640, height: int = 480) -> list[bytes]:
@@ -42,14 +42,13 @@ def jpegs(count: int, width: int = 640, height: int = 480) -> list[bytes]:
 
 def frame(seq: int, jpeg: bytes, width: int, height: int, mono: float) -> Frame:
     """A Frame as Stream.publish would build it."""
-    head = part_head(len(jpeg), time.time())
-    return Frame(seq, time.time(), mono, width, height, len(jpeg), head, jpeg)
+    return Frame(seq, time.time(), mono, width, height, len(jpeg), jpeg)
 
 
 def retimed(template: Frame, seq: int) -> Frame:
     """``template`` arriving now (shares its bytes, so the producer costs ≈nothing)."""
     return Frame(seq, time.time(), time.monotonic(), template.width, template.height,
-                 template.size, template.head, template.jpeg)
+                 template.size, template.jpeg)
 
 
 def codec_cost(codec: str, images: list[bytes], folder: Path) -> float:
