@@ -110,6 +110,14 @@ const fmt = {
   age(s) { return s < 10 ? `${s.toFixed(1)}\u00a0s` : fmt.seconds(s); },
 };
 
+// A stream or file name that may wrap after "_", "-" and ".", never inside a word
+// (recordings.js uses it too).
+function breakable(name) {
+  const span = el("span", { className: "file-name" });
+  for (const piece of name.split(/(?<=[_.-])/)) span.append(piece, el("wbr"));
+  return span;
+}
+
 function el(tag, props = {}, ...children) {
   const node = Object.assign(document.createElement(tag), props);
   node.append(...children);
@@ -394,7 +402,7 @@ function makeTile(name) {
   const rec = el("span", { className: "rec", textContent: "REC", title: "recording to disk" });
   const meta = el("div", { className: "meta" });
   const caption = el("div", { className: "caption" },
-    el("div", { className: "name" }, rec, name), meta);
+    el("div", { className: "name" }, rec, breakable(name)), meta);
   const link = el("a", { className: "tile", href: `#/stream/${enc(name)}` }, media, caption);
   const li = el("li", {}, link);
   li.dataset.stream = name;
@@ -493,14 +501,15 @@ function showStats(stats) {
   const rec = stats.recording;
   if (!rec) rows.push(["Recording", "not recording"]);
   else {
-    rows.push(["Recording to", rec.segment ? rec.segment.split("/").pop() : "no open file"]);
+    rows.push(["Recording to", rec.segment ? breakable(rec.segment.split("/").pop()) : "no open file"]);
     rows.push(["Recorded", `${rec.frames_written} frames, ${fmt.bytes(rec.bytes_written)}`]);
     const notRecorded = `${rec.frames_dropped} dropped, ${rec.frames_skipped_fps} above fps cap`;
     rows.push(["Not recorded", notRecorded]);
     if (rec.error) rows.push(["Recording error", rec.error]);
   }
   const items = rows.flatMap(([key, value]) => [
-    el("dt", { textContent: key }), el("dd", { textContent: value }),
+    el("dt", { textContent: key }),
+    value instanceof Node ? el("dd", {}, value) : el("dd", { textContent: value }),
   ]);
   $("sv-stats").replaceChildren(...items);
 }

@@ -40,13 +40,6 @@ function fromInput(value) {
 }
 const iso = (seconds) => new Date(seconds * 1000).toISOString();
 
-// A file name that may wrap after "_", "-" and ".", never inside a word.
-function breakable(name) {
-  const span = el("span", { className: "file-name" });
-  for (const piece of name.split(/(?<=[_.-])/)) span.append(piece, el("wbr"));
-  return span;
-}
-
 // ---- API requests with a body, and raw answers -------------------------------------
 
 const authHeaders = () => (session ? { Authorization: `Bearer ${session.token}` } : {});
