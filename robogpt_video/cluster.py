@@ -723,8 +723,9 @@ class Cluster:
 
     def stream_closed(self, stream: Stream, reason: str) -> None:
         name = stream.name
+        alone = name not in self._cofed
         # Only the last node a stream is published to deletes its key.
-        self._closed_here.append((name, name not in self._cofed))
+        self._closed_here.append((name, alone))
         for table in (self._published, self._homes, self._origins):
             table.pop(name, None)
         self._cofed.discard(name)
@@ -732,6 +733,14 @@ class Cluster:
             self._subscribed.discard(name)
             self._unsubscribe(name)
         if self.recorder is not None:
+            kept = self._orphans.get(name)
+            if alone and kept and self._rec.get(name) == PENDING:
+                # Closed (deleted, say) before the first lease round decided: no other
+                # node is published to it, so no other recorder has these frames.
+                # Recorded here, as without Redis.
+                self.recorder.set_lease(name, None, math.inf)
+                for _, frame, _ in kept:
+                    self.recorder.frame_published(stream, frame)
             self.recorder.stream_closed(stream, reason)
             self._forget(name)
         self._announce_now.set()

@@ -216,3 +216,18 @@ def test_without_redis_every_node_records_its_own_frames(recording_nodes, redis_
     for node in (a, b):  # nothing lost: each records what it got, without a fence
         found = wait_for(lambda: sidecars(node.recordings, "cam"), what="a segment on each")
         assert found[0]["status"] == "recording" and "fence" not in found[0]
+
+
+def test_a_stream_deleted_at_once_keeps_its_frames(recording_nodes):
+    """Frames published and the stream deleted right away, maybe before the node's
+    first lease round has decided who records it: every frame is in a file all the
+    same (recorded under the lease if the round came first, else as without Redis)."""
+    a, _ = recording_nodes
+    sent = [make_jpeg(160, 120, seed=i) for i in range(8)]
+    with httpx.Client(timeout=10) as client:
+        for jpeg in sent:
+            assert publish(a.url, "quick", jpeg, client).status_code == 200
+        assert client.delete(f"{a.url}/api/streams/quick").status_code == 200
+    closed = wait_for(lambda: (found := segments(a, "quick")) and all(
+        s["status"] == "complete" for s in found) and found, what="the segment closed")
+    assert [jpeg for s in closed for _, jpeg in s["frames"]] == sent
