@@ -7,7 +7,6 @@ The longer, standalone versions are ``python -m bench.workers`` and
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 

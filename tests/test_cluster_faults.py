@@ -13,7 +13,7 @@ import pytest
 from helpers import iter_parts, make_jpeg, publish, wait_for
 from recording_tools import sidecars
 from test_cluster import Viewer, cluster_metric, health, problem_reasons
-from test_cluster_recording import Paced, segments
+from test_cluster_recording import Paced, recording_nodes, segments  # noqa: F401 (a fixture)
 
 from robogpt_video.client import StreamPublisher
 
@@ -21,15 +21,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
     reason="redis-server is required: apt-get install redis-server",
 )
-
-
-@pytest.fixture
-def recording_nodes(start_server, redis_server):
-    config = {
-        "cluster": {"redis_url": redis_server.url},
-        "recording": {"enabled": True, "codec": "mjpeg", "fps": 1000},
-    }
-    return [start_server(config) for _ in range(2)]
 
 
 def sent_since(pub: Paced, since: float) -> set[bytes]:

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
 from stat import S_ISREG
@@ -30,7 +29,7 @@ import av
 from av.video.frame import PictureType
 
 from ..errors import NotFound
-from .store import RecordingFile, RecordingStore, fd_path
+from .store import RecordingFile, RecordingStore, fd_path, sidecar_time
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +64,6 @@ class Source:
         return [self.recording.name, self.size, self.mtime_ns]
 
 
-def _sidecar_time(value) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def find_sources(
     store: RecordingStore, stream: str, start: float, end: float, now: float
 ) -> list[Source]:
@@ -85,8 +75,8 @@ def find_sources(
         if info is None or info.st_size == 0:
             continue
         meta = store.read_sidecar(recording) or {}
-        seg_start = _sidecar_time(meta.get("start_time")) or recording.start.timestamp()
-        seg_end = _sidecar_time(meta.get("end_time")) or max(now, info.st_mtime)
+        seg_start = sidecar_time(meta.get("start_time")) or recording.start.timestamp()
+        seg_end = sidecar_time(meta.get("end_time")) or max(now, info.st_mtime)
         if seg_start < end and seg_end >= start:
             found.append(Source(recording, seg_start, info.st_size, info.st_mtime_ns))
     return found

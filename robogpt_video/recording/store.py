@@ -73,6 +73,17 @@ def parse_name(filename: str) -> tuple[str, datetime] | None:
     return match["stream"], start
 
 
+def sidecar_time(value) -> float | None:
+    """A sidecar's ``start_time``/``end_time`` (ISO 8601) as Unix time; None if it is
+    not a valid time (a sidecar written by hand, or damaged)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def fd_path(file: io.IOBase) -> str:
     """A path that opens the very file ``file`` has open, whatever its name points to by
     then (Linux ``/proc/self/fd``): for code that only opens by path (Starlette, FFmpeg).

@@ -20,7 +20,9 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import ApiError, NotFound
 from ..recording.replay import Replay, Still, frame_at
-from ..recording.store import SIDECAR_SUFFIX, RecordingFile, RecordingStore, fd_path
+from ..recording.store import (
+    SIDECAR_SUFFIX, RecordingFile, RecordingStore, fd_path, sidecar_time,
+)
 from .access import current_principal
 from .mjpeg import BOUNDARY, CONTENT_TYPE
 from .peers import PEER_HEADER, Peers
@@ -136,15 +138,6 @@ def _parse_time(value: str | None, field: str) -> float | None:
     return parsed.timestamp()
 
 
-def _parse_sidecar_time(value) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def _entry(store: RecordingStore, rec: RecordingFile, open_paths: set) -> dict:
     meta = store.read_sidecar(rec) or {}
     info = store.stat(rec)
@@ -153,10 +146,10 @@ def _entry(store: RecordingStore, rec: RecordingFile, open_paths: set) -> dict:
     # A sidecar is trusted for nothing: times that do not parse give way to the file's
     # name (start) or to "unknown" (end), a status that is not text to "unknown".
     start = meta.get("start_time")
-    if _parse_sidecar_time(start) is None:
+    if sidecar_time(start) is None:
         start = rec.start.isoformat().replace("+00:00", "Z")
     end = meta.get("end_time")
-    if _parse_sidecar_time(end) is None:
+    if sidecar_time(end) is None:
         end = None
     status = meta.get("status")
     return {
@@ -175,8 +168,8 @@ def _entry(store: RecordingStore, rec: RecordingFile, open_paths: set) -> dict:
 
 
 def _overlaps(entry: dict, since: float | None, until: float | None) -> bool:
-    start = _parse_sidecar_time(entry["start_time"]) or 0.0
-    end = _parse_sidecar_time(entry.get("end_time")) or time.time()  # still open: until now
+    start = sidecar_time(entry["start_time"]) or 0.0
+    end = sidecar_time(entry.get("end_time")) or time.time()  # still open: until now
     return (since is None or end >= since) and (until is None or start <= until)
 
 
@@ -367,7 +360,7 @@ _PART_HEADERS = ("Content-Type", "Content-Length", "X-Timestamp", "X-Offset")
 
 async def _recording_start(store: RecordingStore, rec: RecordingFile) -> float:
     meta = await asyncio.to_thread(store.read_sidecar, rec) or {}
-    return _parse_sidecar_time(meta.get("start_time")) or rec.start.timestamp()
+    return sidecar_time(meta.get("start_time")) or rec.start.timestamp()
 
 
 def _unreadable(rec: RecordingFile, exc: Exception) -> ApiError:
