@@ -4,6 +4,7 @@ real server (the dashboard's use of it is in test_browser.py)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import struct
@@ -195,6 +196,38 @@ def test_forbidden_streams_are_named_with_access_control_on(start_server):
     asyncio.run(scenario())
     watcher = {"Authorization": "Bearer watcher-token-8d1e"}
     assert httpx.get(f"{url}/api/streams/yard_1/stats", headers=watcher).json()["frames_out"] >= 1
+
+
+def test_a_page_of_another_origin_cannot_open_the_view_socket(start_server):
+    """A browser sends its saved credentials with any page's WebSocket and CORS does
+    not apply: the Origin decides (a listed one or the server's own)."""
+    users = [{"name": "ops", "password": "ops-password-3b7f",
+              "permissions": [{"action": "view"}]}]
+    server = start_server({"auth": {"users": users},
+                           "server": {"cors_origins": ["https://dash.example"]}})
+    ws_url = server.url.replace("http", "ws") + "/ws/view"
+    basic = "Basic " + base64.b64encode(b"ops:ops-password-3b7f").decode()
+    host = server.url.partition("://")[2]
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(ws_url, headers={"Authorization": basic,
+                                                       "Origin": "https://evil.example"})
+            assert refused.value.status == 403
+            for origin in ("https://dash.example", f"http://{host}"):
+                async with http.ws_connect(ws_url, headers={"Authorization": basic,
+                                                           "Origin": origin}) as ws:
+                    await ws.send_str(_subscribe())
+                    await _receive(ws, _is("text", type="subscribed"))
+
+    asyncio.run(scenario())
+    refused = httpx.get(ws_url.replace("ws", "http", 1), auth=("ops", "ops-password-3b7f"),
+                        headers={"Origin": "https://evil.example", "Upgrade": "websocket",
+                                 "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert refused.json()["error"] == "origin_not_allowed"
+    assert "may not open a WebSocket" in refused.json()["message"]
 
 
 def test_a_reader_that_reads_nothing_drops_frames_not_memory(server):

@@ -189,8 +189,8 @@ class Origins:
         return self.any or origin.rstrip("/") in self.listed
 
     def may_change(self, request: web.Request, origin: str, strict: bool) -> bool:
-        """Whether a page of ``origin`` may make a state-changing request: a listed
-        origin or this server's own (the dashboard) may. With access control on
+        """Whether a page of ``origin`` may make a state-changing request or open a
+        WebSocket: a listed origin or this server's own (the dashboard) may. With access control on
         (``strict``), ``*`` is not enough (else any page could use a browser's saved
         credentials)."""
         origin = origin.rstrip("/")
@@ -253,13 +253,17 @@ class Access:
         rule, params = find_rule(request.method, request.path)
         action = rule.action if rule is not None else SIGNED_IN
         origin = request.headers.get("Origin")
-        if origin and action in STATE_CHANGING and not self.origins.may_change(
+        # A WebSocket is not covered by CORS: a page of any origin could open one with
+        # the browser's saved credentials and read what it carries.
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        if origin and (action in STATE_CHANGING or websocket) and not self.origins.may_change(
             request, origin, self.authenticator.enabled
         ):
             if action == "admin":
                 self._audit(request, NOBODY, 403)
+            what = "open a WebSocket" if websocket else action
             return self._refuse(request, Forbidden(
-                f"pages of {origin} may not {action} here (server.cors_origins)",
+                f"pages of {origin} may not {what} here (server.cors_origins)",
                 code="origin_not_allowed"))
         principal = NOBODY
         if self.authenticator.enabled:
