@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
+import socket
 import struct
 
 import aiohttp
@@ -262,6 +264,69 @@ def test_a_reader_that_reads_nothing_drops_frames_not_memory(server):
                 assert final["frames_out"] + final["frames_dropped_slow_viewers"] >= total, final
 
     asyncio.run(scenario())
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _raw_view_socket(port: int) -> socket.socket:
+    """A WebSocket to /ws/view on a plain socket that reads nothing it is not told to
+    (a client library would read on in the background)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /ws/view HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def _client_frame(text: str) -> bytes:
+    """One masked text frame (RFC 6455 5.2), as a client must send it."""
+    payload, mask = text.encode(), os.urandom(4)
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + struct.pack(">H", size)
+    return b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_a_page_that_sends_without_reading_is_read_no_further(server):
+    """Each bad message gets an answer; a page that never reads them is read no further
+    once a few answers wait unwritten, so answers cannot pile up in the server."""
+    with _raw_view_socket(server.port) as sock:
+        # ≈ 50 KB of unknown field names: the answer names only a few of them.
+        junk = json.dumps({"type": "subscribe", "streams": [
+            {"name": "cam", **{f"k{i}_{'x' * 20}": 1 for i in range(2000)}}]})
+        assert len(junk) < 65536
+        sock.sendall(_client_frame(junk))
+        first = sock.recv(2)
+        size = first[1] & 0x7F
+        if size == 126:
+            size = struct.unpack(">H", sock.recv(2))[0]
+        answer = json.loads(sock.recv(size))
+        assert answer["error"] == "invalid_message" and size < 400, answer
+        # Now read nothing while sending bad messages (each answered with ≈ 90 bytes).
+        before = _rss_mb(server.proc.pid)
+        frame = _client_frame("not json") * 1000
+        sent, total = 0, 1000  # batches of 1,000: far more answers than buffers hold
+        sock.settimeout(3)
+        try:
+            for _ in range(total):
+                sock.sendall(frame)
+                sent += 1
+        except TimeoutError:
+            pass  # the server stopped taking them
+        grown = _rss_mb(server.proc.pid) - before
+    assert sent < total, "every message was taken: the server read on without limit"
+    assert grown < 30
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")

@@ -44,6 +44,9 @@ HEADER_VERSION = 1
 _FIELDS = struct.Struct(">ddfHH")
 MAX_SUBSCRIPTIONS = 256
 MAX_MESSAGE_BYTES = 65536
+#: Answers (text messages) a socket may have waiting to be written before it is read
+#: no further until the page takes them.
+MAX_QUEUED_TEXTS = 8
 
 
 class SocketSink:
@@ -153,8 +156,11 @@ def parse_subscribe(text: str) -> dict[str, tuple]:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise _invalid("each entry of streams needs a name")
         unknown = set(entry) - {"name", "fps", "width", "quality"}
-        if unknown:
-            raise _invalid(f"unknown field(s) {sorted(unknown)} in streams")
+        if unknown:  # named, but not echoed whole: the answer stays small
+            shown = ", ".join(repr(key[:32]) for key in sorted(unknown)[:3])
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise _invalid(f"unknown field(s) {shown}{more} in streams "
+                           "(known: name, fps, width, quality)")
         name = validate_stream_name(entry["name"])
         fps = _option(entry, "fps", float, 0.0, MAX_FPS, low_open=True)
         width = _option(entry, "width", int, *WIDTH_RANGE)
@@ -175,6 +181,8 @@ class ViewSocket:
         self.checked = request.app[ACCESS].authenticator.enabled  # else anyone may view
         self.subs: dict[str, Subscription] = {}
         self._queue: deque = deque()  # sinks with a frame waiting, and text messages
+        self.texts = 0  # text messages queued and not yet written
+        self._texts_sent = asyncio.Event()
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write_forever(), name="view-socket")
         self.closing = False
@@ -188,13 +196,24 @@ class ViewSocket:
     def say(self, kind: str, **fields) -> None:
         """Queue a JSON text message for the page."""
         self._queue.append(json.dumps({"type": kind, **fields}))
+        self.texts += 1
         self._wake.set()
+
+    async def caught_up(self) -> None:
+        """Return once at most :data:`MAX_QUEUED_TEXTS` answers wait to be written: the
+        next message is read only then, so a page that sends without reading is slowed
+        down by its own socket instead of queueing answers in memory."""
+        while self.texts > MAX_QUEUED_TEXTS and not self._writer.done():
+            self._texts_sent.clear()
+            await self._texts_sent.wait()
 
     async def _write_forever(self) -> None:
         try:
             await self._write()
         except ConnectionError:  # the page went away: the reading side ends too
             log.debug("view socket from %s: write failed", self.request.remote, exc_info=True)
+        finally:
+            self._texts_sent.set()  # caught_up() returns: nothing more will be written
 
     async def _write(self) -> None:
         ws = self.ws
@@ -205,6 +224,8 @@ class ViewSocket:
                 item = self._queue.popleft()
                 if isinstance(item, str):
                     await ws.send_str(item)
+                    self.texts -= 1
+                    self._texts_sent.set()
                     continue
                 frame = item.pending
                 if frame is None or item.gone:
@@ -330,6 +351,7 @@ async def ws_view(request: web.Request) -> web.StreamResponse:
             elif message.type == WSMsgType.BINARY:
                 view.say("error", error="invalid_message",
                          message="send JSON text messages, not binary ones")
+            await view.caught_up()
     finally:
         await view.close()
         sockets.discard(ws)
