@@ -188,7 +188,8 @@ def test_with_access_control_another_nodes_files_obey_the_users_permissions(
     start_server, redis_server
 ):
     a, b = _nodes(start_server, redis_server,
-                  {"auth": {"users": USERS, "max_failures_per_minute": 100000}})
+                  {"auth": {"users": USERS, "max_failures_per_minute": 100000},
+                   "server": {"debug": True}})  # the access log: what reached A
     cam = Path(record(a, "cam_1", headers=bearer("pub"))["recording_path"])
     other = Path(record(a, "yard", headers=bearer("pub"))["recording_path"])
     # player may play back cam_* only: the listing through B shows only those
@@ -206,9 +207,18 @@ def test_with_access_control_another_nodes_files_obey_the_users_permissions(
     assert httpx.get(url, headers=bearer("viewer"), timeout=10).status_code == 403
     assert httpx.get(url, timeout=10).status_code == 401
     assert httpx.delete(url, headers=bearer("player"), timeout=10).status_code == 403
+    # The user's ?token= (a dashboard link) works through B, and is not passed on to A.
+    frame = httpx.get(f"{url}/frame", params={"t": 0, "token": TOKENS["player"]}, timeout=10)
+    assert frame.status_code == 200 and frame.headers["x-recording-node"] == node_name(a, bearer("admin"))
+    reached = [line for line in a.output().splitlines() if f"{cam.name}/frame" in line]
+    assert reached and not any("token" in line for line in reached), reached
+    # A name no recording can have is a 404 on B, with no node asked.
+    odd = httpx.get(f"{b.url}/api/recordings/cam_1/x%3F.mp4", headers=bearer("player"), timeout=10)
+    assert odd.status_code == 404 and odd.json()["error"] == "not_found"
     # A node-to-node signature that is not right opens nothing on A.
-    for forged in ("somenode 0 -", f"{node_name(b, bearer('admin'))} 1 {'0' * 64}"):
-        answer = httpx.get(f"{a.url}/api/recordings/cam_1/{cam.name}", headers={PEER: forged},
+    for forged in ("somenode 0 -", f"{node_name(b, bearer('admin'))} 1 {'0' * 64}",
+                   "somenode \u00b2 -"):
+        answer = httpx.get(f"{a.url}/api/recordings/cam_1/{cam.name}", headers={PEER: forged.encode()},
                            timeout=10)
         assert answer.status_code == 401
     assert httpx.delete(url, headers=bearer("admin"), timeout=10).status_code == 200

@@ -215,8 +215,9 @@ class RecordingStore:
             raise NotFound(f"recording '{recording.name}' has no sidecar")
         raise NotFound(f"no recording '{recording.name}' for stream '{recording.stream}'")
 
-    def resolve(self, stream: str, filename: str) -> RecordingFile:
-        """The recording ``stream/filename`` (video or sidecar name); 404 if absent or foreign."""
+    def name(self, stream: str, filename: str) -> RecordingFile:
+        """The recording ``stream/filename`` (video or sidecar name) would be, whether or
+        not it exists here; 404 if the name cannot be one of ``stream``'s recordings."""
         validate_stream_name(stream)
         video_name = filename[: -len(SIDECAR_SUFFIX)] + VIDEO_SUFFIX if filename.endswith(
             SIDECAR_SUFFIX
@@ -224,7 +225,11 @@ class RecordingStore:
         parsed = parse_name(video_name)
         if parsed is None or parsed[0] != stream:
             raise NotFound(f"no recording '{filename}' for stream '{stream}'")
-        recording = RecordingFile(stream, self.root / stream / video_name, parsed[1])
+        return RecordingFile(stream, self.root / stream / video_name, parsed[1])
+
+    def resolve(self, stream: str, filename: str) -> RecordingFile:
+        """The recording ``stream/filename`` (video or sidecar name); 404 if absent or foreign."""
+        recording = self.name(stream, filename)
         if self.stat(recording) is None:
             raise NotFound(f"no recording '{filename}' for stream '{stream}'")
         return recording

@@ -94,7 +94,8 @@ class Peers:
         secret = self.cluster.peer_secret
         node, _, rest = value.strip().partition(" ")
         stamp, _, mac = rest.partition(" ")
-        if not secret or not stamp.isdigit() or abs(time.time() - int(stamp)) > SKEW_SECONDS:
+        if not secret or not (stamp.isascii() and stamp.isdigit()) \
+                or abs(time.time() - int(stamp)) > SKEW_SECONDS:
             return None
         if not hmac.compare_digest(mac.encode(), _mac(secret, node, stamp, method, path).encode()):
             return None
@@ -220,6 +221,10 @@ class Peers:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ApiError(f"node {node}, which has the recording, did not answer: {_why(exc)}",
                            code="node_unreachable", status_code=503) from None
+        if upstream.status == 401:  # our signature, not the user's credentials (a new secret)
+            upstream.release()
+            raise ApiError(f"node {node}, which has the recording, refused this node's "
+                           "signature", code="node_unreachable", status_code=503)
         return ProxiedResponse(upstream, node, head=method == "HEAD")
 
 

@@ -107,9 +107,11 @@ async def _elsewhere(request: Request) -> tuple[dict[str, str] | None, set[str]]
     return await peers.others()
 
 
-async def _local_or_proxied(request: Request, stream: str, file: str, suffix: str = ""):
+async def _local_or_proxied(request: Request, stream: str, file: str, suffix: str = "",
+                            params: tuple[str, ...] = ()):
     """(store, recording) of a file this node has; else another node's answer to this
-    request (a ``Response``), proxied; NotFound if no node has it."""
+    request (a ``Response``), proxied with the query parameters ``params`` (nothing
+    else: a ``?token=`` is the user's, not for another node); NotFound if no node has it."""
     store = _store(request)
     try:
         return store, await asyncio.to_thread(store.resolve, stream, file)
@@ -117,10 +119,11 @@ async def _local_or_proxied(request: Request, stream: str, file: str, suffix: st
         peers = _peers(request)
         if peers is None:
             raise
+    store.name(stream, file)  # a name no recording can have: 404 here, no node asked
     node, url = await peers.locate(stream, file)
     path = f"/api/recordings/{stream}/{file}{suffix}"
-    return None, await peers.proxy(request.method, node, url, path, request.headers,
-                                   request.query_params)
+    query = {key: request.query_params[key] for key in params if key in request.query_params}
+    return None, await peers.proxy(request.method, node, url, path, request.headers, query)
 
 
 def _parse_time(value: str | None, field: str) -> float | None:
@@ -400,7 +403,7 @@ async def play_recording(
 ) -> StreamingResponse:
     """The recording replayed as live MJPEG at its recorded timing (any browser plays it).
     Seeking and another speed are a new request with other ``start`` and ``speed``."""
-    store, rec = await _local_or_proxied(request, stream, file, "/play")
+    store, rec = await _local_or_proxied(request, stream, file, "/play", ("start", "speed"))
     if store is None:
         return rec  # another node's answer
     start_ts = await _recording_start(store, rec)
@@ -482,7 +485,7 @@ async def recording_frame(
 ) -> Response:
     """One frame of a recording as a JPEG; ``X-Previous-Offset`` and ``X-Next-Offset``
     are the ``t`` of the frames before and after it."""
-    store, rec = await _local_or_proxied(request, stream, file, "/frame")
+    store, rec = await _local_or_proxied(request, stream, file, "/frame", ("t",))
     if store is None:
         return rec  # another node's answer
     start_ts = await _recording_start(store, rec)
