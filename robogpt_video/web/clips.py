@@ -69,8 +69,7 @@ _MP4 = {
           "Disposition: inline`)", "content": {"video/mp4": _DOWNLOAD[200]["content"]["video/mp4"]}},
     206: {**_DOWNLOAD[206], "content": {key: value for key, value in _DOWNLOAD[206]["content"].items()
                                         if key != "application/json"}},
-    400: {"model": ErrorBody, "description": "A malformed `Range` header (Starlette's "
-          "plain-text answer)", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    400: {"model": ErrorBody, "description": "`invalid_range`: a malformed `Range` header"},
     404: _NOT_FOUND,
     409: {"model": ErrorBody, "description": "`clip_not_ready`: queued, running or failed"},
     416: _DOWNLOAD[416],

@@ -358,6 +358,9 @@ async def delete_recording(request: Request, stream: str, file: str) -> dict:
 
 #: The replay speeds ``/play`` accepts (times the recorded pace).
 MIN_SPEED, MAX_SPEED = 0.25, 8.0
+#: The largest ``start``/``t`` (seconds into a recording; a segment is far shorter):
+#: larger numbers are a 400, not an overflow in FFmpeg's seek.
+MAX_OFFSET = 10_000_000
 _PART_HEADERS = ("Content-Type", "Content-Length", "X-Timestamp", "X-Offset")
 
 
@@ -383,7 +386,7 @@ def _unreadable(rec: RecordingFile, exc: Exception) -> ApiError:
               "`/frame` takes and gives them)",
               "content": {CONTENT_TYPE: _BINARY}, "headers": {"X-Recording-Start": _HEADER}},
         400: {"model": ErrorBody, "description": "`invalid_stream_name`; "
-              "`invalid_parameters`: `start` below 0 or `speed` outside "
+              "`invalid_parameters`: `start` below 0 or above 10,000,000, or `speed` outside "
               f"{MIN_SPEED:g}-{MAX_SPEED:g}"},
         404: _FILE[404],
         409: {"model": ErrorBody, "description": "`unreadable`: no frame can be read yet "
@@ -395,7 +398,7 @@ async def play_recording(
     request: Request,
     stream: str,
     file: str,
-    start: float = Query(0.0, ge=0, allow_inf_nan=False,
+    start: float = Query(0.0, ge=0, le=MAX_OFFSET, allow_inf_nan=False,
                          description="Seconds into the recording: replay from the frame "
                          "on screen at that moment"),
     speed: float = Query(1.0, ge=MIN_SPEED, le=MAX_SPEED, allow_inf_nan=False,
@@ -468,7 +471,7 @@ _STILL_HEADERS = {
               "headers": {name: {"description": text, "schema": {"type": "string"}}
                           for name, text in _STILL_HEADERS.items()}},
         400: {"model": ErrorBody, "description": "`invalid_stream_name`; "
-              "`invalid_parameters`: `t` missing, not a number or below 0"},
+              "`invalid_parameters`: `t` missing, not a number, below 0 or above 10,000,000"},
         404: _FILE[404],
         409: {"model": ErrorBody, "description": "`unreadable`: no frame can be read yet "
               "(a segment opened a moment ago)"},
@@ -479,7 +482,7 @@ async def recording_frame(
     request: Request,
     stream: str,
     file: str,
-    t: float = Query(ge=0, allow_inf_nan=False,
+    t: float = Query(ge=0, le=MAX_OFFSET, allow_inf_nan=False,
                      description="Seconds into the recording: the last frame that started "
                      "at or before it (the last frame past the end)"),
 ) -> Response:
