@@ -423,6 +423,7 @@ class Cluster:
             "height": newest.get("h"),
             "home": home,
             "nodes": sorted(parts),
+            "is_recording": any(p.get("rec") for p in parts.values()),  # on some node
         }
         if not stats:
             return summary
@@ -451,7 +452,13 @@ class Cluster:
             "w": latest.width if latest else None,
             "h": latest.height if latest else None,
             "size": latest.size if latest else None,
+            "rec": self._writing(stream.name),
         }
+
+    def _writing(self, name: str) -> bool:
+        """Whether this node writes a segment of ``name`` now (the REC mark)."""
+        stats = self.recorder.stream_stats(name) if self.recorder is not None else None
+        return bool(stats and stats.get("segment"))
 
     async def delete(self, name: str, reason: str) -> bool:
         """End ``name`` on every node (``DELETE /api/streams/<name>``); ``False`` if unknown."""

@@ -107,6 +107,12 @@ def test_a_stream_published_to_two_nodes_is_recorded_by_one(recording_nodes):
             sent.append(jpeg)
     holder = holder_of((a, b), "cam")
     other = b if holder is a else a
+    # Both nodes show the REC mark, though only one writes (announced within a second).
+    for node in (a, b):
+        wait_for(lambda: [s["is_recording"] for s in
+                          httpx.get(f"{node.url}/api/streams", timeout=10).json()["streams"]]
+                 == [True], what="the listing's REC mark on every node")
+        assert httpx.get(f"{node.url}/api/streams/cam/stats", timeout=10).json()["is_recording"]
     # Every frame reached the holder's file (the newest is kept back until the close).
     assert httpx.delete(f"{a.url}/api/streams/cam", timeout=10).status_code in (200, 204)
     wait_for(lambda: sidecars(holder.recordings, "cam")

@@ -48,8 +48,9 @@ async def list_streams(request: Request) -> dict:
         every = [stream.summary() for stream in runtime.registry]
     streams = [s for s in every if not authenticator.enabled or visible(s["name"])]
     streams.sort(key=lambda s: s["name"])
-    for summary in streams:  # the dashboard's recording dot
-        summary["is_recording"] = _is_recording(runtime.recorder, summary["name"])
+    for summary in streams:  # the dashboard's recording dot (a cluster's: on any node)
+        summary["is_recording"] = summary.get("is_recording") or _is_recording(
+            runtime.recorder, summary["name"])
     return {"count": len(streams), "streams": streams}
 
 
@@ -65,7 +66,8 @@ async def stream_stats(request: Request, name: str) -> dict:
         stats = await runtime.cluster.stream_stats(name)
         if stats is not None:
             recording = recorder.stream_stats(name) if recorder is not None else None
-            return {**stats, "recording": recording, "is_recording": _is_recording(recorder, name)}
+            return {**stats, "recording": recording,
+                    "is_recording": stats["is_recording"] or _is_recording(recorder, name)}
     stream = _stream(request, name)
     recording = recorder.stream_stats(stream.name) if recorder is not None else None
     return {**stream.stats(), "recording": recording,
