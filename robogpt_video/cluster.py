@@ -849,8 +849,8 @@ class Cluster:
 
     def _announce_node(self, pipe) -> None:
         """Add to the announcement: this node in ``rv:nodes`` (its URL, its recordings
-        directory, the files it writes), the peer secret and the session secret (each
-        made by the first node). The last replies: session secret, -, peer secret."""
+        directory, the files it writes), the session secret and the peer secret (each
+        made by the first node); each secret's GET is the second reply after its SET."""
         if not self.storage:
             try:  # nodes that share a recordings directory (workers) share a storage id
                 if self.recorder is not None:  # it is made at the first segment otherwise
@@ -867,8 +867,11 @@ class Cluster:
                                 "open": json.dumps(writing)})
         pipe.expire(key, NODE_TTL)
         pipe.sadd(NODES, self.node_name)
-        if self.shares_session_secret:  # made by the first node, then everyone's
-            pipe.set(SESSION_SECRET_KEY, secrets.token_hex(32), nx=True)
+        if self.shares_session_secret:
+            # Made by the first node, then everyone's; put back by the first node to
+            # announce itself to a Redis restarted empty, so no one is signed out.
+            known = self.session_secret or secrets.token_hex(32).encode()
+            pipe.set(SESSION_SECRET_KEY, known, nx=True)
             pipe.get(SESSION_SECRET_KEY)
         pipe.set(PEER_SECRET_KEY, secrets.token_hex(32), nx=True)
         pipe.get(PEER_SECRET_KEY)

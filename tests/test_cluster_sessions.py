@@ -138,6 +138,16 @@ def test_a_session_from_one_node_works_on_the_other_through_redis(start_server, 
         metrics = httpx.get(f"{node.url}/metrics", auth=("ops", PASSWORD), timeout=10).text
         assert secret not in logs(node) and secret not in metrics
 
+    # Redis restarted empty: the first node to announce itself puts the key back, and
+    # no one is signed out.
+    redis_server.stop()
+    redis_server.start()
+    wait_for(lambda: redis_server.cli("GET", "rv:session-secret"),
+             what="a node to put the key back")
+    assert redis_server.cli("GET", "rv:session-secret") == secret
+    for node in (a, b):
+        assert streams(node, token).status_code == 200
+
 
 def test_with_a_configured_session_secret_sessions_survive_restarts(
     start_server, redis_server
