@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 
@@ -26,6 +27,13 @@ ACTIONS = ("publish", "view", "playback", "admin", "metrics")
 #: The user whose permissions apply to requests that bring no credentials.
 ANONYMOUS = "any"
 SESSION_PREFIX = "rgv1."
+SESSION_KEY_LABEL = b"robogpt-video session tokens"
+
+
+def session_key(secret: bytes) -> bytes:
+    """The key that signs session tokens, derived from a shared secret (the config's or
+    the cluster's), so that secret itself signs nothing."""
+    return hmac.new(secret, SESSION_KEY_LABEL, hashlib.sha256).digest()
 
 
 def digest(secret: str) -> bytes:
@@ -72,12 +80,21 @@ class Authenticator:
     configured: then nothing is checked (the public default).
     """
 
-    def __init__(self, settings, jwt_verifier=None, session_key: bytes | None = None):
+    def __init__(self, settings, jwt_verifier=None,
+                 shared_secret: Callable[[], bytes | None] | None = None):
+        """``shared_secret``: the session secret the cluster's nodes share through Redis
+        (None until known); used only without ``auth.session_secret``."""
         self.settings = settings
         self.realm = settings.realm
         self.session_seconds = settings.session_hours * 3600
         self.jwt = jwt_verifier
-        self._session_key = session_key or secrets.token_bytes(32)
+        if settings.session_secret is not None:  # every node and worker has the same
+            self._own_key = session_key(settings.session_secret.get_secret_value().encode())
+            shared_secret = None
+        else:  # this process's own: its tokens are valid here only
+            self._own_key = secrets.token_bytes(32)
+        self._shared_secret = shared_secret
+        self._shared: tuple[bytes, bytes] | None = None  # (secret, the key derived from it)
         self.anonymous = NOBODY
         self._users: dict[str, _User] = {}
         self._tokens: list[tuple[bytes, Principal]] = []
@@ -167,7 +184,8 @@ class Authenticator:
 
     # Session tokens: what the dashboard puts in ``?token=`` for <img> tiles after a
     # password login. ``rgv1.<name b64>.<expiry>.<hmac>``; the user's permissions are
-    # looked up again on every request.
+    # looked up again on every request. The key: ``auth.session_secret``'s, else the
+    # cluster's (Redis ``rv:session-secret``), else one made at start (docs/security.md).
 
     def issue_session(self, principal: Principal) -> tuple[str, float]:
         """A signed token standing for ``principal`` until the returned expiry (epoch s).
@@ -183,15 +201,29 @@ class Authenticator:
         expires = int(time.time() + self.session_seconds)
         name = base64.urlsafe_b64encode(principal.name.encode()).decode().rstrip("=")
         body = f"{SESSION_PREFIX}{name}.{expires}"
-        return f"{body}.{self._sign(body)}", float(expires)
+        return f"{body}.{self._sign(body, self._session_keys()[0])}", float(expires)
 
-    def _sign(self, body: str) -> str:
-        mac = hmac.new(self._session_key, body.encode(), hashlib.sha256).digest()
+    def _session_keys(self) -> list[bytes]:
+        """The keys a session token may be signed with, the one to sign with first: the
+        cluster's once this node knows it, then this process's own (or the config's)."""
+        secret = self._shared_secret() if self._shared_secret is not None else None
+        if not secret:
+            return [self._own_key]
+        if self._shared is None or self._shared[0] != secret:
+            self._shared = (secret, session_key(secret))
+        return [self._shared[1], self._own_key]
+
+    @staticmethod
+    def _sign(body: str, key: bytes) -> str:
+        mac = hmac.new(key, body.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     def _session(self, token: str) -> Principal:
         body, _, signature = token.rpartition(".")
-        if not hmac.compare_digest(self._sign(body).encode(), signature.encode()):
+        valid = False
+        for key in self._session_keys():  # every key: no early exit
+            valid |= hmac.compare_digest(self._sign(body, key).encode(), signature.encode())
+        if not valid:
             raise Unauthorized("the session token is not valid")
         _, name, expires = body.split(".")
         if float(expires) < time.time():

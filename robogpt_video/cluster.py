@@ -130,6 +130,8 @@ NODES = "rv:nodes"
 NODE_KEY = "rv:node:"
 NODE_TTL = 5  # seconds a node stays listed after its last announcement
 PEER_SECRET_KEY = "rv:peer-secret"  # signs node-to-node requests (web/peers.py)
+#: The key of the dashboard's session tokens (auth.py), without auth.session_secret.
+SESSION_SECRET_KEY = "rv:session-secret"
 LEASE_KEY = "rv:rec:"
 EXPIRE_KEY = "rv:expire:"  # the node ending an idle stream on every node (SET NX)
 FENCE_KEY = "rv:recfence:"
@@ -272,6 +274,11 @@ class Cluster:
         self.recording_directory = settings.recording.directory
         self.storage = ""
         self.peer_secret: bytes | None = None
+        # Session tokens valid on every node: with access control on and no
+        # auth.session_secret, the nodes share one through Redis (docs/security.md).
+        self.shares_session_secret = (settings.auth.enabled
+                                      and settings.auth.session_secret is None)
+        self.session_secret: bytes | None = None
         self._nodes_script = None
 
     def set_address(self, host: str, port: int, url: str = "") -> None:
@@ -842,12 +849,15 @@ class Cluster:
                 continue
             self.cluster_streams = replies[-1]
             self.peer_secret = replies[-2]
+            if self.shares_session_secret:
+                self.session_secret = replies[-4] or None
 
     # -- the nodes: recordings on every node (web/peers.py) -----------------------------------
 
     def _announce_node(self, pipe) -> None:
         """Add to the announcement: this node in ``rv:nodes`` (its URL, its recordings
-        directory, the files it writes), and the peer secret (made by the first node)."""
+        directory, the files it writes), the session secret and the peer secret (each
+        made by the first node); each secret's GET is the second reply after its SET."""
         if not self.storage:
             try:  # nodes that share a recordings directory (workers) share a storage id
                 if self.recorder is not None:  # it is made at the first segment otherwise
@@ -864,6 +874,12 @@ class Cluster:
                                 "open": json.dumps(writing)})
         pipe.expire(key, NODE_TTL)
         pipe.sadd(NODES, self.node_name)
+        if self.shares_session_secret:
+            # Made by the first node, then everyone's; put back by the first node to
+            # announce itself to a Redis restarted empty, so no one is signed out.
+            known = self.session_secret or secrets.token_hex(32).encode()
+            pipe.set(SESSION_SECRET_KEY, known, nx=True)
+            pipe.get(SESSION_SECRET_KEY)
         pipe.set(PEER_SECRET_KEY, secrets.token_hex(32), nx=True)
         pipe.get(PEER_SECRET_KEY)
 

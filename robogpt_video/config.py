@@ -225,7 +225,9 @@ class LoggingSettings(_Section):
 _SHA256_HEX = r"^[0-9a-fA-F]{64}$"
 #: Config keys whose values are secrets: never echoed in a configuration error. ``jwt``:
 #: its public_key could be a private key pasted by mistake.
-SECRET_KEYS = frozenset({"token", "token_sha256", "password", "password_sha256", "users", "jwt"})
+SECRET_KEYS = frozenset({"token", "token_sha256", "password", "password_sha256", "users", "jwt",
+                         "session_secret"})
+SESSION_SECRET_CHARS = 32  # the shortest auth.session_secret accepted
 
 
 class PermissionSettings(_Section):
@@ -383,6 +385,10 @@ class AuthSettings(_Section):
         [], description="Addresses or networks whose X-Forwarded-For is believed"
     )
     session_hours: float = Field(12, gt=0, description="Lifetime of a dashboard sign-in")
+    session_secret: SecretStr | None = Field(
+        None, description="Key of the dashboard's session tokens, the same on every node and "
+        "worker (unset: shared through cluster.redis_url, or made at start)"
+    )
     jwt: JwtSettings | None = Field(None, description="Accept JWTs (off while absent)")
 
     @field_validator("users")
@@ -408,6 +414,18 @@ class AuthSettings(_Section):
                     )
                 owners[token_digest] = user.name
         return users
+
+    @field_validator("session_secret", mode="before")
+    @classmethod
+    def _long_secret(cls, value: Any) -> Any:
+        if value in ("", None):  # ROBOGPT_AUTH__SESSION_SECRET= (compose without one)
+            return None
+        if isinstance(value, str) and len(value) < SESSION_SECRET_CHARS:
+            raise ValueError(
+                f"must be at least {SESSION_SECRET_CHARS} characters, e.g. the output of "
+                "python -c 'import secrets; print(secrets.token_hex(32))'"
+            )
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -16,7 +16,8 @@ import pytest
 
 from browser import headless_chromium
 from helpers import make_jpeg, publish, wait_for
-from recording_tools import decode, wait_closed
+from recording_tools import decode, sidecars, wait_closed
+from robogpt_video.recording.store import sidecar_time
 
 SMALL, BIG = (320, 240), (480, 360)
 
@@ -351,3 +352,67 @@ def test_a_stream_recorded_as_h264_makes_a_clip_too(start_server, tmp_path):
     video = tmp_path / "h264.mp4"
     video.write_bytes(httpx.get(f"{server.url}{state['url']}").content)
     assert _frame_times(video) == pytest.approx([t - arrivals[0] for t in arrivals], abs=0.005)
+
+
+def test_deleting_a_recording_removes_the_clips_made_from_it(start_server):
+    server = start_server()
+    arrivals = _recorded(server, "cam", [(4, SMALL), (4, BIG)])
+    # A segment is a source of every range its sidecar's times overlap, frames or not:
+    # "second" starts after the first segment's end.
+    first_end = min(sidecar_time(s["end_time"]) for s in sidecars(server.recordings, "cam"))
+    ranges = {"first": (arrivals[0] - 1, (arrivals[3] + arrivals[4]) / 2),
+              "second": (first_end + 0.001, arrivals[-1] + 1),
+              "both": (arrivals[0] - 1, arrivals[-1] + 1)}
+    made = {}
+    for label, (start, end) in ranges.items():
+        asked = httpx.post(f"{server.url}/api/clips", json={"stream": "cam", "start": start,
+                                                              "end": end}, timeout=10).json()
+        assert _wait_done(server.url, asked)[0]["status"] == "ready"
+        made[label] = asked
+    cache = server.recordings / ".clips"
+    # The cache's metadata names the segments a clip was made from.
+    [[first, *_]] = json.loads((cache / f"{made['first']['id']}.json").read_text())["sources"]
+    assert [s[0] for s in json.loads(
+        (cache / f"{made['both']['id']}.json").read_text())["sources"]][0] == first
+
+    deleted = httpx.delete(f"{server.url}/api/recordings/cam/{first}", timeout=10)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["message"] == f"Recording '{first}' deleted, with 2 clip(s) made from it"
+    for label in ("first", "both"):
+        clip = made[label]
+        assert httpx.get(f"{server.url}/api/clips/{clip['id']}", timeout=10).status_code == 404
+        gone = httpx.get(f"{server.url}{clip['url']}", timeout=10)
+        assert gone.status_code == 404 and gone.json()["error"] == "not_found"
+        assert not list(cache.glob(f"{clip['id']}.*"))
+    kept = httpx.get(f"{server.url}{made['second']['url']}", timeout=10)
+    assert kept.status_code == 200 and kept.headers["content-type"] == "video/mp4"
+    # Asked again, the range has one segment left: another clip, made from it alone.
+    again = httpx.post(f"{server.url}/api/clips", json={
+        "stream": "cam", "start": ranges["both"][0], "end": ranges["both"][1]}, timeout=10)
+    assert again.status_code == 202 and again.json()["id"] not in (made["both"]["id"],
+                                                                    made["second"]["id"])
+    assert _wait_done(server.url, again.json())[0]["frames_total"] == 4
+
+    # A clip being made when its recording is deleted is not kept, whenever the delete
+    # lands (before the job ends: it fails; after: the cached clip goes).
+    _publish(server.url, "long", 120, BIG, pause=0)
+    _close(server.url, "long")
+    wait_closed(server.recordings, "long", count=1)
+    [long] = server.recordings.joinpath("long").glob("*.mp4")
+    asked = httpx.post(f"{server.url}/api/clips", timeout=10, json={
+        "stream": "long", "start": time.time() - 60, "end": time.time() + 1})
+    assert asked.status_code == 202, asked.text
+    job = asked.json()
+    assert httpx.delete(f"{server.url}/api/recordings/long/{long.name}",
+                        timeout=10).status_code == 200
+
+    def ended():
+        state = httpx.get(f"{server.url}/api/clips/{job['id']}", timeout=10)
+        if state.status_code == 404 or state.json()["status"] in ("failed", "ready"):
+            return state
+        return None
+
+    state = wait_for(ended, timeout=60, what="the clip job to end")
+    assert state.status_code == 404 or state.json()["status"] == "failed", state.text
+    assert httpx.get(f"{server.url}{job['url']}", timeout=10).status_code in (404, 409)
+    assert not list(cache.glob(f"{job['id']}.*"))

@@ -256,6 +256,12 @@ def compose_nodes() -> dict[str, dict]:
     return {name: service for name, service in services.items() if name.startswith("node")}
 
 
+def _interpolated(value: str, environment: dict[str, str]) -> str:
+    """``value`` with compose's ``${NAME:-default}`` filled in from ``environment``."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}",
+                  lambda m: environment.get(m[1]) or m[2], value)
+
+
 def test_compose_runs_redis_three_nodes_and_nginx(monkeypatch):
     from robogpt_video.config import load_settings
 
@@ -274,8 +280,14 @@ def test_compose_runs_redis_three_nodes_and_nginx(monkeypatch):
         for key in [k for k in os.environ if k.startswith("ROBOGPT_")]:
             monkeypatch.delenv(key)
         for key, value in node["environment"].items():
-            monkeypatch.setenv(key, str(value))
+            monkeypatch.setenv(key, _interpolated(str(value), {}))
         settings = load_settings(REPO / "config.yaml")
+        # Dashboard sessions: the secret from compose's environment, or none (then Redis).
+        assert settings.auth.session_secret is None
+        monkeypatch.setenv("ROBOGPT_AUTH__SESSION_SECRET", _interpolated(
+            node["environment"]["ROBOGPT_AUTH__SESSION_SECRET"],
+            {"ROBOGPT_AUTH__SESSION_SECRET": "s" * 40}))
+        assert load_settings(REPO / "config.yaml").auth.session_secret.get_secret_value() == "s" * 40
         cluster = settings.cluster
         assert cluster.redis_url == "redis://redis:6379/0"
         assert cluster.node_name == service

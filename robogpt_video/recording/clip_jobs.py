@@ -50,6 +50,8 @@ class ClipJob:
     error: str | None = None
     size_bytes: int | None = None
     sources: list[clips.Source] = field(default_factory=list, repr=False)
+    #: A segment it reads that was deleted while it ran: its clip is not kept.
+    deleted_source: str | None = None
 
     @property
     def progress(self) -> float:
@@ -205,6 +207,22 @@ class ClipService:
             return None
         return job or ClipJob.from_cache(cid, meta)
 
+    async def forget_recording(self, stream: str, name: str) -> list[str]:
+        """After the segment ``name`` of ``stream`` was deleted: remove the cached clips
+        made from it, and keep none that a job of this process is making from it.
+        Returns the ids removed from the cache."""
+        for job in self.jobs.values():
+            if job.status in (QUEUED, RUNNING) and job.stream == stream \
+                    and any(source.recording.name == name for source in job.sources):
+                job.deleted_source = name
+        removed = await asyncio.to_thread(clips.remove_made_from, self.cache, stream, name)
+        for cid in removed:
+            log.info("clips: removed %s from the cache: recording %s was deleted", cid, name)
+            job = self.jobs.get(cid)
+            if job is not None and job.status == READY:
+                del self.jobs[cid]
+        return removed
+
     def open_video(self, cid: str):
         """Blocking: the cached video opened, with its status, or ``None``."""
         return clips.open_cached(self.cache, cid)
@@ -235,6 +253,12 @@ class ClipService:
                 job.status = READY
             finally:
                 job.sources = []
+            if job.status == READY and job.deleted_source is not None:
+                await asyncio.to_thread(clips.remove_made_from, self.cache, job.stream,
+                                        job.deleted_source)
+                job.error = (f"recording '{job.deleted_source}' was deleted while the clip "
+                             "was made")
+                job.status, job.size_bytes = FAILED, None
         if job.status == FAILED:
             log.warning("clip %s of %s failed: %s", job.id, job.stream, job.error)
         else:

@@ -322,6 +322,31 @@ def _entries(cache: Path) -> list[os.DirEntry]:
         return []
 
 
+def remove_made_from(cache: Path, stream: str, recording: str) -> list[str]:
+    """Remove the cached clips of ``stream`` made from the segment named ``recording``
+    (their metadata's ``sources``); returns their ids."""
+    removed = []
+    for entry in _entries(cache):
+        cid, ext = os.path.splitext(entry.name)
+        if entry.name.startswith(".") or ext != META:
+            continue
+        try:
+            meta = json.loads(Path(entry.path).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict) or meta.get("stream") != stream:
+            continue
+        sources = meta.get("sources")
+        if isinstance(sources, list) and any(
+            isinstance(source, list) and source[:1] == [recording] for source in sources
+        ):
+            # The video first: without it the clip is no longer served (read_cached).
+            for path in (video_path(cache, cid), cache / f"{cid}{META}"):
+                path.unlink(missing_ok=True)
+            removed.append(cid)
+    return removed
+
+
 def remove_temps(cache: Path, before: float) -> int:
     """Delete temp files last changed before ``before`` (wall clock): what a stopped
     or crashed process left. Newer ones may be another worker's clip being made."""

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PUBLIC, SIGNED_IN = "public", "signed_in"
 #: Actions that change state: refused from a page whose origin may not make them.
 STATE_CHANGING = frozenset({"publish", "admin"})
+#: The routes a signed node-to-node request may use (web/peers.py).
+PEER_PATHS = ("/api/recordings", "/api/clips")
 #: Methods no route uses to change anything (the WebSocket publish route is a GET, but
 #: a browser always sends ``Origin`` with it).
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -300,8 +302,8 @@ class Access:
     async def _authenticate(self, request, action, rule, params) -> Principal:
         peer = request.headers.get(PEER_HEADER)
         if peer is not None and self.peer_check is not None and rule is not None \
-                and rule.path.startswith("/api/recordings"):
-            # Another node, on behalf of a user it has checked (recordings only).
+                and rule.path.startswith(PEER_PATHS):
+            # Another node, on behalf of a user it has checked (recordings, clips).
             node = self.peer_check(peer, request.method, request.path)
             if node is None:
                 self.failed += 1

@@ -119,7 +119,9 @@ def create_app(
         from ..jwt_auth import JwtVerifier
 
         verifier = JwtVerifier(settings.auth.jwt)
-    access = Access(settings, Authenticator(settings.auth, verifier), cors_headers)
+    cluster = runtime.cluster
+    shared = (lambda: cluster.session_secret) if cluster is not None else None
+    access = Access(settings, Authenticator(settings.auth, verifier, shared), cors_headers)
     app_metrics.watch_access(access)
     middlewares = [access.middleware]
     if connections is not None:

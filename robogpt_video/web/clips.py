@@ -5,6 +5,10 @@
 ``Range``). Each needs ``playback`` on the clip's stream; the stream is not in these
 paths, so the access rule asks for ``playback`` on some stream and the handler checks
 the clip's own stream.
+
+With a cluster (docs/cluster.md "Clips on every node"), ``POST`` is made by the node
+that has most of the range's recordings (proxied there, like a recording's download),
+and a clip id this node does not know is asked of the other nodes and proxied.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import time
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -21,9 +26,11 @@ from starlette.responses import FileResponse
 
 from ..errors import ApiError, Forbidden, NotFound
 from ..recording.clip_jobs import ClipJob, ClipService
+from ..recording.store import sidecar_time
 from ..streams import validate_stream_name
 from .access import current_principal
-from .recordings import _DOWNLOAD, OpenFileResponse
+from .peers import NODE_HEADER, Peers
+from .recordings import _DOWNLOAD, OpenFileResponse, _everything, _listing, _peers, _store
 from .schemas import ErrorBody
 
 router = APIRouter(tags=["clips"])
@@ -63,7 +70,9 @@ class ClipJobBody(BaseModel):
     size_bytes: int | None
 
 
-_NOT_FOUND = {"model": ErrorBody, "description": "`not_found`: no such clip"}
+_NOT_FOUND = {"model": ErrorBody, "description": "`not_found`: no such clip (on any node)"}
+_UNREACHABLE = {"model": ErrorBody, "description": "`node_unreachable` (cluster): not on the "
+                "nodes that answered, and a node that may have it did not answer"}
 _MP4 = {
     200: {**_DOWNLOAD[200], "description": "The clip: `video/mp4` (H.264, `Content-"
           "Disposition: inline`)", "content": {"video/mp4": _DOWNLOAD[200]["content"]["video/mp4"]}},
@@ -73,6 +82,7 @@ _MP4 = {
     404: _NOT_FOUND,
     409: {"model": ErrorBody, "description": "`clip_not_ready`: queued, running or failed"},
     416: _DOWNLOAD[416],
+    503: _UNREACHABLE,
 }
 _MP4_HEAD = {
     status: {key: value for key, value in answer.items() if key not in ("content", "model")}
@@ -123,7 +133,8 @@ def _time(value: float | str, field: str) -> float:
         404: {"model": ErrorBody, "description": "`not_found`: no recording of the stream "
               "overlaps the range"},
         503: {"model": ErrorBody, "description": "`too_many_clip_jobs`: `clips.max_queued` "
-              "clips are waiting, with `Retry-After`"},
+              "clips are waiting, with `Retry-After`; `node_unreachable` (cluster): no node "
+              "that answered has recordings of the range, and a node did not answer"},
     },
 )
 async def create_clip(request: Request, response: Response, body: ClipRequest) -> dict:
@@ -138,17 +149,70 @@ async def create_clip(request: Request, response: Response, body: ClipRequest) -
     if end - start > longest:
         raise ApiError(f"the range lasts {end - start:g} s, more than clips.max_seconds "
                        f"= {longest:g}", code="range_too_long")
+    peers = _peers(request)
+    if peers is not None:
+        elsewhere = await _maker(request, peers, body.stream, start, end)
+        if elsewhere is not None:  # only what the route needs: no credentials, no query
+            return await peers.proxy("POST", *elsewhere, "/api/clips", request.headers,
+                                     body={"stream": body.stream, "start": start, "end": end},
+                                     what="the recordings")
     job, cached = await service(request).request(body.stream, start, end)
     response.status_code = 200 if cached else 202
     return job.as_dict()
 
 
-async def _job(request: Request, clip_id: str) -> ClipJob:
+def _seconds(entries: list[dict], start: float, end: float, now: float) -> float:
+    """How much of ``[start, end)`` the recordings of a listing cover (by their times)."""
+    covered = 0.0
+    for entry in entries:
+        begins = sidecar_time(entry.get("start_time"))
+        if begins is not None:
+            ends = sidecar_time(entry.get("end_time")) or now  # still open: until now
+            covered += max(0.0, min(end, ends) - max(start, begins))
+    return covered
+
+
+async def _maker(request: Request, peers: Peers, stream: str, start: float,
+                 end: float) -> tuple[str, str] | None:
+    """The other node (name, URL) that should make this clip, or None for this one: the
+    node whose recordings cover most of the range (this one on a tie), from every
+    node's listing. 503 if none has any and a node did not answer."""
+    others, _ = await peers.others()
+    if not others:  # alone, or Redis cannot say: this node's recordings
+        return None
+    since, until = (datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
+                    for t in (start, end))
+    mine = await asyncio.to_thread(_listing, _store(request), stream, start, end, set(),
+                                   _everything)
+    theirs, _, missing = await peers.listings(others, {"stream": stream, "since": since,
+                                                       "until": until})
+    now = time.time()
+    best, most = None, (_seconds(mine, start, end, now), len(mine))
+    for name in sorted(others):
+        entries = [e for e in theirs if e.get("node") == name]
+        covered = (_seconds(entries, start, end, now), len(entries))
+        if covered > most:
+            best, most = name, covered
+    if best is None and not mine and missing:
+        raise ApiError(f"no recording of stream '{stream}' overlaps the range on the nodes "
+                       "that answered; not answering: "
+                       + "; ".join(f"{name}: {why}" for name, why in sorted(missing.items())),
+                       code="node_unreachable", status_code=503)
+    return (best, others[best]) if best is not None else None
+
+
+async def _job(request: Request, clip_id: str) -> ClipJob | tuple[str, str, dict]:
+    """The clip job this node knows, or (node, URL, job) of the node that knows it."""
     job = await service(request).get(clip_id) if _ID.fullmatch(clip_id) else None
-    if job is None:
+    if job is not None:
+        _may_play(request, job.stream)
+        return job
+    peers = _peers(request)
+    if peers is None or not _ID.fullmatch(clip_id):
         raise NotFound(f"no clip '{clip_id}'")
-    _may_play(request, job.stream)
-    return job
+    node, url, found = await peers.find_clip(clip_id)
+    _may_play(request, found["stream"])
+    return node, url, found
 
 
 # Before /api/clips/{clip_id}, which would take "<id>.mp4" as an id.
@@ -157,6 +221,11 @@ async def _job(request: Request, clip_id: str) -> ClipJob:
 async def download_clip(request: Request, clip_id: str) -> FileResponse:
     """The finished clip (``Range`` requests get ``206``)."""
     job = await _job(request, clip_id)
+    if isinstance(job, tuple):  # another node's clip: its answer
+        node, url, _ = job
+        return await request.app.state.peers.proxy(
+            request.method, node, url, f"/api/clips/{clip_id}.mp4", request.headers,
+            what="the clip")
     if job.status != "ready":
         raise ApiError(f"clip '{clip_id}' is {job.status}, not ready", code="clip_not_ready",
                        status_code=409)
@@ -172,8 +241,13 @@ async def download_clip(request: Request, clip_id: str) -> FileResponse:
 @router.get(
     "/api/clips/{clip_id}",
     response_model=ClipJobBody,
-    responses={404: _NOT_FOUND},
+    responses={404: _NOT_FOUND, 503: _UNREACHABLE},
 )
-async def clip_status(request: Request, clip_id: str) -> dict:
+async def clip_status(request: Request, response: Response, clip_id: str) -> dict:
     """A clip job: its status and progress."""
-    return (await _job(request, clip_id)).as_dict()
+    job = await _job(request, clip_id)
+    if isinstance(job, tuple):  # another node's job, as it answered
+        node, _, found = job
+        response.headers[NODE_HEADER] = node
+        return found
+    return job.as_dict()

@@ -56,12 +56,12 @@ def _mac(secret: bytes, node: str, stamp: str, method: str, path: str) -> str:
 
 
 def peer_principal(node: str) -> Principal:
-    """Who a signed node-to-node request is: recordings only (web/access.py)."""
+    """Who a signed node-to-node request is: recordings and clips only (web/access.py)."""
     return Principal(f"node {node}", (("playback", "*"), ("admin", "*")))
 
 
 class Peers:
-    """This node's HTTP link to the other nodes, for recordings."""
+    """This node's HTTP link to the other nodes, for recordings and clips."""
 
     def __init__(self, cluster):
         self.cluster = cluster
@@ -166,60 +166,91 @@ class Peers:
         """The node (name, URL) that has ``stream/file``: a HEAD to every other node in
         parallel; the first that has it wins. Raises NotFound, or 503 if a node that did
         not answer may have it."""
-        peers, _ = await self.others()
-        if not peers:
-            raise NotFound(f"no recording '{file}' for stream '{stream}'")
         path = f"/api/recordings/{stream}/{file}"
+        peers, _ = await self.others()
+        name, _, missing = await self._first(peers or {}, lambda url: self._has(url, path))
+        if name is not None:
+            return name, peers[name]
+        what = f"no recording '{file}' for stream '{stream}'"
+        if missing:
+            raise ApiError(f"{what} on the nodes that answered; not answering: {missing}",
+                           code="node_unreachable", status_code=503)
+        raise NotFound(f"{what} on any node" if peers else what)
 
-        async def probe(name: str, url: str):
+    async def find_clip(self, cid: str) -> tuple[str, str, dict]:
+        """The node (name, URL) that knows the clip job ``cid`` (making it, or made it),
+        and the job: ``GET /api/clips/<cid>`` to every other node in parallel. Raises
+        like :meth:`locate`."""
+        path = f"/api/clips/{cid}"
+        peers, _ = await self.others()
+        name, job, missing = await self._first(peers or {}, lambda url: self._job(url, path))
+        if name is not None:
+            return name, peers[name], job
+        if missing:
+            raise ApiError(f"no clip '{cid}' on the nodes that answered; not answering: "
+                           f"{missing}", code="node_unreachable", status_code=503)
+        raise NotFound(f"no clip '{cid}'")
+
+    async def _first(self, peers: Mapping[str, str], probe):
+        """``probe(url)`` of every node in parallel: (the first node whose answer is not
+        None, that answer, "") or (None, None, why the nodes that failed did)."""
+        async def ask(name: str, url: str):
             try:
-                return name, await self._has(url, path), None
-            except (aiohttp.ClientError, TimeoutError, _Refused) as exc:
-                return name, False, exc
+                return name, await probe(url), None
+            except (aiohttp.ClientError, TimeoutError, ValueError, _Refused) as exc:
+                return name, None, exc
 
-        tasks = [asyncio.ensure_future(probe(name, url)) for name, url in peers.items()]
+        tasks = [asyncio.ensure_future(ask(name, url)) for name, url in peers.items()]
         missing = []
         try:
             for done in asyncio.as_completed(tasks):
                 name, found, exc = await done
-                if found:
-                    return name, peers[name]
+                if found is not None:
+                    return name, found, ""
                 if exc is not None:
                     missing.append(f"{name}: {_why(exc)}")
         finally:
             for task in tasks:
                 task.cancel()
-        if missing:
-            raise ApiError(
-                f"no recording '{file}' for stream '{stream}' on the nodes that answered; "
-                f"not answering: {'; '.join(sorted(missing))}",
-                code="node_unreachable", status_code=503,
-            )
-        raise NotFound(f"no recording '{file}' for stream '{stream}' on any node")
+        return None, None, "; ".join(sorted(missing))
 
-    async def _has(self, url: str, path: str) -> bool:
+    async def _has(self, url: str, path: str) -> bool | None:
         async with self._client().head(
             url + path, headers=self.sign("HEAD", path), timeout=LOCATE_TIMEOUT
         ) as response:
             if response.status == 404:
-                return False
+                return None
             if response.status >= 400:
                 raise _Refused(response.status)
             return True
 
+    async def _job(self, url: str, path: str) -> dict | None:
+        async with self._client().get(
+            url + path, headers=self.sign("GET", path), timeout=LOCATE_TIMEOUT
+        ) as response:
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise _Refused(response.status)
+            job = await response.json()
+        if not isinstance(job, dict) or not isinstance(job.get("stream"), str):
+            raise _Refused(200, "answered no clip job")
+        return job
+
     async def proxy(self, method: str, node: str, url: str, path: str,
-                    headers: Mapping[str, str], query: Mapping[str, str] | None = None) -> Response:
-        """``method path?query`` answered by ``node``: its status, headers and body as
-        they come."""
+                    headers: Mapping[str, str], query: Mapping[str, str] | None = None,
+                    body: dict | None = None, what: str = "the recording") -> Response:
+        """``method path?query`` (with ``body`` as JSON) answered by ``node``: its status,
+        headers and body as they come. ``what``: what the node has, for the 503."""
         sent = {key: headers[key] for key in FORWARDED if key in headers}
         sent.update(self.sign(method, path))
         try:
             upstream = await self._client().request(
-                method, url + path, params=dict(query or {}), headers=sent,
+                method, url + path, params=dict(query or {}), headers=sent, json=body,
                 timeout=PROXY_TIMEOUT, allow_redirects=False,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ApiError(f"node {node}, which has the recording, did not answer: {_why(exc)}",
+            raise ApiError(f"node {node}, which has {what}, did not answer: {_why(exc)}",
                            code="node_unreachable", status_code=503) from None
         if upstream.status == 401:  # our signature, not the user's credentials (a new secret)
             upstream.release()

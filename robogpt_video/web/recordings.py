@@ -341,7 +341,8 @@ async def download_recording(request: Request, stream: str, file: str) -> FileRe
                               "the recording is being written; it can be deleted once it closes"}},
 )
 async def delete_recording(request: Request, stream: str, file: str) -> dict:
-    """Delete one recording and its sidecar (``409`` while it is being written)."""
+    """Delete one recording and its sidecar, and the cached clips made from it (``409``
+    while it is being written)."""
     store, rec = await _local_or_proxied(request, stream, file)
     if store is None:
         return rec  # another node's answer
@@ -353,7 +354,12 @@ async def delete_recording(request: Request, stream: str, file: str) -> dict:
             status_code=409,
         )
     freed = await asyncio.to_thread(store.delete, rec)
-    return {"status": "success", "message": f"Recording '{rec.name}' deleted", "freed_bytes": freed}
+    # Clips made from it go too: a copy must not outlive a recording deleted on purpose.
+    clips = await request.app.state.runtime.clips.forget_recording(rec.stream, rec.name)
+    message = f"Recording '{rec.name}' deleted"
+    if clips:
+        message += f", with {len(clips)} clip(s) made from it"
+    return {"status": "success", "message": message, "freed_bytes": freed}
 
 
 #: The replay speeds ``/play`` accepts (times the recorded pace).
