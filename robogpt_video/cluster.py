@@ -361,22 +361,31 @@ class Cluster:
             self._cofed.add(name)
             self._send_control(b"feed:" + name.encode())
 
-    async def list_streams(self) -> list[dict] | None:
-        """Every live stream of the cluster (summaries), or ``None`` if Redis cannot say."""
-        if not self.connected or self._list is None:
+    async def _hashes(self, script, key: str, prefix: str, what: str) -> dict | None:
+        """A listing script's answer (every member of the set ``key`` with the hash at
+        ``prefix`` + member, flattened) as {member: {field: bytes}}; ``None`` while Redis
+        cannot say."""
+        if not self.connected or script is None:
             return None
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
-                reply = await self._list(keys=[STREAMS], args=[STREAM])
+                reply = await script(keys=[key], args=[prefix])
         except (OSError, aioredis.RedisError, TimeoutError) as exc:
-            log.warning("listing streams in Redis failed: %s", exc)
+            log.warning("listing %s in Redis failed: %s", what, exc)
             return None
         out = {}
         for i in range(0, len(reply) - 1, 2):
-            name = reply[i].decode(errors="replace")
             flat = reply[i + 1]
-            fields = {flat[j].decode(): flat[j + 1] for j in range(0, len(flat) - 1, 2)}
-            out[name] = self._merged(name, fields)
+            out[reply[i].decode(errors="replace")] = {
+                flat[j].decode(): flat[j + 1] for j in range(0, len(flat) - 1, 2)}
+        return out
+
+    async def list_streams(self) -> list[dict] | None:
+        """Every live stream of the cluster (summaries), or ``None`` if Redis cannot say."""
+        hashes = await self._hashes(self._list, STREAMS, STREAM, "streams")
+        if hashes is None:
+            return None
+        out = {name: self._merged(name, fields) for name, fields in hashes.items()}
         for stream in self.registry:  # announced at most a second ago: add what is missing
             if stream.name not in out:
                 out[stream.name] = self._merged(stream.name, {})
@@ -886,20 +895,12 @@ class Cluster:
     async def nodes(self) -> dict[str, dict] | None:
         """Every live node but this one: name -> {url, storage, open: ["stream/file"]};
         ``None`` while Redis cannot say."""
-        if not self.connected or self._nodes_script is None:
-            return None
-        try:
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                reply = await self._nodes_script(keys=[NODES], args=[NODE_KEY])
-        except (OSError, aioredis.RedisError, TimeoutError) as exc:
-            log.warning("listing nodes in Redis failed: %s", exc)
+        hashes = await self._hashes(self._nodes_script, NODES, NODE_KEY, "nodes")
+        if hashes is None:
             return None
         out = {}
-        for i in range(0, len(reply) - 1, 2):
-            name = reply[i].decode(errors="replace")
-            flat = reply[i + 1]
-            fields = {flat[j].decode(): flat[j + 1].decode(errors="replace")
-                      for j in range(0, len(flat) - 1, 2)}
+        for name, raw in hashes.items():
+            fields = {key: value.decode(errors="replace") for key, value in raw.items()}
             if name == self.node_name:
                 continue
             try:
