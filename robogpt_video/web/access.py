@@ -227,9 +227,9 @@ class Access:
         #: No user and any origin (the public default): only requests that may change
         #: something, or come from a page, need a look.
         self.open = not authenticator.enabled and self.origins.any
-        #: With a cluster: (header value, method, path) -> the node that signed a
+        #: With a cluster: (header value, method, path, query) -> the node that signed a
         #: node-to-node request, or None (web/peers.py).
-        self.peer_check: Callable[[str, str, str], str | None] | None = None
+        self.peer_check: Callable[..., str | None] | None = None
         self.failed = 0  # authentications that failed (metrics)
         self.limited = 0  # requests refused for an exhausted budget (metrics)
 
@@ -304,7 +304,7 @@ class Access:
         if peer is not None and self.peer_check is not None and rule is not None \
                 and rule.path.startswith(PEER_PATHS):
             # Another node, on behalf of a user it has checked (recordings, clips).
-            node = self.peer_check(peer, request.method, request.path)
+            node = self.peer_check(peer, request.method, request.path, request.query)
             if node is None:
                 self.failed += 1
                 await self.failures.spend(self.address(request))

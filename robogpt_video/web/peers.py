@@ -8,7 +8,7 @@ have is found on another node (a ``HEAD`` to each, in parallel) and **proxied**:
 answer streams through with its status and headers, nothing buffered.
 
 Node-to-node requests carry :data:`PEER_HEADER`: ``<node> <unix time> <HMAC-SHA256>``
-of the method and path under the secret every node reads from Redis. It marks the
+of the method, path and query under the secret every node reads from Redis. It marks the
 request as proxied (it is answered from the node's own files, never passed on again)
 and, with access control on, stands for the node: the node that took the user's request
 has already checked the user's permissions (and filters the listing by them), so the
@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
+from urllib.parse import urlencode
 
 import aiohttp
 from starlette.responses import Response
@@ -50,8 +51,11 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "
                         "server"})
 
 
-def _mac(secret: bytes, node: str, stamp: str, method: str, path: str) -> str:
-    text = f"{node}\n{stamp}\n{method.upper()}\n{path}".encode()
+def _mac(secret: bytes, node: str, stamp: str, method: str, path: str,
+         query: Mapping[str, str] | None) -> str:
+    # The query as its sorted pairs: what the signer sent is what the receiver parsed.
+    pairs = urlencode(sorted((query or {}).items()))
+    text = f"{node}\n{stamp}\n{method.upper()}\n{path}\n{pairs}".encode()
     return hmac.new(secret, text, hashlib.sha256).hexdigest()
 
 
@@ -81,23 +85,27 @@ class Peers:
 
     # -- the signature ---------------------------------------------------------------------
 
-    def sign(self, method: str, path: str) -> dict[str, str]:
-        """The header of a node-to-node request (none before the secret is known)."""
+    def sign(self, method: str, path: str, query: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The header of a node-to-node request for ``method path?query`` (a signature
+        of "-" before the secret is known)."""
         secret = self.cluster.peer_secret
         node = self.cluster.node_name.replace(" ", "_")
         stamp = str(int(time.time()))
-        mac = _mac(secret, node, stamp, method, path) if secret else "-"
+        mac = _mac(secret, node, stamp, method, path, query) if secret else "-"
         return {PEER_HEADER: f"{node} {stamp} {mac}"}
 
-    def verify(self, value: str, method: str, path: str) -> str | None:
-        """The node that signed a request, or None if the signature is not right."""
+    def verify(self, value: str, method: str, path: str,
+               query: Mapping[str, str] | None = None) -> str | None:
+        """The node that signed a request, or None if the signature is not right (for
+        another method, path or query, or older than :data:`SKEW_SECONDS`)."""
         secret = self.cluster.peer_secret
         node, _, rest = value.strip().partition(" ")
         stamp, _, mac = rest.partition(" ")
         if not secret or not (stamp.isascii() and stamp.isdigit()) \
                 or abs(time.time() - int(stamp)) > SKEW_SECONDS:
             return None
-        if not hmac.compare_digest(mac.encode(), _mac(secret, node, stamp, method, path).encode()):
+        expected = _mac(secret, node, stamp, method, path, query)
+        if not hmac.compare_digest(mac.encode(), expected.encode()):
             return None
         return node
 
@@ -150,7 +158,8 @@ class Peers:
     async def _listing(self, url: str, query: Mapping[str, str]) -> list:
         path = "/api/recordings"
         async with self._client().get(
-            url + path, params=dict(query), headers=self.sign("GET", path), timeout=LIST_TIMEOUT
+            url + path, params=dict(query), headers=self.sign("GET", path, query),
+            timeout=LIST_TIMEOUT,
         ) as response:
             if response.status != 200:
                 raise _Refused(response.status)
@@ -243,7 +252,7 @@ class Peers:
         """``method path?query`` (with ``body`` as JSON) answered by ``node``: its status,
         headers and body as they come. ``what``: what the node has, for the 503."""
         sent = {key: headers[key] for key in FORWARDED if key in headers}
-        sent.update(self.sign(method, path))
+        sent.update(self.sign(method, path, query))
         try:
             upstream = await self._client().request(
                 method, url + path, params=dict(query or {}), headers=sent, json=body,
