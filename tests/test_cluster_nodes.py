@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 
 from helpers import ServerProcess, iter_parts, make_jpeg, publish, wait_for
 from recording_tools import sidecars
+from robogpt_video.web.peers import _mac
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -221,10 +223,18 @@ def test_with_access_control_another_nodes_files_obey_the_users_permissions(
         answer = httpx.get(f"{a.url}/api/recordings/cam_1/{cam.name}", headers={PEER: forged.encode()},
                            timeout=10)
         assert answer.status_code == 401
+    # A right signature opens A's file for its method, path and query only.
+    secret = redis_server.cli("GET", "rv:peer-secret")
+    stamp = str(int(time.time()))
+    frame_path = f"/api/recordings/cam_1/{cam.name}/frame"
+    signed = {PEER: f"somenode {stamp} {_mac(secret.encode(), 'somenode', stamp, 'GET', frame_path, {'t': '0'})}"}
+    assert httpx.get(f"{a.url}{frame_path}", params={"t": "0"}, headers=signed,
+                     timeout=10).status_code == 200
+    assert httpx.get(f"{a.url}{frame_path}", params={"t": "0.5"}, headers=signed,
+                     timeout=10).status_code == 401
     assert httpx.delete(url, headers=bearer("admin"), timeout=10).status_code == 200
     assert not cam.exists()
     # The peer secret reaches no log.
-    secret = redis_server.cli("GET", "rv:peer-secret")
     assert len(secret) == 64
     for node in (a, b):
         logs = node.output() + "".join(
