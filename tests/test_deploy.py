@@ -145,6 +145,18 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     assert "robogpt-video.service" not in result.stderr, result.stderr  # no warnings
 
 
+def _nginx_main(tmp_path, site):
+    """An nginx.conf that runs in the foreground from ``tmp_path`` and serves ``site``."""
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
+        f"error_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n"
+        f"  proxy_temp_path {tmp_path}/proxy;\n  include {site};\n}}\n"
+    )
+    return main
+
+
 def nginx_setup(tmp_path, hold_port, upstream_port: int) -> tuple[str, int, object]:
     """The example config made runnable here: self-signed cert, loopback ports.
 
@@ -176,13 +188,7 @@ def nginx_setup(tmp_path, hold_port, upstream_port: int) -> tuple[str, int, obje
         text = text.replace(old, new)
     site = tmp_path / "site.conf"
     site.write_text(text)
-    main = tmp_path / "nginx.conf"
-    main.write_text(
-        f"daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
-        f"error_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n"
-        f"  proxy_temp_path {tmp_path}/proxy;\n  include {site};\n}}\n"
-    )
+    main = _nginx_main(tmp_path, site)
     return tool, https_port, main
 
 
@@ -337,13 +343,7 @@ def nginx_cluster_setup(tmp_path, hold_port, upstream_ports: list[int]):
         text = text.replace(old, new)
     site = tmp_path / "cluster.conf"
     site.write_text(text)
-    main = tmp_path / "nginx.conf"
-    main.write_text(
-        f"daemon off;\nmaster_process off;\npid {tmp_path}/nginx.pid;\n"
-        f"error_log {tmp_path}/error.log;\nevents {{}}\n"
-        f"http {{\n  access_log off;\n  client_body_temp_path {tmp_path}/body;\n"
-        f"  proxy_temp_path {tmp_path}/proxy;\n  include {site};\n}}\n"
-    )
+    main = _nginx_main(tmp_path, site)
     return tool, port, main
 
 
