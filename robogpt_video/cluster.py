@@ -76,8 +76,9 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[1], ARGV[6])
 return ARGV[1]
 """
-#: Every live stream: {name, fields...} for each name of rv:streams whose key exists.
-#: KEYS: rv:streams; ARGV: key prefix.
+#: The live members of a set, each with its hash: {name, fields...} for each name of
+#: KEYS[1] whose key ARGV[1]..name exists (the others are dropped from the set). For
+#: the live streams (rv:streams, rv:stream:) and the live nodes (rv:nodes, rv:node:).
 LIST = """
 local out = {}
 for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -113,18 +114,6 @@ for _, k in ipairs(KEYS) do
   if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
 end
 return 0
-"""
-#: The live nodes (docs/cluster.md "Recordings on every node"): each name of rv:nodes
-#: whose rv:node:<name> hash (url, storage, open) has not expired. KEYS: rv:nodes;
-#: ARGV: key prefix. Returns {name, fields...} per live node.
-NODES_LIST = """
-local out = {}
-for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local fields = redis.call('HGETALL', ARGV[1] .. n)
-  if #fields == 0 then redis.call('SREM', KEYS[1], n)
-  else table.insert(out, n); table.insert(out, fields) end
-end
-return out
 """
 NODES = "rv:nodes"
 NODE_KEY = "rv:node:"
@@ -279,7 +268,6 @@ class Cluster:
         self.shares_session_secret = (settings.auth.enabled
                                       and settings.auth.session_secret is None)
         self.session_secret: bytes | None = None
-        self._nodes_script = None
 
     def set_address(self, host: str, port: int, url: str = "") -> None:
         """The address the server bound: the default node name becomes host:port, the
@@ -895,7 +883,7 @@ class Cluster:
     async def nodes(self) -> dict[str, dict] | None:
         """Every live node but this one: name -> {url, storage, open: ["stream/file"]};
         ``None`` while Redis cannot say."""
-        hashes = await self._hashes(self._nodes_script, NODES, NODE_KEY, "nodes")
+        hashes = await self._hashes(self._list, NODES, NODE_KEY, "nodes")
         if hashes is None:
             return None
         out = {}
@@ -1122,7 +1110,6 @@ class Cluster:
             self._list = self._client.register_script(LIST)
             self._lease_script = self._client.register_script(LEASE)
             self._release_script = self._client.register_script(RELEASE)
-            self._nodes_script = self._client.register_script(NODES_LIST)
         async with asyncio.timeout(REDIS_TIMEOUT):
             await self._client.ping()
         options = parse_url(self.url)

@@ -21,19 +21,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from stat import S_ISREG
 
 import av
-from av.video.frame import PictureType
 
 from ..errors import NotFound
+from .segment import TIME_BASE, for_encoder  # clip timestamps: ms from its first frame
 from .store import RecordingFile, RecordingStore, fd_path, sidecar_time
 
 log = logging.getLogger(__name__)
 
-TIME_BASE = Fraction(1, 1000)  # clip timestamps: milliseconds from its first frame
 VIDEO, META, TEMP = ".mp4", ".json", ".tmp"
 #: H.264 that browsers and phones play: Main profile, 4:2:0, the index (moov) first.
 ENCODER = "libx264"
@@ -178,13 +176,7 @@ class _Encoder:
         if pts <= self.last_pts:  # two frames within a millisecond: keep pts increasing
             pts = self.last_pts + 1
         self.last_pts = pts
-        image = image.reformat(self.stream.width, self.stream.height, "yuv420p")
-        # A decoded JPEG is an intra picture, and libx264 takes a frame's type as an
-        # order: every frame would be a key frame, clips 2-4x larger (docs/clips.md).
-        image.pict_type = PictureType.NONE
-        image.pts = pts
-        image.time_base = TIME_BASE
-        for packet in self.stream.encode(image):
+        for packet in self.stream.encode(for_encoder(image, self.stream, pts)):
             self.container.mux(packet)
 
     def finish(self) -> None:

@@ -137,13 +137,7 @@ class Segment:
             self.frames -= 1
             return
         for image in decoded:
-            image = image.reformat(self._stream.width, self._stream.height, "yuv420p")
-            # A decoded JPEG is marked as a key picture, which the encoder obeys: unmarked,
-            # it places key frames by gop_size (a segment of key frames only is ≈30×
-            # larger).
-            image.pict_type = PictureType.NONE
-            image.pts = pts
-            image.time_base = TIME_BASE
+            image = for_encoder(image, self._stream, pts)
             for packet in self._stream.encode(image):
                 self._container.mux(packet)
                 self.bytes_written += packet.size
@@ -361,6 +355,18 @@ class PassthroughSegment(Segment):
                 os.close(fd)
             except OSError:
                 log.debug("closing %s failed", self.path, exc_info=True)
+
+
+def for_encoder(image: av.VideoFrame, stream, pts: int) -> av.VideoFrame:
+    """A decoded JPEG made ready for ``stream``'s encoder: its size, yuv420p, ``pts`` in
+    :data:`TIME_BASE`. A decoded JPEG is marked as a key picture, which an encoder obeys;
+    unmarked, key frames come by ``gop_size`` (key frames only made segments and clips
+    ≈30× larger)."""
+    image = image.reformat(stream.width, stream.height, "yuv420p")
+    image.pict_type = PictureType.NONE
+    image.pts = pts
+    image.time_base = TIME_BASE
+    return image
 
 
 def open_segment(path: Path, stream: str, first: Frame, codec: str, target_fps: float) -> Segment:
