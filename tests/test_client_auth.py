@@ -103,3 +103,18 @@ def test_a_wrong_token_shows_the_servers_answer_and_not_the_token(server):
     assert "401 unauthorized: the token is not valid" in result.stderr
     assert wrong not in output
     assert frames(server, "cam_wrong") == 0
+
+
+@pytest.mark.parametrize("how", ["command", "example"])
+def test_help_does_not_show_the_token_of_the_environment(how):
+    """``--help`` lists each flag's default: $ROBOGPT_TOKEN's value must not be one."""
+    env = {**os.environ, "ROBOGPT_TOKEN": TOKEN}
+    command = ([sys.executable, "-m", "robogpt_video", "publish"] if how == "command"
+               else [sys.executable, str(EXAMPLE)])
+    result = subprocess.run(command + ["--help"], capture_output=True, text=True, timeout=60,
+                            cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "--token" in result.stdout and "$ROBOGPT_TOKEN" in result.stdout
+    # argparse wraps the help text, at a hyphen too: compare without the line breaks.
+    shown = "".join((result.stdout + result.stderr).split())
+    assert TOKEN not in shown

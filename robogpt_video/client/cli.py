@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="server URL (default: http://localhost:5000); repeat it, or separate URLs with "
              "commas, to fail over to the next server when one fails (cluster nodes)",
     )
+    # Read from the environment by run(), not as the default: --help shows defaults.
     parser.add_argument(
-        "--token", default=os.environ.get("ROBOGPT_TOKEN") or None,
+        "--token", default=argparse.SUPPRESS,
         help="access token, sent as 'Authorization: Bearer' (default: $ROBOGPT_TOKEN)",
     )
     parser.add_argument("--cafile",
@@ -90,9 +91,10 @@ def run(args: argparse.Namespace) -> int:
     printer = StatusPrinter(args.stream)
     try:
         servers = ",".join(getattr(args, "server", None) or ["http://localhost:5000"])
+        token = getattr(args, "token", None) or os.environ.get("ROBOGPT_TOKEN") or None
         publisher = StreamPublisher(servers, args.stream, args.quality, args.fps,
                                     transport=args.transport,
-                                    verify=args.cafile or True, token=args.token)
+                                    verify=args.cafile or True, token=token)
         frames = open_source(args.camera, fps=args.fps, width=args.width, height=args.height)
     except PublisherError as exc:
         print(f"error: {exc}", file=sys.stderr)
