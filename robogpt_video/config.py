@@ -224,9 +224,10 @@ class LoggingSettings(_Section):
 
 _SHA256_HEX = r"^[0-9a-fA-F]{64}$"
 #: Config keys whose values are secrets: never echoed in a configuration error. ``jwt``:
-#: its public_key could be a private key pasted by mistake.
+#: its public_key could be a private key pasted by mistake; ``redis_url``: it may hold
+#: Redis's password (redis://:password@host).
 SECRET_KEYS = frozenset({"token", "token_sha256", "password", "password_sha256", "users", "jwt",
-                         "session_secret"})
+                         "session_secret", "redis_url"})
 SESSION_SECRET_CHARS = 32  # the shortest auth.session_secret accepted
 
 

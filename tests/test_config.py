@@ -197,3 +197,13 @@ def test_environment_json_that_does_not_parse_is_a_config_error(monkeypatch):
         load_settings(None)
     assert "auth" in str(refused.value)
     assert "half-a-secret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["http://:redis-pass-5b21@10.0.0.9:6379/0",
+                                 "redis//user:redis-pass-5b21@10.0.0.9"])
+def test_a_bad_redis_url_is_refused_without_showing_its_password(monkeypatch, url):
+    monkeypatch.setenv("ROBOGPT_CLUSTER__REDIS_URL", url)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None)
+    assert "cluster.redis_url" in str(refused.value)
+    assert "redis-pass-5b21" not in str(refused.value)
