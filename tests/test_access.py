@@ -434,6 +434,24 @@ def test_refused_publishes_budget(budget):
     assert counter(budget, LIMITED) == limited + 1
 
 
+def test_publishes_refused_for_want_of_the_permission_spend_that_budget_too(budget):
+    """A token without publish on the stream (403) is a refused publish like a bad body."""
+    limited = counter(budget, LIMITED)
+    with from_address("127.0.0.7") as client:
+        for _ in range(3):
+            refused = publish(budget, "budget_denied", headers=bearer("viewer"), client=client)
+            assert error_of(refused, 403) == "forbidden"
+        spent = publish(budget, "budget_denied", headers=bearer("viewer"), client=client)
+        assert error_of(spent, 429) == "too_many_refused_publishes"
+        assert int(spent.headers["Retry-After"]) >= 1
+        # The address's budget is spent, whoever publishes from it.
+        assert error_of(publish(budget, "budget_denied", client=client), 429) == \
+            "too_many_refused_publishes"
+    with from_address("127.0.0.8") as client:
+        assert publish(budget, "budget_denied", client=client).status_code == 200
+    assert counter(budget, LIMITED) == limited + 2
+
+
 # --- secrets never leak ----------------------------------------------------------------
 
 SECRET_TOKEN = "s3cret-token-4f0b9a"

@@ -274,20 +274,20 @@ class Access:
             except ApiError as exc:
                 if action == "admin":
                     self._audit(request, NOBODY, exc.status_code)
+                if action == "publish" and exc.status_code == 403:
+                    # Signed in without the permission: a refused publish too.
+                    limited = await self._publishes_spent(request)
+                    if limited is not None:
+                        return limited
+                    await self.refused_publishes.spend(self.address(request))
                 headers = (_challenge(self.authenticator.realm, request)
                            if exc.status_code == 401 else None)
                 return self._refuse(request, exc, headers)
         budgets = self.authenticator.enabled  # the per-minute budgets come with access control
         if action == "publish" and budgets:
-            address = self.address(request)
-            wait = await self.refused_publishes.spent(address)
-            if wait is not None:
-                self.limited += 1
-                exc = TooManyFailures(
-                    f"too many refused publishes from {address}: try again in {wait} s",
-                    code="too_many_refused_publishes")
-                exc.retry_after = wait
-                return self._refuse(request, exc)
+            limited = await self._publishes_spent(request)
+            if limited is not None:
+                return limited
         token = current_principal.set(principal)
         try:
             response = await handler(request)
@@ -298,6 +298,19 @@ class Access:
         elif action == "admin":
             self._audit(request, principal, response.status)
         return response
+
+    async def _publishes_spent(self, request: web.Request) -> web.Response | None:
+        """The 429 answer when the address's refused-publishes budget is spent, else None."""
+        address = self.address(request)
+        wait = await self.refused_publishes.spent(address)
+        if wait is None:
+            return None
+        self.limited += 1
+        exc = TooManyFailures(
+            f"too many refused publishes from {address}: try again in {wait} s",
+            code="too_many_refused_publishes")
+        exc.retry_after = wait
+        return self._refuse(request, exc)
 
     async def _authenticate(self, request, action, rule, params) -> Principal:
         peer = request.headers.get(PEER_HEADER)
