@@ -241,6 +241,8 @@ class Cluster:
         self._origins: dict[str, dict[bytes, int]] = {}  # stream -> origin -> last sequence
         self._expiring: set[str] = set()
         self._claim = None
+        self._claims: dict[str, asyncio.Future] = {}  # stream -> its claim under way
+        self.claims = 0  # streams claimed in Redis by this node (one claim per new stream)
         self._list = None
         self._subscribed: set[str] = set()  # local streams subscribed to (published elsewhere too)
         # One recorder per stream (docs/cluster.md): the recorder is fed through here.
@@ -322,11 +324,28 @@ class Cluster:
     async def admit(self, name: str) -> None:
         """Before this node creates ``name``: claim it cluster-wide, or raise at the limit.
 
-        One Redis call per stream creation (never per frame). While Redis is unreachable
-        only this node's own limit applies.
+        One Redis call per stream creation (never per frame): the first frames of a new
+        stream that arrive together (a load balancer spreading one camera's POSTs over
+        several connections) wait for one claim instead of each making its own. While
+        Redis is unreachable only this node's own limit applies.
         """
         if not self.connected or self._client is None or self._claim is None:
             return
+        claim = self._claims.get(name)
+        if claim is None:
+            self.claims += 1
+            claim = self._claims[name] = asyncio.ensure_future(self._claim_stream(name))
+            claim.add_done_callback(lambda done: self._claim_done(name, done))
+        await asyncio.shield(claim)  # one waiter leaving does not cancel the others' claim
+
+    def _claim_done(self, name: str, claim: asyncio.Future) -> None:
+        # A granted claim stays until the stream is created here (stream_opened), so a
+        # frame arriving in between does not claim again; a refused one goes now.
+        if claim.cancelled() or claim.exception() is not None:
+            if self._claims.get(name) is claim:
+                del self._claims[name]
+
+    async def _claim_stream(self, name: str) -> None:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 home = await self._claim(
@@ -535,6 +554,7 @@ class Cluster:
     # -- publishing (listener of the local registry) ----------------------------------------
 
     def stream_opened(self, stream: Stream) -> None:
+        self._claims.pop(stream.name, None)
         self._published[stream.name] = 0
         self._announce_now.set()
 
@@ -1161,6 +1181,8 @@ class Cluster:
              self.frames_lost),
             ("streams_timed_out", "Streams this node ended on every node for inactivity",
              self.streams_timed_out),
+            ("stream_claims", "New streams this node claimed in Redis (one claim per stream, "
+             "however many of its first frames arrive together)", self.claims),
         ):
             yield CounterMetricFamily(f"{prefix}_{suffix}", text, value=value)
         yield GaugeMetricFamily(f"{prefix}_connected", "1 while Redis is reachable",

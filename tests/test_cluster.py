@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -210,6 +211,31 @@ def test_the_stream_limit_holds_across_nodes(make_nodes):
     # Deleting one frees its place on every node.
     assert httpx.delete(f"{a.url}/api/streams/two").status_code == 200
     publish(a.url, "three", make_jpeg(seed=5)).raise_for_status()
+
+
+def test_first_frames_arriving_together_make_one_claim(nodes):
+    """16 connections send a new stream's first frame at once (a load balancer spreading
+    one camera's POSTs): one claim in Redis, not one per frame, and every frame is taken."""
+    node = nodes[0]
+    jpeg = make_jpeg(seed=7)
+    request = (
+        f"POST /publish/burst HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+        f"Content-Length: {len(jpeg)}\r\nConnection: close\r\n\r\n"
+    ).encode() + jpeg
+    connections = [socket.create_connection(("127.0.0.1", node.port), timeout=10) for _ in range(16)]
+    try:
+        for conn in connections:  # everything but the last byte...
+            conn.sendall(request[:-1])
+        for conn in connections:  # ...then the last bytes together: all 16 are readable at once
+            conn.sendall(request[-1:])
+        answers = [b"".join(iter(lambda c=conn: c.recv(65536), b"")) for conn in connections]
+    finally:
+        for conn in connections:
+            conn.close()
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), [a[:80] for a in answers]
+    assert cluster_metric(node, "stream_claims") == 1
+    stats = httpx.get(f"{node.url}/api/streams/burst/stats", timeout=5).json()
+    assert stats["total_frames"] == 16
 
 
 def test_delete_on_one_node_ends_the_stream_everywhere(make_nodes, redis_server):
