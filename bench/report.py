@@ -342,6 +342,7 @@ def _cluster(c: dict | None) -> list[str]:
     out = ["## Cluster (nodes sharing streams through Redis)", ""]
     if not c.get("available"):
         return out + [f"Not run: {c.get('why')}.", ""]
+    out += _capacity(c.get("capacity") or {"available": False, "why": "not measured"})
     out += [f"{c['streams']} streams of 640x480 single-frame POSTs at 30 fps, one viewer per "
             "stream (with 2 workers the kernel spreads connections, so about half the viewers "
             "are fed through Redis), recording off, Redis on a unix socket. The load "
@@ -369,6 +370,30 @@ def _cluster(c: dict | None) -> list[str]:
         out.append(f"| {label} | {v['frames']} | {num(v['p50_ms'], 2)} | {num(v['p99_ms'], 2)} |")
     added = (lat["remote"]["p99_ms"] or 0) - (lat["local"]["p99_ms"] or 0)
     return out + ["", f"Added p99: {num(added, 2)} ms (target ≤ 5 ms).", ""]
+
+
+def _capacity(cap: dict) -> list[str]:
+    """The most streams each setup takes at ≥ 95 %, h2load publishing (bench/h2publish.py)."""
+    if not cap.get("available"):
+        return [f"Capacity of 1 process and 2 workers not run: {cap.get('why')}.", ""]
+    out = ["Capacity: 640x480 single-frame POSTs at 30 fps per stream sent by h2load (C; 100 "
+           "keep-alive connections, each walking every stream's URL, so with 2 workers every "
+           "stream is published to both), no viewers, recording off. Stream counts rise in "
+           "steps of 20 until fewer than 95 % of the frames are taken; CPU is read inside "
+           "h2load's measured window.", "",
+           "| Setup | streams | accepted frames/s (%) | servers | Redis | h2load | machine (cores) "
+           "| server µs per frame |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for setup in ("1 process", "2 workers"):
+        for r in cap[setup]["rows"]:
+            out.append(f"| {setup} | {r['streams']} | {num(r['accepted_fps'], 0)} "
+                       f"({num(r['accepted_pct'])}) | {r['cores_servers']:.2f} | "
+                       f"{r['cores_redis']:.2f} | {r['cores_loadgen']:.2f} | "
+                       f"{r['cores_machine']:.2f} | {num(r['server_us_per_frame'], 0)} |")
+    one, two = cap["1 process"]["streams"], cap["2 workers"]["streams"]
+    ratio = f"{two / one:.2f}×" if one else "–"
+    return out + ["", f"Streams taken at ≥ 95 %: 1 process {one}, 2 workers {two}: **{ratio}** "
+                  f"(target ≥ 1.5×).", ""]
 
 
 def _profile(p: dict | None) -> list[str]:

@@ -117,10 +117,12 @@ class BenchServer:
                 self.stop()
                 raise RuntimeError(f"{self.kind} server exited: {self.output()[-2000:]}")
             if not self.port:  # with workers, the children listen (the parent holds the port)
-                self.port = next(filter(None, map(listening_port, self.pids())), 0)
-                if not self.port:
+                ports = [p for p in map(listening_port, self.pids()) if p]
+                # Every worker listening: connections made before would all go to the first.
+                if len(ports) < (self.workers if self.kind == "ours" else 1):
                     time.sleep(0.1)
                     continue
+                self.port = ports[0]
             try:
                 with urllib.request.urlopen(f"http://{self.host}:{self.port}/health", timeout=1):
                     return self
