@@ -47,6 +47,7 @@ test-oldest: $(OLDEST_STAMP)
 
 # Standard benchmark set, ours vs the Flask baseline (~4 min): writes bench/REPORT.md.
 bench: $(STAMP)
+	tools/test-packages bench
 	$(BIN)/python -m bench.run
 
 # Soak: 50 streams × 30 fps × 1 viewer for 10 min by default; writes bench/SOAK.md.
