@@ -27,7 +27,7 @@ from .frames import camera_jpeg
 from .procstat import cpu_seconds, machine_busy_seconds
 from .servers import BenchServer
 
-CLIENTS = 100  # connections; each walks every stream's URL in turn
+CLIENTS = 50  # connections; each walks every stream's URL in turn
 WARMUP = 2  # s: streams created, connections warm (h2load --warm-up-time)
 
 
