@@ -396,8 +396,10 @@ def _capacity(cap: dict) -> list[str]:
                        f"{r['cores_machine']:.2f} | {num(r['server_us_per_frame'], 0)} |")
     one, two = cap["1 process"]["streams"], cap["2 workers"]["streams"]
     ratio = f"{two / one:.2f}×" if one else "–"
+    f1, f2 = cap["1 process"]["best_fps"], cap["2 workers"]["best_fps"]
     return out + ["", f"Streams taken at ≥ 95 %: 1 process {one}, 2 workers {two}: **{ratio}** "
-                  f"(target ≥ 1.5×).", ""]
+                  f"(target ≥ 1.5×). The most frames/s taken: {num(f1, 0)} and {num(f2, 0)} "
+                  f"({f2 / f1:.2f}×).", ""]
 
 
 def _profile(p: dict | None) -> list[str]:
