@@ -534,3 +534,18 @@ def test_a_config_error_does_not_echo_a_secret(tmp_path, config):
     assert result.returncode != 0
     assert "auth" in result.stderr or "not valid YAML" in result.stderr, result.stderr
     assert SECRET_TOKEN not in result.stderr + result.stdout, result.stderr
+
+
+def test_an_open_server_does_not_import_limits(tmp_path):
+    """The per-minute budgets come with access control; their package (``limits``, ≈50
+    modules with OpenTelemetry, ≈1.6 MB) is not loaded without it, and is with it."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    check = (
+        "import sys; from robogpt_video.config import Settings; "
+        "from robogpt_video.web import create_app; create_app(Settings({settings})); "
+        "assert ('limits' in sys.modules) is {loaded}, sorted(sys.modules)"
+    )
+    user = "auth={'users': [{'name': 'ops', 'token': 't' * 32, 'permissions': [{'action': 'view'}]}]}"
+    for settings, loaded in (("", False), (user, True)):
+        subprocess.run([sys.executable, "-c", check.format(settings=settings, loaded=loaded)],
+                       check=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": repo})
