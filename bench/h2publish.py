@@ -3,7 +3,7 @@
 The Python load generator (bench/load.py) costs ≈50-70 µs of CPU per POST; on this
 2-core machine that is half a core at 7,000 frames/s, which one server process already
 takes, so two workers could not be shown to take more. h2load sends the same multipart
-POSTs for ≈25 µs each. It has no per-stream pacing: ``clients`` keep-alive connections
+POSTs for ≈25–32 µs each (its CPU over the frames taken, in `make bench`). It has no per-stream pacing: ``clients`` keep-alive connections
 each send ``--rps`` requests a second and walk the list of stream URLs in turn, so every
 stream gets ``fps`` frames a second spread over the connections — what a load balancer
 in front of the cluster does to single-frame POSTs (docs/cluster.md, "A stream published
@@ -94,8 +94,8 @@ def run(server: BenchServer, streams: int, fps: float, seconds: float, redis_pid
 def ceiling(setup: str, workers: int, redis_url: str, redis_pid: int | None, steps: list[int],
             directory: Path, seconds: float, fps: float = 30.0, quiet: bool = False) -> dict:
     """The most streams (of ``steps``, rising) taken at ≥ 95 %; stops at the first count
-    missed twice (a miss is run once more, a fresh server each time: this VM's host takes
-    CPU time from it now and then, which one run cannot tell from the server's limit)."""
+    missed twice. A miss is run once more on a fresh server: single runs vary (one process
+    took 220 streams at 85-88 % in one run and at 100 % in another, same build)."""
     rows = []
     for streams in steps:
         for attempt in (1, 2):
