@@ -7,8 +7,10 @@ certificate made by ``openssl`` for this module.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 import simplejpeg
-from websockets.sync.client import connect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import ClientConnection, connect
 
 from helpers import REPO, ServerProcess, iter_parts, make_jpeg, publish, wait_for
 from robogpt_video.client import ConfigurationError, StreamPublisher
@@ -155,6 +158,72 @@ def test_websocket_publisher_over_wss(tls_server, certs, client):
                 read_until(parts, jpeg, earlier=[previous])
     wait_for(lambda: total_frames(client, tls_server, name) == len(frames))
     assert client.get(f"{url}/snapshot/{name}").content == frames[-1]
+
+
+VIEW_FIELDS = struct.Struct(">ddfHH")  # docs/dashboard.md "The view socket"
+
+
+def next_view_frame(ws: ClientConnection) -> dict:
+    """The view socket's next binary message, parsed (header version 1, name, sequence,
+    arrival, age, width, height, JPEG); a text message on the way must be no refusal."""
+    while True:
+        message = ws.recv(timeout=15)  # a generous bound for a busy machine
+        if isinstance(message, str):
+            text = json.loads(message)
+            assert text["type"] == "subscribed", text  # not forbidden, ended or error
+            continue
+        assert message[0] == 1, "header version"
+        end = 2 + message[1]
+        seq, _, _, width, height = VIEW_FIELDS.unpack_from(message, end)
+        return {"stream": message[2:end].decode(), "seq": int(seq), "width": width,
+                "height": height, "jpeg": message[end + VIEW_FIELDS.size:]}
+
+
+def test_view_socket_over_wss_with_access_control(certs, tmp_path):
+    """The dashboard's view socket, TLS and a token together: a client that verifies the
+    certificate opens ``wss://.../ws/view?token=`` and gets the frames a publisher posts
+    over HTTPS with a Bearer token; without a token, or with a wrong one, the handshake
+    is refused with a 401."""
+    name = "wss_view_cam"
+    users = [
+        {"name": "watcher", "token": "watcher-token-5c9a",
+         "permissions": [{"action": "view", "streams": name}]},
+        {"name": "robot", "token": "robot-token-e41b",
+         "permissions": [{"action": "publish", "streams": "*"}]},
+    ]
+    config = {**tls_config(certs.cert, certs.key), "auth": {"users": users}}
+    server = ServerProcess(tmp_path / "srv", config, ca_file=certs.ca).start()
+    try:
+        context = ssl.create_default_context(cafile=certs.ca)  # verifies chain and 127.0.0.1
+        view_url = f"wss://127.0.0.1:{server.port}/ws/view"
+        for refused_url in (view_url, f"{view_url}?token=not-the-watcher-token"):
+            with pytest.raises(InvalidStatus) as refused:
+                connect(refused_url, ssl=context, open_timeout=15)
+            assert refused.value.response.status_code == 401, refused_url
+        robot = {"Authorization": "Bearer robot-token-e41b"}
+        first, second = make_jpeg(seed=20), make_jpeg(seed=21)
+        with httpx.Client(verify=server.verify, headers=robot, timeout=10) as publisher:
+            assert publish(server.url, name, first, publisher).status_code == 200
+            with connect(f"{view_url}?token=watcher-token-5c9a", ssl=context,
+                         open_timeout=15) as ws:
+                ws.send(json.dumps({"type": "subscribe", "streams": [{"name": name}]}))
+                frame = next_view_frame(ws)  # the stream's newest frame comes first
+                assert (frame["stream"], frame["jpeg"]) == (name, first)
+                assert (frame["seq"], frame["width"], frame["height"]) == (1, 320, 240)
+                assert publish(server.url, name, second, publisher).status_code == 200
+
+                def second_came() -> dict | None:
+                    frame = next_view_frame(ws)
+                    if frame["jpeg"] == second:
+                        return frame
+                    assert frame["jpeg"] == first  # re-sent while the stream was quiet
+                    return None
+
+                # Bounded: a quiet stream's last frame is re-sent, so reading alone never ends.
+                frame = wait_for(second_came, what="the view socket to deliver the new frame")
+                assert (frame["stream"], frame["seq"]) == (name, 2)
+    finally:
+        server.stop()
 
 
 def test_a_client_that_does_not_trust_the_ca_is_refused(tls_server):
