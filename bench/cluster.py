@@ -64,7 +64,8 @@ def line(result: dict) -> str:
     capacity = (f"capacity (h2load, ≥ 95 %): 1 process {cap['1 process']['streams']} streams, "
                 f"2 workers {cap['2 workers']['streams']} | " if cap["available"]
                 else f"capacity not run: {cap['why']} | ")
-    return (capacity + f"{result['streams']} streams with viewers: 1 process {one['accepted_fps']:.0f} frames/s, "
+    return (capacity + f"{result['streams']} streams with viewers: 1 process "
+            f"{one['accepted_fps']:.0f} frames/s, "
             f"2 workers {two['accepted_fps']:.0f} ({two['accepted_fps'] / one['accepted_fps']:.2f}×) | "
             f"p99 local {lat['local']['p99_ms']:.1f} ms, cross-node {lat['remote']['p99_ms']:.1f} ms")
 

@@ -3,11 +3,12 @@
 The Python load generator (bench/load.py) costs ≈50-70 µs of CPU per POST; on this
 2-core machine that is half a core at 7,000 frames/s, which one server process already
 takes, so two workers could not be shown to take more. h2load sends the same multipart
-POSTs for ≈25–32 µs each (its CPU over the frames taken, in `make bench`). It has no per-stream pacing: ``clients`` keep-alive connections
-each send ``--rps`` requests a second and walk the list of stream URLs in turn, so every
-stream gets ``fps`` frames a second spread over the connections — what a load balancer
-in front of the cluster does to single-frame POSTs (docs/cluster.md, "A stream published
-to two nodes"). No viewers: frames stay on the node they were posted to.
+POSTs for ≈25-32 µs each (its CPU over the frames taken, in ``make bench``). It has no
+per-stream pacing: ``clients`` keep-alive connections each send ``--rps`` requests a
+second and walk the list of stream URLs in turn, so every stream gets ``fps`` frames a
+second spread over the connections — what a load balancer in front of the cluster does
+to single-frame POSTs (docs/cluster.md, "A stream published to two nodes"). No viewers:
+frames stay on the node they were posted to.
 
     python -m bench.h2publish --streams 200 260 --workers 2
 """

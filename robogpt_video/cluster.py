@@ -340,7 +340,8 @@ class Cluster:
 
     def _claim_done(self, name: str, claim: asyncio.Future) -> None:
         # A granted claim stays until the stream is created here (stream_opened), so a
-        # frame arriving in between does not claim again; a refused one goes now.
+        # frame arriving in between does not claim again; a refused one goes now. (If
+        # every waiter left first, the stream's next first frame reuses the grant.)
         if claim.cancelled() or claim.exception() is not None:
             if self._claims.get(name) is claim:
                 del self._claims[name]
