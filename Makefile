@@ -45,7 +45,7 @@ test-oldest: $(OLDEST_STAMP)
 	tools/test-packages
 	$(OLDEST)/bin/python -m pytest -q
 
-# Standard benchmark set, ours vs the Flask baseline (~4 min): writes bench/REPORT.md.
+# Standard benchmark set, ours vs the Flask baseline (~9 min): writes bench/REPORT.md.
 bench: $(STAMP)
 	tools/test-packages bench
 	$(BIN)/python -m bench.run

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -335,3 +336,19 @@ class RedisServer:
             self.proc.wait()
             self.proc = None
         self.socket.unlink(missing_ok=True)
+
+
+#: The view socket's binary header after version and name (docs/dashboard.md "The view
+#: socket"): sequence, arrival time, age, width, height.
+VIEW_FIELDS = struct.Struct(">ddfHH")
+
+
+def parse_view_frame(message: bytes) -> dict:
+    """A binary frame message of ``/ws/view``: its header fields and the JPEG."""
+    assert message[0] == 1, "header version"
+    length = message[1]
+    name = message[2:2 + length].decode()
+    seq, timestamp, age, width, height = VIEW_FIELDS.unpack_from(message, 2 + length)
+    jpeg = message[2 + length + VIEW_FIELDS.size:]
+    return {"stream": name, "seq": int(seq), "timestamp": timestamp, "age": age,
+            "width": width, "height": height, "jpeg": jpeg}

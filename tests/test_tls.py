@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import simplejpeg
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from helpers import REPO, ServerProcess, iter_parts, make_jpeg, publish, wait_for
+from helpers import REPO, ServerProcess, iter_parts, make_jpeg, parse_view_frame, publish, wait_for
 from robogpt_video.client import ConfigurationError, StreamPublisher
 from robogpt_video.config import ServerSettings
 from robogpt_video.server import tls_context
@@ -160,23 +159,16 @@ def test_websocket_publisher_over_wss(tls_server, certs, client):
     assert client.get(f"{url}/snapshot/{name}").content == frames[-1]
 
 
-VIEW_FIELDS = struct.Struct(">ddfHH")  # docs/dashboard.md "The view socket"
-
-
 def next_view_frame(ws: ClientConnection) -> dict:
-    """The view socket's next binary message, parsed (header version 1, name, sequence,
-    arrival, age, width, height, JPEG); a text message on the way must be no refusal."""
+    """The view socket's next binary message, parsed; a text message on the way must be
+    no refusal."""
     while True:
         message = ws.recv(timeout=15)  # a generous bound for a busy machine
         if isinstance(message, str):
             text = json.loads(message)
             assert text["type"] == "subscribed", text  # not forbidden, ended or error
             continue
-        assert message[0] == 1, "header version"
-        end = 2 + message[1]
-        seq, _, _, width, height = VIEW_FIELDS.unpack_from(message, end)
-        return {"stream": message[2:end].decode(), "seq": int(seq), "width": width,
-                "height": height, "jpeg": message[end + VIEW_FIELDS.size:]}
+        return parse_view_frame(message)
 
 
 def test_view_socket_over_wss_with_access_control(certs, tmp_path):

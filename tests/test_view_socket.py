@@ -16,21 +16,7 @@ import httpx
 import pytest
 import simplejpeg
 
-from helpers import make_jpeg, publish
-
-FIELDS = struct.Struct(">ddfHH")
-
-
-def parse(message: bytes) -> dict:
-    """A binary frame message: its header fields and the JPEG."""
-    assert message[0] == 1, "header version"
-    length = message[1]
-    name = message[2:2 + length].decode()
-    seq, timestamp, age, width, height = FIELDS.unpack_from(message, 2 + length)
-    jpeg = message[2 + length + FIELDS.size:]
-    return {"stream": name, "seq": int(seq), "timestamp": timestamp, "age": age,
-            "width": width, "height": height, "jpeg": jpeg}
-
+from helpers import make_jpeg, parse_view_frame, publish
 
 def stats(url: str, name: str) -> dict:
     return httpx.get(f"{url}/api/streams/{name}/stats", timeout=10).json()
@@ -47,7 +33,7 @@ async def _receive(ws, want, timeout: float = 15.0):
                 if want("text", value):
                     return value
             elif message.type == aiohttp.WSMsgType.BINARY:
-                value = parse(message.data)
+                value = parse_view_frame(message.data)
                 if want("frame", value):
                     return value
             else:
