@@ -10,12 +10,19 @@ second spread over the connections — what a load balancer in front of the clus
 to single-frame POSTs (docs/cluster.md, "A stream published to two nodes"). No viewers:
 frames stay on the node they were posted to.
 
+h2load runs as SCHED_BATCH (``sched_setscheduler``; checked on each of its threads). As
+an ordinary process its wakeups preempted the servers mid-request: two workers lost their
+core 0.17-0.56 times per frame (one process, alone with h2load: 0.00) and spent 160-165 µs
+of CPU per frame against 152-153 µs with h2load batched, which the row's
+``server_preempted_per_frame`` shows. The same policy applies to both setups.
+
     python -m bench.h2publish --streams 200 260 --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +32,7 @@ from pathlib import Path
 
 from .clients import FORM_BOUNDARY, FORM_HEAD, FORM_TAIL
 from .frames import camera_jpeg
-from .procstat import cpu_seconds, machine_busy_seconds
+from .procstat import cpu_seconds, machine_busy_seconds, preemptions
 from .servers import BenchServer
 
 CLIENTS = 50  # connections; each walks every stream's URL in turn
@@ -59,15 +66,20 @@ def run(server: BenchServer, streams: int, fps: float, seconds: float, redis_pid
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
+        os.sched_setscheduler(h2load.pid, os.SCHED_BATCH, os.sched_param(0))
         time.sleep(WARMUP + 0.5)  # into h2load's measured window
+        batch = all(os.sched_getscheduler(int(t.name)) == os.SCHED_BATCH
+                    for t in os.scandir(f"/proc/{h2load.pid}/task"))
         pids = server.pids()
         watched = [*pids, h2load.pid, *([redis_pid] if redis_pid else [])]
         before = {pid: cpu_seconds(pid) for pid in watched}
+        preempted0 = sum(preemptions(pid) for pid in pids)
         busy0, t0 = machine_busy_seconds(), time.monotonic()
         time.sleep(duration - 1.0)
         elapsed = time.monotonic() - t0
         used = {pid: cpu_seconds(pid) - before[pid] for pid in watched}
         busy = machine_busy_seconds() - busy0
+        preempted = sum(preemptions(pid) for pid in pids) - preempted0
         output = h2load.communicate(timeout=duration + 60)[0]
     finally:
         if h2load.poll() is None:
@@ -89,6 +101,9 @@ def run(server: BenchServer, streams: int, fps: float, seconds: float, redis_pid
         "cores_loadgen": used[h2load.pid] / elapsed,
         "cores_machine": busy / elapsed,
         "server_us_per_frame": 1e6 * cores_servers * duration / ok if ok else None,
+        # how often per frame a server thread lost its core while it could still run
+        "server_preempted_per_frame": preempted / (ok * elapsed / duration) if ok else None,
+        "loadgen_batch": batch,
     }
 
 
@@ -110,7 +125,8 @@ def ceiling(setup: str, workers: int, redis_url: str, redis_pid: int | None, ste
                 print(f"  {setup:10s} {streams:4d} streams: {row['accepted_fps']:7.0f} frames/s "
                       f"({row['accepted_pct']:5.1f} %)  servers {row['cores_servers']:.2f}  "
                       f"redis {row['cores_redis']:.2f}  h2load {row['cores_loadgen']:.2f}  "
-                      f"machine {row['cores_machine']:.2f} cores", flush=True)
+                      f"machine {row['cores_machine']:.2f} cores  "
+                      f"preempted/frame {row['server_preempted_per_frame'] or 0:.2f}", flush=True)
             if row["accepted_pct"] >= 95:
                 break
         if row["accepted_pct"] < 95:

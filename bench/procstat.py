@@ -22,6 +22,18 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def preemptions(pid: int) -> int:
+    """Times the scheduler took a CPU away from any thread of ``pid`` while it could still
+    run (``nonvoluntary_ctxt_switches``, summed over /proc/<pid>/task)."""
+    total = 0
+    for task in os.scandir(f"/proc/{pid}/task"):
+        with open(f"{task.path}/status") as fh:
+            for line in fh:
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    total += int(line.split(":", 1)[1])
+    return total
+
+
 def memory_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of ``pid`` in KiB."""
     out = {}
