@@ -385,10 +385,10 @@ def _capacity(cap: dict) -> list[str]:
            "stream is published to both), no viewers, recording off. Stream counts rise in "
            "steps of 20 until fewer than 95 % of the frames are taken; CPU is read inside "
            "h2load's measured window. h2load runs as SCHED_BATCH so that its wakeups do not "
-           "take a core from a server mid-request; the last column counts how often per frame a "
-           "server thread lost its core anyway. h2load keeps the requests it could not send on time "
-           "and sends them as soon as their connection is free, so a row above 100 % took its "
-           "own load and part of the backlog left from the warm-up.", "",
+           "take a core from a server mid-request; the last column counts how often per frame "
+           "a server thread lost its core anyway. h2load keeps the requests it could not send on "
+           "time and sends them as soon as their connection is free, so a row above 100 % took "
+           "its own load and part of the backlog left from the warm-up.", "",
            "| Setup | streams | accepted frames/s (%) | servers | Redis | h2load | machine (cores) "
            "| server µs per frame | server preempted per frame |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
