@@ -13,8 +13,9 @@ frames stay on the node they were posted to.
 h2load runs as SCHED_BATCH (``sched_setscheduler``; checked on each of its threads). As
 an ordinary process its wakeups preempted the servers mid-request: two workers lost their
 core 0.17-0.56 times per frame (one process, alone with h2load: 0.00) and spent 160-165 µs
-of CPU per frame against 152-153 µs with h2load batched, which the row's
-``server_preempted_per_frame`` shows. The same policy applies to both setups.
+of CPU per frame against 152-154 µs with h2load batched, which the row's
+``server_preempted_per_frame`` shows (``--loadgen-policy other`` runs it the old way). The
+same policy applies to both setups.
 
     python -m bench.h2publish --streams 200 260 --workers 2
 """
@@ -36,6 +37,7 @@ from .procstat import cpu_seconds, machine_busy_seconds, preemptions
 from .servers import BenchServer
 
 CLIENTS = 50  # connections; each walks every stream's URL in turn
+POLICIES = {"batch": os.SCHED_BATCH, "other": os.SCHED_OTHER}
 WARMUP = 2  # s: streams created, connections warm (h2load --warm-up-time)
 
 
@@ -48,9 +50,9 @@ def why_not() -> str | None:
 
 
 def run(server: BenchServer, streams: int, fps: float, seconds: float, redis_pid: int | None,
-        directory: Path, clients: int = CLIENTS) -> dict:
-    """``streams`` × ``fps`` POSTs for ``seconds`` after a warm-up; CPU read from /proc
-    inside h2load's measured window."""
+        directory: Path, clients: int = CLIENTS, policy: int = os.SCHED_BATCH) -> dict:
+    """``streams`` × ``fps`` POSTs for ``seconds`` after a warm-up, h2load scheduled with
+    ``policy``; CPU read from /proc inside h2load's measured window."""
     body = directory / "frame.form"
     body.write_bytes(FORM_HEAD + camera_jpeg(640, 480) + FORM_TAIL)
     prefix = f"h{time.monotonic_ns() % 1_000_000:x}"
@@ -66,7 +68,7 @@ def run(server: BenchServer, streams: int, fps: float, seconds: float, redis_pid
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        os.sched_setscheduler(h2load.pid, os.SCHED_BATCH, os.sched_param(0))
+        os.sched_setscheduler(h2load.pid, policy, os.sched_param(0))
         time.sleep(WARMUP + 0.5)  # into h2load's measured window
         batch = all(os.sched_getscheduler(int(t.name)) == os.SCHED_BATCH
                     for t in os.scandir(f"/proc/{h2load.pid}/task"))
@@ -108,7 +110,8 @@ def run(server: BenchServer, streams: int, fps: float, seconds: float, redis_pid
 
 
 def ceiling(setup: str, workers: int, redis_url: str, redis_pid: int | None, steps: list[int],
-            directory: Path, seconds: float, fps: float = 30.0, quiet: bool = False) -> dict:
+            directory: Path, seconds: float, fps: float = 30.0, quiet: bool = False,
+            policy: int = os.SCHED_BATCH) -> dict:
     """The most streams (of ``steps``, rising) taken at ≥ 95 %; stops at the first count
     missed twice. A miss is run once more on a fresh server: single runs vary (one process
     took 220 streams at 85-88 % in one run and at 100 % in another, same build)."""
@@ -118,7 +121,7 @@ def ceiling(setup: str, workers: int, redis_url: str, redis_pid: int | None, ste
             workdir = directory / f"{setup.replace(' ', '-')}-{streams}-{attempt}"
             with BenchServer("ours", workdir, record=False, workers=workers,
                              redis_url=redis_url) as server:
-                row = run(server, streams, fps, seconds, redis_pid, workdir)
+                row = run(server, streams, fps, seconds, redis_pid, workdir, policy=policy)
             row["attempt"] = attempt
             rows.append(row)
             if not quiet:
@@ -126,7 +129,9 @@ def ceiling(setup: str, workers: int, redis_url: str, redis_pid: int | None, ste
                       f"({row['accepted_pct']:5.1f} %)  servers {row['cores_servers']:.2f}  "
                       f"redis {row['cores_redis']:.2f}  h2load {row['cores_loadgen']:.2f}  "
                       f"machine {row['cores_machine']:.2f} cores  "
-                      f"preempted/frame {row['server_preempted_per_frame'] or 0:.2f}", flush=True)
+                      f"{row['server_us_per_frame'] or 0:.0f} µs/frame  "
+                      f"preempted/frame {row['server_preempted_per_frame'] or 0:.2f}  "
+                      f"h2load {'batch' if row['loadgen_batch'] else 'not batch'}", flush=True)
             if row["accepted_pct"] >= 95:
                 break
         if row["accepted_pct"] < 95:
@@ -143,6 +148,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[200, 260])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--loadgen-policy", choices=sorted(POLICIES), default="batch",
+                        help="h2load's scheduling policy (other: an ordinary process)")
     args = parser.parse_args()
     why = why_not()
     if why:
@@ -154,7 +161,8 @@ def main() -> None:
                 for setup, workers, redis_url in (("1 process", 1, ""),
                                                   (f"{args.workers} workers", args.workers, url)):
                     ceiling(setup, workers, redis_url, redis.pid if redis_url else None,
-                            [streams], Path(tmp), args.seconds)
+                            [streams], Path(tmp), args.seconds,
+                            policy=POLICIES[args.loadgen_policy])
         finally:
             redis.kill()
             redis.wait()

@@ -22,27 +22,33 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def _status(path: str, keys: tuple[str, ...]) -> dict[str, int]:
+    """The leading integers of the ``keys`` lines of a /proc status file."""
+    out = {}
+    with open(path) as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in keys:
+                out[key] = int(value.split()[0])
+    return out
+
+
 def preemptions(pid: int) -> int:
-    """Times the scheduler took a CPU away from any thread of ``pid`` while it could still
-    run (``nonvoluntary_ctxt_switches``, summed over /proc/<pid>/task)."""
-    total = 0
+    """Times the scheduler took a CPU away from a thread of ``pid`` while it could still run
+    (``nonvoluntary_ctxt_switches``, summed over the threads alive now; a thread that ends
+    between the listing and the read counts as none)."""
+    key, total = "nonvoluntary_ctxt_switches", 0
     for task in os.scandir(f"/proc/{pid}/task"):
-        with open(f"{task.path}/status") as fh:
-            for line in fh:
-                if line.startswith("nonvoluntary_ctxt_switches:"):
-                    total += int(line.split(":", 1)[1])
+        try:
+            total += _status(f"{task.path}/status", (key,))[key]
+        except FileNotFoundError:
+            pass
     return total
 
 
 def memory_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak RSS) of ``pid`` in KiB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, value = line.split(":", 1)
-                out[key] = int(value.split()[0])
-    return out
+    return _status(f"/proc/{pid}/status", ("VmRSS", "VmHWM"))
 
 
 def machine_busy_seconds() -> float:
